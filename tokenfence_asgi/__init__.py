@@ -1,0 +1,60 @@
+"""tokenfence-asgi: multi-tenant AI cost control for ASGI apps."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
+from tokenfence_asgi.engine import (
+    Reservation,
+    Settlement,
+    TenantStatus,
+    TokenFence,
+    WindowStatus,
+)
+from tokenfence_asgi.errors import (
+    ApprovalRequired,
+    BudgetExceeded,
+    ConfigError,
+    InputTooLong,
+    InvalidAmount,
+    InvalidId,
+    ModelNotAllowed,
+    PolicyDenied,
+    RequestLimitExceeded,
+    StoreUnavailable,
+    TenantDisabled,
+    TenantRequired,
+    TokenFenceError,
+    UnknownPlan,
+)
+
+try:
+    __version__ = version("tokenfence-asgi")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BUILTIN_PLANS",
+    "ApprovalRequired",
+    "BudgetExceeded",
+    "ConfigError",
+    "InputTooLong",
+    "InvalidAmount",
+    "InvalidId",
+    "Limit",
+    "ModelNotAllowed",
+    "Plan",
+    "PolicyDenied",
+    "RequestLimitExceeded",
+    "Reservation",
+    "Settlement",
+    "StoreUnavailable",
+    "TenantDisabled",
+    "TenantRequired",
+    "TenantStatus",
+    "TokenFence",
+    "TokenFenceError",
+    "UnknownPlan",
+    "WindowStatus",
+    "__version__",
+    "load_plans",
+]

@@ -1,0 +1,302 @@
+"""The tokenfence-asgi error tree.
+
+Every error the library raises on purpose subclasses ``TokenFenceError``. Errors caused by bad
+input also subclass ``ValueError``, so code that already catches ``ValueError`` keeps working::
+
+    TokenFenceError
+    ├── InvalidAmount (ValueError)        a money amount that is negative, NaN, infinite, absurd
+    ├── InvalidId (ValueError)            a tenant, feature or reservation id that is not acceptable
+    ├── ConfigError (ValueError)          a bad Limit, Plan, TOML plan file or TokenFence option
+    │   └── UnknownPlan                   a plan name that is not configured
+    ├── TenantRequired                    no tenant could be resolved for a fenced call (401)
+    ├── Refused                           a call the fence will not allow
+    │   ├── BudgetExceeded                a cost limit would be exceeded (402)
+    │   ├── RequestLimitExceeded          a request-count limit would be exceeded (429)
+    │   ├── ModelNotAllowed               the plan does not allow the model (403)
+    │   ├── PolicyDenied                  a tool-call policy denies the action (403)
+    │   ├── ApprovalRequired              a tool call waits for an operator's approval (403)
+    │   ├── InputTooLong                  the prompt is longer than the plan allows (413)
+    │   └── TenantDisabled                a kill switch is on (403)
+    └── StoreUnavailable                  Redis could not be reached in time (503)
+
+Each error knows its HTTP status and its JSON body (``to_dict()``), so the middleware and the HTTP
+API answer the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+__all__ = [
+    "ApprovalRequired",
+    "BudgetExceeded",
+    "ConfigError",
+    "InputTooLong",
+    "InvalidAmount",
+    "InvalidId",
+    "ModelNotAllowed",
+    "PolicyDenied",
+    "Refused",
+    "RequestLimitExceeded",
+    "StoreUnavailable",
+    "TenantDisabled",
+    "TenantRequired",
+    "TokenFenceError",
+    "UnknownPlan",
+]
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.quantize(Decimal('0.000001')):f}"
+
+
+def _time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class TokenFenceError(Exception):
+    """Base class of every error raised by tokenfence-asgi."""
+
+    status_code: ClassVar[int] = 500
+    error_code: ClassVar[str] = "ai_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body an HTTP response carries for this error."""
+        return {"error": self.error_code, "message": self.message}
+
+
+class InvalidAmount(TokenFenceError, ValueError):
+    """A money amount is negative, NaN, infinite, not a number, or absurdly large."""
+
+    status_code = 422
+    error_code = "invalid_amount"
+
+
+class InvalidId(TokenFenceError, ValueError):
+    """A tenant, feature or reservation id is empty, too long or contains control characters."""
+
+    status_code = 422
+    error_code = "invalid_id"
+
+
+class ConfigError(TokenFenceError, ValueError):
+    """A limit, plan, plan file or option is invalid; the message names the field and the value."""
+
+    error_code = "invalid_config"
+
+
+class UnknownPlan(ConfigError):
+    """A plan name is not among the configured plans."""
+
+    status_code = 404
+    error_code = "unknown_plan"
+
+    def __init__(self, name: str, known: list[str] | tuple[str, ...]) -> None:
+        super().__init__(f"unknown plan {name!r}; configured plans: {', '.join(sorted(known))}")
+        self.name = name
+
+
+class TenantRequired(TokenFenceError):
+    """A fenced call was made without a tenant (no header, no context, no metadata)."""
+
+    status_code = 401
+    error_code = "tenant_required"
+
+    def __init__(self, message: str = "a tenant id is required for this request") -> None:
+        super().__init__(message)
+
+
+class Refused(TokenFenceError):
+    """The fence refused a call; subclasses say why."""
+
+    status_code = 403
+    error_code = "ai_refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str | None = None,
+        feature: str | None = None,
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.feature = feature
+        self.upgrade_url = upgrade_url
+
+
+class _LimitRefusal(Refused):
+    """A refusal by a windowed limit; carries the window and when it resets."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str,
+        feature: str | None,
+        window: str,
+        resets_at: datetime,
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(message, tenant_id=tenant_id, feature=feature, upgrade_url=upgrade_url)
+        self.window = window
+        self.resets_at = resets_at
+
+    def retry_after_s(self, now: datetime | None = None) -> int:
+        """Whole seconds until the window resets (at least 1), for a ``Retry-After`` header."""
+        now = now or datetime.now(UTC)
+        return max(1, int((self.resets_at - now).total_seconds() + 0.999))
+
+
+class BudgetExceeded(_LimitRefusal):
+    """The call's cost would take the tenant past a cost limit.
+
+    ``total_cost`` is the committed spend in the window, ``held`` the open holds, ``max_cost`` the
+    limit, all ``Decimal`` dollars; ``resets_at`` is an aware UTC datetime.
+    """
+
+    status_code = 402
+    error_code = "ai_budget_exceeded"
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        feature: str | None,
+        window: str,
+        total_cost: Decimal,
+        max_cost: Decimal,
+        resets_at: datetime,
+        held: Decimal = Decimal(0),
+        requested: Decimal = Decimal(0),
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"AI budget of ${_money(max_cost)} per {window} exceeded for tenant {tenant_id!r}"
+            f" (used ${_money(total_cost)}, held ${_money(held)}, requested ${_money(requested)})",
+            tenant_id=tenant_id,
+            feature=feature,
+            window=window,
+            resets_at=resets_at,
+            upgrade_url=upgrade_url,
+        )
+        self.total_cost = total_cost
+        self.max_cost = max_cost
+        self.held = held
+        self.requested = requested
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": self.error_code,
+            "message": self.message,
+            "used": _money(self.total_cost),
+            "limit": _money(self.max_cost),
+            "window": self.window,
+            "resets_at": _time(self.resets_at),
+            "upgrade_url": self.upgrade_url,
+        }
+
+
+class RequestLimitExceeded(_LimitRefusal):
+    """The tenant has made as many calls as a request-count limit allows in this window."""
+
+    status_code = 429
+    error_code = "ai_request_limit_exceeded"
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        feature: str | None,
+        window: str,
+        requests: int,
+        max_requests: int,
+        resets_at: datetime,
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"AI request limit of {max_requests} per {window} reached for tenant {tenant_id!r}",
+            tenant_id=tenant_id,
+            feature=feature,
+            window=window,
+            resets_at=resets_at,
+            upgrade_url=upgrade_url,
+        )
+        self.requests = requests
+        self.max_requests = max_requests
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": self.error_code,
+            "message": self.message,
+            "used": str(self.requests),
+            "limit": str(self.max_requests),
+            "window": self.window,
+            "resets_at": _time(self.resets_at),
+            "upgrade_url": self.upgrade_url,
+        }
+
+
+class ModelNotAllowed(Refused):
+    """The tenant's plan does not allow the requested model, and no downgrade fits."""
+
+    error_code = "ai_model_not_allowed"
+
+
+class PolicyDenied(Refused):
+    """A tool-call policy denies the action."""
+
+    error_code = "ai_policy_denied"
+
+
+class ApprovalRequired(Refused):
+    """A tool call needs an operator's approval before it may run."""
+
+    error_code = "ai_approval_required"
+
+
+class InputTooLong(Refused):
+    """The prompt is longer than the plan allows."""
+
+    status_code = 413
+    error_code = "ai_input_too_long"
+
+
+class TenantDisabled(Refused):
+    """A kill switch is on: for the whole fence, the tenant, or one of its features.
+
+    ``scope`` is ``"global"`` (everyone; with ``feature`` set, that feature for everyone),
+    ``"tenant"`` or ``"feature"`` (one feature of one tenant).
+    """
+
+    error_code = "ai_disabled"
+
+    def __init__(self, *, tenant_id: str, feature: str | None, scope: str) -> None:
+        if scope == "global":
+            what = (
+                "AI calls are disabled for everyone"
+                if feature is None
+                else f"AI feature {feature!r} is disabled for everyone"
+            )
+        elif scope == "feature":
+            what = f"AI feature {feature!r} is disabled for tenant {tenant_id!r}"
+        else:
+            what = f"AI calls are disabled for tenant {tenant_id!r}"
+        super().__init__(what, tenant_id=tenant_id, feature=feature)
+        self.scope = scope
+
+
+class StoreUnavailable(TokenFenceError):
+    """The budget store (Redis) could not be reached in time; the call is refused (fail closed)."""
+
+    status_code = 503
+    error_code = "ai_budget_unavailable"
