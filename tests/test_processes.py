@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import random
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -17,13 +18,15 @@ from tokenfence_asgi.money import to_nanos
 PLAN = Plan("shared", [Limit("1d", max_cost="3.00"), Limit("1mo", max_cost="100")])
 
 
-async def _spend(url: str, prefix: str, seed: int) -> tuple[int, int]:
+async def _spend(url: str, prefix: str, seed: int, start: Any) -> tuple[int, int]:
     """Reserve and commit random amounts until refused 20 times; return (committed nanos, calls)."""
     rng = random.Random(seed)
     fence = TokenFence(redis_url=url, prefix=prefix, plans=[PLAN], default_plan="shared",
                        timeout_s=5)  # fmt: skip
     committed = calls = refusals = 0
     try:
+        await fence.ping()  # connected and scripts loaded before the race starts
+        await asyncio.to_thread(start.wait, 60)
         while refusals < 20:
             estimate = Decimal(rng.randint(1, 50_000_000)) / 10**9  # up to $0.05
             try:
@@ -45,17 +48,19 @@ async def _spend(url: str, prefix: str, seed: int) -> tuple[int, int]:
 
 
 def _worker(
-    url: str, prefix: str, seed: int, queue: multiprocessing.Queue[tuple[int, int]]
+    url: str, prefix: str, seed: int, start: Any, queue: multiprocessing.Queue[tuple[int, int]]
 ) -> None:
-    queue.put(asyncio.run(_spend(url, prefix, seed)))
+    queue.put(asyncio.run(_spend(url, prefix, seed, start)))
 
 
 @pytest.mark.slow
 async def test_four_processes_never_overspend_one_budget(redis_url: str, prefix: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[tuple[int, int]] = ctx.Queue()
+    start = ctx.Barrier(4)
     procs = [
-        ctx.Process(target=_worker, args=(redis_url, prefix, seed, queue)) for seed in range(4)
+        ctx.Process(target=_worker, args=(redis_url, prefix, seed, start, queue))
+        for seed in range(4)
     ]
     for p in procs:
         p.start()
