@@ -2,49 +2,111 @@
 -- id settles it; later ones change nothing. A commit after the lease ran out still charges the
 -- actual cost (the money was spent) and is flagged late; so is one for an id the store no
 -- longer knows (its record expired, or was lost in a failover before it replicated).
+-- Crossing 50%, 80% or 100% of a cost limit is reported once per window per threshold.
 --
--- KEYS[1]: tenant state hash          KEYS[2]: holds zset          KEYS[3]: reservation record
+-- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
+-- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
 -- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: reservation id (encoded, as in KEYS[3])
--- ARGV[3]: actual cost, integer nano-dollars
--- ARGV[4]: record ttl after settling, integer seconds
--- ARGV[5]: reclaim budget, max expired holds reclaimed by this call
--- ARGV[6]: comma-separated windows to charge when the record is gone
--- ARGV[7]: feature (encoded) or '', recorded when the record is gone
--- ARGV[8]: input tokens;  ARGV[9]: output tokens
+-- ARGV[2]: tenant (encoded)           ARGV[3]: reservation id (encoded)
+-- ARGV[4]: actual cost, integer nano-dollars
+-- ARGV[5]: record ttl after settling, integer seconds
+-- ARGV[6]: reclaim budget             ARGV[7]: feature (encoded) or '', for an unknown record
+-- ARGV[8]: input tokens               ARGV[9]: output tokens
+-- ARGV[10]: pool the caller assumed (encoded) or ''
+-- ARGV[11]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
 --
--- Replies: {'committed', cost, 'late' | 'on_time', released hold}
---          {'duplicate', state of the earlier settlement, cost charged then}
-local state, holds, record = KEYS[1], KEYS[2], KEYS[3]
-local base = base_of(state)
-local now = clock_ms(ARGV[1], redis.call('HGET', state, 't'))
-local cost = tonumber(ARGV[3])
-local done_ttl = ARGV[4]
+-- Replies: {'committed', A, A alerts, cost, 'late' | 'on_time', released hold}
+--          {'duplicate', 0, state of the earlier settlement, cost charged then}
+--          {'moved', 0, where the tenant lives now ('-' = own tag)}
+local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tag = string.sub(holds, 1, -2)
+local tb = string.sub(state, 1, -2)
+local pooled = pool_state ~= nil
 
-reclaim(state, holds, base, now, tonumber(ARGV[5]), done_ttl)
-
-local v = redis.call('HMGET', record, 's', 'a', 'w', 'c')
-local status, windows, released = v[1], v[3], 0
-if status == 'c' or status == 'r' then
-  return { 'duplicate', status, v[4] or '0' }
+-- A settled id stays settled, even after the tenant moved to another pool.
+local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c')
+if v[2] == 'c' or v[2] == 'r' then
+  return { 'duplicate', 0, v[2], v[5] or '0' }
 end
-local late = 'late'
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local elsewhere = moved(meta[2], meta[3], ARGV[10])
+if elsewhere then
+  return { 'moved', 0, elsewhere }
+end
+local now = clock_ms(ARGV[1], meta[1])
+local now_s = math.floor(now / 1000)
+local cost = tonumber(ARGV[4])
+local done_ttl = ARGV[5]
+
+reclaim(tag, now, tonumber(ARGV[6]), done_ttl, pooled)
+v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c')
+local status, released, late = v[2], 0, 'late'
+local feature = v[3] or ARGV[7]
 if status == 'h' then
-  released = num(v[2])
-  local held = num(redis.call('HGET', state, 'held')) - released
-  if held < 0 then
-    held = 0
-  end
-  redis.call('HSET', state, 'held', fmt(held))
-  redis.call('ZREM', holds, ARGV[2])
+  released = num(v[1])
+  drop_hold(tag, tb, ARGV[2], ARGV[3], v, pooled)
   late = 'on_time'
 elseif not status then
-  windows = ARGV[6]
-  redis.call('HSET', record, 'a', '0', 'f', ARGV[7], 'w', windows)
+  redis.call('HSET', record, 'a', '0', 'f', feature)
 end
 
-charge(state, windows, math.floor(now / 1000), cost)
-redis.call('HSET', state, 't', fmt(now))
+local features, i = read_features(11)
+local specs, pool_specs
+specs, i = read_specs(i)
+pool_specs = read_specs(i)
+local listed = false
+for _, f in ipairs(features) do
+  if f.name == feature then
+    listed = true
+  end
+end
+
+local alerts = {}
+local function charge(scope, scope_state, list, wbase, with_features)
+  load_scope(scope_state, wbase, list, now_s, with_features and #features > 0 and features or nil)
+  local args = {}
+  for _, s in ipairs(list) do
+    s.used = s.used + cost
+    if s.max_cost >= 0 then
+      local level = crossed(alerts, scope, s, 'cost', s.used, s.limit, s.alert)
+      if level ~= s.alert then
+        s.alert = level
+        if s.kind == 's' then
+          sliding_mark(s, 'a', level)
+        end
+      end
+    end
+    if s.kind == 'c' then
+      calendar_fields(args, s)
+      if with_features and listed then
+        args[#args + 1] = s.window .. ':f:' .. feature
+        args[#args + 1] = fmt(s.start) .. ':' .. fmt(s.fused[feature] + cost)
+      end
+    else
+      sliding_add(s, cost, 0)
+    end
+  end
+  return args
+end
+
+local args = charge('tenant', state, specs, tb, true)
+args[#args + 1] = 't'
+args[#args + 1] = fmt(now)
+redis.call('HSET', state, unpack(args))
+if pooled then
+  local pool_args = charge('pool', pool_state, pool_specs, tag .. 'pool:', false)
+  if #pool_args > 0 then
+    redis.call('HSET', pool_state, unpack(pool_args))
+  end
+end
 redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
 redis.call('EXPIRE', record, done_ttl)
-return { 'committed', fmt(cost), late, fmt(released) }
+
+local reply = { 'committed', #alerts }
+for _, a in ipairs(alerts) do
+  reply[#reply + 1] = a
+end
+reply[#reply + 1] = fmt(cost)
+reply[#reply + 1] = late
+reply[#reply + 1] = fmt(released)
+return reply

@@ -1,28 +1,34 @@
 -- RELEASE: drop a hold without charging (the call failed before costing anything).
 -- Idempotent, and a no-op for an id already committed, released or reclaimed.
 --
--- KEYS[1]: tenant state hash          KEYS[2]: holds zset          KEYS[3]: reservation record
+-- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
+-- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
 -- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: reservation id (encoded, as in KEYS[3])
--- ARGV[3]: record ttl after settling, integer seconds
--- ARGV[4]: reclaim budget, max expired holds reclaimed by this call
+-- ARGV[2]: tenant (encoded)           ARGV[3]: reservation id (encoded)
+-- ARGV[4]: record ttl after settling, integer seconds
+-- ARGV[5]: reclaim budget             ARGV[6]: pool the caller assumed (encoded) or ''
 --
--- Replies: {'released', amount}  |  {'noop', state or 'unknown'}
-local state, holds, record = KEYS[1], KEYS[2], KEYS[3]
-local now = clock_ms(ARGV[1], redis.call('HGET', state, 't'))
-reclaim(state, holds, base_of(state), now, tonumber(ARGV[4]), ARGV[3])
+-- Replies: {'released', 0, amount} | {'noop', 0, state or 'unknown'} | {'moved', 0, where}
+local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tag = string.sub(holds, 1, -2)
+local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl')
+if v[2] == 'c' or v[2] == 'r' or v[2] == 'x' then
+  return { 'noop', 0, v[2] }
+end
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local elsewhere = moved(meta[2], meta[3], ARGV[6])
+if elsewhere then
+  return { 'moved', 0, elsewhere }
+end
+local now = clock_ms(ARGV[1], meta[1])
+reclaim(tag, now, tonumber(ARGV[5]), ARGV[4], pool_state ~= nil)
 
-local v = redis.call('HMGET', record, 's', 'a')
-if v[1] ~= 'h' then
-  return { 'noop', v[1] or 'unknown' }
+v = redis.call('HMGET', record, 'a', 's', 'f', 'fl')
+if v[2] ~= 'h' then
+  return { 'noop', 0, v[2] or 'unknown' }
 end
-local amount = num(v[2])
-local held = num(redis.call('HGET', state, 'held')) - amount
-if held < 0 then
-  held = 0
-end
-redis.call('HSET', state, 'held', fmt(held), 't', fmt(now))
-redis.call('ZREM', holds, ARGV[2])
+drop_hold(tag, string.sub(state, 1, -2), ARGV[2], ARGV[3], v, pool_state ~= nil)
+redis.call('HSET', state, 't', fmt(now))
 redis.call('HSET', record, 's', 'r')
-redis.call('EXPIRE', record, ARGV[3])
-return { 'released', fmt(amount) }
+redis.call('EXPIRE', record, ARGV[4])
+return { 'released', 0, fmt(num(v[1])) }

@@ -1,123 +1,293 @@
--- RESERVE: check every limit of the tenant's plan and hold the first candidate that fits.
--- Decides first, then writes: a refused call changes nothing but the reclaim of expired holds.
+-- RESERVE: check every limit of the tenant's plan (and of its pool), the kill switches and the
+-- feature shares, and hold the first candidate amount that fits. Decides first, then writes: a
+-- refused call changes nothing but housekeeping (reclaimed holds, dropped sliding buckets, the
+-- 100% alert mark).
 --
--- KEYS[1]: tenant state hash          KEYS[2]: holds zset          KEYS[3]: reservation record
+-- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
+-- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
 -- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: plan name the caller assumed (its limits follow)
--- ARGV[3]: default plan name, effective when the tenant has none stored
--- ARGV[4]: reservation id (encoded, as in KEYS[3])
--- ARGV[5]: feature (encoded) or ''
--- ARGV[6]: hold lease, integer ms
--- ARGV[7]: reclaim budget, max expired holds reclaimed by this call
--- ARGV[8]: record ttl after a terminal state, integer seconds
--- ARGV[9]: number of limits L; then L groups of 4:
---            window code, max cost nanos or '-1', max requests or '-1', rollover cap nanos
--- then:    number of candidates C; then C amounts, integer nano-dollars, in order of preference
+-- ARGV[2]: plan the caller assumed      ARGV[3]: default plan, for a tenant without one
+-- ARGV[4]: tenant (encoded)             ARGV[5]: reservation id (encoded)
+-- ARGV[6]: feature (encoded) or ''      ARGV[7]: hold lease, integer ms
+-- ARGV[8]: reclaim budget (max expired holds reclaimed by this call)
+-- ARGV[9]: record ttl after settling, integer seconds
+-- ARGV[10]: pool the caller assumed (encoded) or ''   ARGV[11]: its plan or ''
+-- ARGV[12]: '1' enforce, '0' shadow mode (decide and record, never refuse)
+-- ARGV[13]: feature mode 'share' | 'cap' | ''; then features: count, (name, weight ppm) pairs
+-- then the tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
+-- a count, then amounts in integer nano-dollars, in order of preference.
 --
--- Replies (flat arrays of strings):
---   {'ok', candidate index (1-based), amount, expires ms, 'new' | 'existing'}
---   {'plan', stored plan name}                       the caller assumed another plan: retry
---   {'killed', 'tenant' | 'feature'}
---   {'requests', window, requests, max requests, resets s}
---   {'budget', window, used, held, effective limit, resets s, candidate amount, carried}
---   {'duplicate', state}                             the id was used and already settled
-local state, holds, record = KEYS[1], KEYS[2], KEYS[3]
-local base = base_of(state)
+-- Every reply is {kind, number of alerts A, A alert strings, details...}:
+--   ok:        candidate index (1-based), amount, lease expiry ms, 'new' | 'existing',
+--              then for shadow mode the refusal it would have been ('requests'|'budget', ...)
+--   plan:      the tenant's stored plan (the caller assumed another; retry)
+--   pool_plan: the pool's stored plan;   moved: where the tenant lives now ('-' = own tag)
+--   killed:    'tenant' | 'feature';     duplicate: the state of the settled id
+--   requests:  scope, window, requests, max requests, resets s
+--   budget:    scope, window, used, held, effective limit, resets s, amount, carried, reason
+--              (reason: 'limit' | 'share' | 'cap')
+local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tag = string.sub(holds, 1, -2)
+local tb = string.sub(state, 1, -2)
+local feature = ARGV[6]
 
-local meta = redis.call('HMGET', state, 't', 'plan', 'k', 'k:' .. ARGV[5])
+local meta = redis.call('HMGET', state, 't', 'plan', 'k', 'k:' .. feature, 'loc', 'pool')
+local elsewhere = moved(meta[5], meta[6], ARGV[10])
+if elsewhere then
+  return { 'moved', 0, elsewhere }
+end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
-
 local plan = meta[2] or ARGV[3]
 if plan ~= ARGV[2] then
-  return { 'plan', plan }
+  return { 'plan', 0, plan }
+end
+local pooled = pool_state ~= nil
+if pooled then
+  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
+  if pool_plan ~= ARGV[11] then
+    return { 'pool_plan', 0, pool_plan }
+  end
 end
 if meta[3] then
-  return { 'killed', 'tenant' }
+  return { 'killed', 0, 'tenant' }
 end
-if ARGV[5] ~= '' and meta[4] then
-  return { 'killed', 'feature' }
+if feature ~= '' and meta[4] then
+  return { 'killed', 0, 'feature' }
 end
 
-local done_ttl = ARGV[8]
-reclaim(state, holds, base, now, tonumber(ARGV[7]), done_ttl)
+local done_ttl = ARGV[9]
+reclaim(tag, now, tonumber(ARGV[8]), done_ttl, pooled)
 
 -- A retried reserve with the same id gets the same hold, never a second one.
 local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i')
 if existing[1] then
   if existing[1] == 'h' then
-    return { 'ok', existing[4], existing[2], existing[3], 'existing' }
+    return { 'ok', 0, existing[4], existing[2], existing[3], 'existing' }
   end
-  return { 'duplicate', existing[1] }
+  return { 'duplicate', 0, existing[1] }
 end
 
-local held = num(redis.call('HGET', state, 'held'))
-local n_limits = tonumber(ARGV[9])
-local limits = {}
-local i = 10
-for n = 1, n_limits do
-  local window = ARGV[i]
-  local start, finish = period(window, now_s)
-  local c, r, q = window_counters(state, window, start)
-  local max_cost = tonumber(ARGV[i + 1])
-  local carried = 0
-  local cap = tonumber(ARGV[i + 3])
-  if max_cost >= 0 and cap > 0 then
-    -- Rollover: unused budget of the preceding period only, capped; it never compounds
-    -- because q is that period's own committed spend, not its effective limit.
-    carried = max_cost - q
-    if carried < 0 then
-      carried = 0
-    end
-    if carried > cap then
-      carried = cap
+local mode = ARGV[13]
+local features, i = read_features(14)
+local specs, pool_specs, candidates
+specs, i = read_specs(i)
+pool_specs, i = read_specs(i)
+local listed = nil
+for _, f in ipairs(features) do
+  if f.name == feature then
+    listed = f
+  end
+end
+
+local hf_field = 'hf:' .. feature
+local hv = redis.call('HMGET', state, 'held', hf_field)
+local held, held_f = num(hv[1]), num(hv[2])
+local pool_held = 0
+if pooled then
+  pool_held = num(redis.call('HGET', pool_state, 'held'))
+end
+load_scope(state, tb, specs, now_s, #features > 0 and features or nil)
+if pooled then
+  load_scope(pool_state, tag .. 'pool:', pool_specs, now_s, nil)
+end
+
+local alerts = {}
+local refusal = nil
+
+local function requests_refusal(scope, list)
+  for _, s in ipairs(list) do
+    if s.max_requests >= 0 and s.requests + 1 > s.max_requests then
+      local resets = s.resets
+      if s.kind == 's' then
+        resets = sliding_resets(s)
+      end
+      return { 'requests', scope, s.window, fmt(s.requests), fmt(s.max_requests), fmt(resets) }
     end
   end
-  limits[n] = {
-    window = window, start = start, finish = finish, cost = c, requests = r, prev = q,
-    max_cost = max_cost, max_requests = tonumber(ARGV[i + 2]), carried = carried,
-  }
-  i = i + 4
+  return nil
 end
+refusal = requests_refusal('tenant', specs) or (pooled and requests_refusal('pool', pool_specs))
+
+-- Held amounts of every listed feature, for the share rule.
+local hv_f = {}
+if #features > 0 then
+  local names = {}
+  for k, f in ipairs(features) do
+    names[k] = 'hf:' .. f.name
+  end
+  local v = redis.call('HMGET', state, unpack(names))
+  for k, f in ipairs(features) do
+    hv_f[f.name] = v[k]
+  end
+end
+
+-- The first limit a candidate amount fails, or nil. Feature rules (tenant calendar cost limits):
+-- share mode keeps every other listed feature's unused guarantee free; cap mode also caps the
+-- feature at its own guarantee. Unlisted features have weight 0.
+local function fails(amount)
+  for _, s in ipairs(specs) do
+    if s.max_cost >= 0 then
+      if s.used + held + amount > s.limit then
+        return 'tenant', s, held, 'limit'
+      end
+      if s.kind == 'c' and #features > 0 then
+        local reserved = 0
+        for _, g in ipairs(features) do
+          if g ~= listed then
+            local free = share(s.limit, g.ppm) - s.fused[g.name] - num(hv_f and hv_f[g.name])
+            if free > 0 then
+              reserved = reserved + free
+            end
+          end
+        end
+        if s.used + held + amount + reserved > s.limit then
+          return 'tenant', s, held, 'share'
+        end
+        if mode == 'cap' then
+          local mine = listed and s.fused[listed.name] or 0
+          local guarantee = listed and share(s.limit, listed.ppm) or 0
+          if mine + held_f + amount > guarantee then
+            return 'tenant', s, held_f, 'cap'
+          end
+        end
+      end
+    end
+  end
+  if pooled then
+    for _, s in ipairs(pool_specs) do
+      if s.max_cost >= 0 and s.used + pool_held + amount > s.limit then
+        return 'pool', s, pool_held, 'limit'
+      end
+    end
+  end
+  return nil
+end
+
+local chosen = nil
+local amount = 0
+local budget_refusal = nil
 local n_candidates = tonumber(ARGV[i])
-
--- Request limits do not depend on the candidate: the first one reached refuses the call.
-for _, l in ipairs(limits) do
-  if l.max_requests >= 0 and l.requests + 1 > l.max_requests then
-    return { 'requests', l.window, fmt(l.requests), fmt(l.max_requests), fmt(l.finish) }
-  end
-end
-
-local chosen, refusal
 for k = 1, n_candidates do
-  local amount = tonumber(ARGV[i + k])
-  local failed = nil
-  for _, l in ipairs(limits) do
-    if l.max_cost >= 0 and l.cost + held + amount > l.max_cost + l.carried then
-      failed = l
-      break
-    end
-  end
-  if not failed then
+  amount = tonumber(ARGV[i + k])
+  local scope, s, scope_held, reason = fails(amount)
+  if not scope then
     chosen = k
     break
   end
-  refusal = { 'budget', failed.window, fmt(failed.cost), fmt(held), fmt(failed.max_cost + failed.carried),
-    fmt(failed.finish), fmt(amount), fmt(failed.carried) }
+  local resets = s.resets
+  if s.kind == 's' then
+    resets = sliding_resets(s)
+  end
+  local used = s.used
+  local limit = s.limit
+  if reason == 'cap' then
+    used = s.fused[listed and listed.name or ''] or 0
+    limit = listed and share(s.limit, listed.ppm) or 0
+  end
+  budget_refusal = { 'budget', scope, s.window, fmt(used), fmt(scope_held), fmt(limit),
+    fmt(resets), fmt(amount), fmt(s.carried), reason }
+  -- Refused by a cost limit: that limit has reached 100% for this call (reported once).
+  if reason == 'limit' and s.alert < 100 then
+    alerts[#alerts + 1] = scope .. '|' .. s.window .. '|cost|100|' .. fmt(s.used + scope_held)
+      .. '|' .. fmt(s.limit)
+    s.alert = 100
+    s.alert_changed = true
+  end
+end
+refusal = refusal or budget_refusal
+
+local enforce = ARGV[12] == '1'
+if refusal and enforce then
+  -- Store only the 100% alert marks, so each is reported once per window.
+  for _, pair in ipairs({ { state, specs }, { pool_state, pool_specs } }) do
+    for _, s in ipairs(pair[2] or {}) do
+      if s.alert_changed then
+        if s.kind == 'c' then
+          local args = {}
+          calendar_fields(args, s)
+          redis.call('HSET', pair[1], unpack(args))
+        else
+          sliding_mark(s, 'a', s.alert)
+        end
+      end
+    end
+  end
+  local reply = { refusal[1], #alerts }
+  for _, a in ipairs(alerts) do
+    reply[#reply + 1] = a
+  end
+  for k = 2, #refusal do
+    reply[#reply + 1] = refusal[k]
+  end
+  return reply
 end
 if not chosen then
-  return refusal
+  chosen = n_candidates -- shadow mode: hold the last (cheapest) candidate
+  amount = tonumber(ARGV[i + chosen])
 end
 
-local amount = tonumber(ARGV[i + chosen])
-local windows = {}
-for n, l in ipairs(limits) do
-  put_window(state, l.window, l.start, l.cost, l.requests + 1, l.prev)
-  windows[n] = l.window
+-- Admit: count the request in every limit, raise the holds, write the record.
+local function admit(scope, scope_state, list)
+  local args = {}
+  for _, s in ipairs(list) do
+    s.requests = s.requests + 1
+    if s.max_requests >= 0 then
+      local level = crossed(alerts, scope, s, 'requests', s.requests, s.max_requests, s.ralert)
+      if level ~= s.ralert then
+        s.ralert = level
+        if s.kind == 's' then
+          sliding_mark(s, 'b', level)
+        end
+      end
+    end
+    if s.kind == 'c' then
+      calendar_fields(args, s)
+    else
+      sliding_add(s, 0, 1)
+      if s.alert_changed then
+        sliding_mark(s, 'a', s.alert)
+      end
+    end
+  end
+  return args
 end
-local expires = now + tonumber(ARGV[6])
-redis.call('HSET', state, 'held', fmt(held + amount), 't', fmt(now))
+
+local expires = now + tonumber(ARGV[7])
+local args = admit('tenant', state, specs)
+args[#args + 1] = 'held'
+args[#args + 1] = fmt(held + amount)
+args[#args + 1] = 't'
+args[#args + 1] = fmt(now)
+args[#args + 1] = 'nh'
+args[#args + 1] = fmt(num(redis.call('HGET', state, 'nh')) + 1)
+local fl = '0'
+if listed then
+  args[#args + 1] = hf_field
+  args[#args + 1] = fmt(held_f + amount)
+  fl = '1'
+end
+redis.call('HSET', state, unpack(args))
+if pooled then
+  local pool_args = admit('pool', pool_state, pool_specs)
+  pool_args[#pool_args + 1] = 'held'
+  pool_args[#pool_args + 1] = fmt(pool_held + amount)
+  redis.call('HSET', pool_state, unpack(pool_args))
+end
 redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
-  'f', ARGV[5], 'w', table.concat(windows, ','))
-redis.call('ZADD', holds, fmt(expires), ARGV[4])
-return { 'ok', fmt(chosen), fmt(amount), fmt(expires), 'new' }
+  'f', feature, 'fl', fl)
+redis.call('ZADD', holds, fmt(expires), ARGV[4] .. '/' .. ARGV[5])
+
+local reply = { 'ok', #alerts }
+for _, a in ipairs(alerts) do
+  reply[#reply + 1] = a
+end
+for _, x in ipairs({ fmt(chosen), fmt(amount), fmt(expires), 'new' }) do
+  reply[#reply + 1] = x
+end
+if refusal then
+  for _, x in ipairs(refusal) do
+    reply[#reply + 1] = x
+  end
+end
+return reply

@@ -1,19 +1,39 @@
--- STATUS: a tenant's plan, kill switches, open holds and the counters of the given windows.
--- Reclaims expired holds first (bounded), so `held` matches what the next reserve will see.
+-- STATUS: a tenant's plan, kill switches, open holds and the counters of its limits (and of
+-- its pool's). Reclaims expired holds first (bounded), so `held` matches what the next reserve
+-- will see.
 --
--- KEYS[1]: tenant state hash          KEYS[2]: holds zset
+-- KEYS[1]: tenant state TB.."s"      KEYS[2]: holds of the tag TAG.."h"
+-- KEYS[3]: pool state TAG.."pool:s" (pool members only)
 -- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: default plan name
--- ARGV[3]: reclaim budget;  ARGV[4]: record ttl after settling, integer seconds
--- ARGV[5]: number of windows W; then W window codes
+-- ARGV[2]: default plan               ARGV[3]: reclaim budget
+-- ARGV[4]: record ttl after settling, integer seconds
+-- ARGV[5]: pool the caller assumed (encoded) or ''
+-- ARGV[6]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
 --
--- Reply: {now ms, plan, killed '1'|'0', held, open holds, killed features (comma-separated,
---         encoded), then per window: used, requests, carried-from cost, period start s, end s}
-local state, holds = KEYS[1], KEYS[2]
-local now = clock_ms(ARGV[1], redis.call('HGET', state, 't'))
-reclaim(state, holds, base_of(state), now, tonumber(ARGV[3]), ARGV[4])
+-- Reply: {'status', 0, now ms, plan, killed '1'|'0', held, open holds, killed features
+--         (comma-separated, encoded), pool plan, pool held, then per tenant limit: used,
+--         requests, carried, resets s, and per listed feature its used (calendar limits) or
+--         '-'; then per pool limit: used, requests, carried, resets s}
+--        | {'moved', 0, where the tenant lives now}
+local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
+local tag = string.sub(holds, 1, -2)
+local tb = string.sub(state, 1, -2)
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local elsewhere = moved(meta[2], meta[3], ARGV[5])
+if elsewhere then
+  return { 'moved', 0, elsewhere }
+end
+local now = clock_ms(ARGV[1], meta[1])
+local now_s = math.floor(now / 1000)
+reclaim(tag, now, tonumber(ARGV[3]), ARGV[4], pool_state ~= nil)
 
-local meta = redis.call('HMGET', state, 'plan', 'k', 'held')
+local features, i = read_features(6)
+local specs, pool_specs
+specs, i = read_specs(i)
+pool_specs = read_specs(i)
+load_scope(state, tb, specs, now_s, #features > 0 and features or nil)
+
+local v = redis.call('HMGET', state, 'plan', 'k', 'held', 'nh')
 local killed_features = {}
 -- Feature kill switches are few (set by operators); the state hash has a bounded field count.
 for _, field in ipairs(redis.call('HKEYS', state)) do
@@ -21,17 +41,38 @@ for _, field in ipairs(redis.call('HKEYS', state)) do
     killed_features[#killed_features + 1] = string.sub(field, 3)
   end
 end
-local reply = { fmt(now), meta[1] or ARGV[2], meta[2] and '1' or '0', fmt(num(meta[3])),
-  fmt(redis.call('ZCARD', holds)), table.concat(killed_features, ',') }
-local now_s = math.floor(now / 1000)
-for n = 1, tonumber(ARGV[5]) do
-  local window = ARGV[5 + n]
-  local start, finish = period(window, now_s)
-  local c, r, q = window_counters(state, window, start)
-  reply[#reply + 1] = fmt(c)
-  reply[#reply + 1] = fmt(r)
-  reply[#reply + 1] = fmt(q)
-  reply[#reply + 1] = fmt(start)
-  reply[#reply + 1] = fmt(finish)
+local pool_plan, pool_held = '', 0
+if pool_state then
+  local p = redis.call('HMGET', pool_state, 'plan', 'held')
+  pool_plan, pool_held = p[1] or '', num(p[2])
+  load_scope(pool_state, tag .. 'pool:', pool_specs, now_s, nil)
+end
+local reply = { 'status', 0, fmt(now), v[1] or ARGV[2], v[2] and '1' or '0', fmt(num(v[3])),
+  fmt(num(v[4])), table.concat(killed_features, ','), pool_plan, fmt(pool_held) }
+local function add(s, with_features)
+  local resets = s.resets
+  if s.kind == 's' then
+    resets = sliding_resets(s)
+  end
+  for _, x in ipairs({ fmt(s.used), fmt(s.requests), fmt(s.carried), fmt(resets) }) do
+    reply[#reply + 1] = x
+  end
+  if with_features then
+    for _, f in ipairs(features) do
+      if s.kind == 'c' then
+        reply[#reply + 1] = fmt(s.fused[f.name])
+      else
+        reply[#reply + 1] = '-'
+      end
+    end
+  end
+end
+for _, s in ipairs(specs) do
+  add(s, true)
+end
+if pool_state then
+  for _, s in ipairs(pool_specs) do
+    add(s, false)
+  end
 end
 return reply

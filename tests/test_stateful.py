@@ -28,9 +28,10 @@ from hypothesis.stateful import (
 
 from tests.conftest import START
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import Reservation, TokenFence
+from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos, to_nanos
+from tokenfence_asgi.results import Reservation
 
 PLAN = Plan(
     "model",
@@ -225,9 +226,8 @@ class BudgetMachine(RuleBasedStateMachine):
     def commit(self, index: int, cost: int) -> None:
         rid = self.ids[index % len(self.ids)]
         r = self.reservations.get(rid) or Reservation(
-            rid, TENANT, None, None, from_nanos(0), 0, "model",
-            tuple(limit.window for limit in PLAN.limits), None,
-        )  # fmt: skip
+            rid, TENANT, None, None, from_nanos(0), 0, "m"
+        )
         expected = self.model.commit(self.now_ms, rid, cost)
         settled = self.run(self.fence.commit(r, from_nanos(cost)))
         if expected[0] == "duplicate":

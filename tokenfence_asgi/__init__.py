@@ -3,13 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
-from tokenfence_asgi.engine import (
-    Reservation,
-    Settlement,
-    TenantStatus,
-    TokenFence,
-    WindowStatus,
-)
+from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
@@ -26,6 +20,14 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.results import (
+    Alert,
+    FenceCounters,
+    Reservation,
+    Settlement,
+    TenantStatus,
+    WindowStatus,
+)
 
 try:
     __version__ = version("tokenfence-asgi")
@@ -34,9 +36,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "BUILTIN_PLANS",
+    "Alert",
     "ApprovalRequired",
     "BudgetExceeded",
     "ConfigError",
+    "FenceCounters",
     "InputTooLong",
     "InvalidAmount",
     "InvalidId",

@@ -144,7 +144,9 @@ class Plan:
     not allowed or does not fit the budget (cycles are rejected). ``max_input_chars`` refuses
     longer prompts. ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
     applied as guaranteed shares (``feature_mode="share"``) or caps (``"cap"``). ``upgrade_url``
-    is shown to refused users. Sequences are stored as tuples, mappings as read-only copies.
+    is shown to refused users. ``enforce=False`` is shadow mode: every rule is decided and
+    recorded, would-be refusals are logged, counted and alerted, but calls go through.
+    Sequences are stored as tuples, mappings as read-only copies.
     Raises ``ConfigError`` naming the field and the bad value.
     """
 
@@ -156,6 +158,7 @@ class Plan:
     features: Mapping[str, float] | None = field(hash=False)
     feature_mode: Literal["share", "cap"]
     upgrade_url: str | None
+    enforce: bool
 
     def __init__(
         self,
@@ -167,7 +170,10 @@ class Plan:
         features: Mapping[str, float] | None = None,
         feature_mode: Literal["share", "cap"] = "share",
         upgrade_url: str | None = None,
+        enforce: bool = True,
     ) -> None:
+        if not isinstance(enforce, bool):
+            raise _bad("Plan.enforce", "true or false", enforce)
         if not isinstance(name, str) or not _PLAN_NAME.fullmatch(name):
             raise _bad("Plan.name", "1-64 of [A-Za-z0-9_.-], first a letter or digit", name)
         if max_input_chars is not None and not (
@@ -190,13 +196,14 @@ class Plan:
         object.__setattr__(self, "features", _check_features(features))
         object.__setattr__(self, "feature_mode", feature_mode)
         object.__setattr__(self, "upgrade_url", upgrade_url)
+        object.__setattr__(self, "enforce", enforce)
 
     def __reduce__(self) -> tuple[type[Plan], tuple[Any, ...]]:
         # Read-only mapping proxies cannot be pickled; rebuild from plain dicts instead.
         downgrade = None if self.downgrade is None else dict(self.downgrade)
         features = None if self.features is None else dict(self.features)
         args = (self.name, self.limits, self.models, downgrade, self.max_input_chars, features)
-        return (Plan, (*args, self.feature_mode, self.upgrade_url))
+        return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce))
 
     def model_allowed(self, model: str) -> bool:
         """Whether the plan allows ``model`` (case-sensitive glob match; ``models=None``: all)."""

@@ -1,8 +1,11 @@
-"""``TokenFence``: reserve, commit, release, status, plans and kill switches, in Python terms.
+"""``TokenFence``: reserve, commit, release, status, plans, pools and kill switches.
 
 Every check-and-update runs as one Lua script in the store (see ``lua/``): one round trip per
 reserve and per commit. Money crosses this API as ``Decimal`` dollars and is integer nano-dollars
-below it; time is the store's clock (Redis TIME) unless a ``clock`` is injected.
+below it; time is the store's clock (Redis TIME) unless a ``clock`` is injected. Where a tenant
+lives (its own hash tag or its pool's) and which plan it is on are cached per instance and
+corrected by the scripts themselves, so a change made on one instance costs the others one extra
+round trip, once.
 """
 
 from __future__ import annotations
@@ -14,158 +17,46 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Literal
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
 
+from tokenfence_asgi.alerts import AlertHook, AlertHub
 from tokenfence_asgi.config import BUILTIN_PLANS, Plan
 from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
     InvalidAmount,
     InvalidId,
+    Refused,
     RequestLimitExceeded,
     StoreUnavailable,
     TenantDisabled,
     UnknownPlan,
 )
-from tokenfence_asgi.keys import KeySpace, TenantKeys, decode_id, encode_id, validate_id
+from tokenfence_asgi.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
+from tokenfence_asgi.results import (
+    Alert,
+    FenceCounters,
+    Reservation,
+    Settlement,
+    TenantStatus,
+    WindowStatus,
+)
+from tokenfence_asgi.specs import NO_LIMITS, CompiledPlan, compile_plan
 from tokenfence_asgi.store import Store
 
-__all__ = [
-    "FenceCounters",
-    "Reservation",
-    "Settlement",
-    "TenantStatus",
-    "TokenFence",
-    "WindowStatus",
-]
+__all__ = ["TokenFence"]
 
 log = structlog.get_logger("tokenfence_asgi")
 
 Clock = Callable[[], float]
 OnStoreError = Literal["closed", "open"]
 _MAX_TOKENS = 10**12
-_PLAN_RETRIES = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A hold on a tenant's budget, to be settled by ``commit`` or ``release``.
-
-    ``amount`` is the dollars held; ``expires_at`` is when the lease runs out and the hold is
-    reclaimed. ``degraded`` is true when the store was unreachable and ``on_store_error="open"``
-    let the call through without a hold.
-    """
-
-    id: str
-    tenant_id: str
-    feature: str | None
-    model: str | None
-    amount: Decimal
-    amount_nanos: int
-    plan: str
-    windows: tuple[str, ...]
-    expires_at: datetime | None
-    degraded: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """What a ``commit`` or ``release`` did.
-
-    ``cost`` is what this call charged (zero for a release or a repeat); ``late`` marks a commit
-    whose hold had already expired; ``duplicate`` marks a repeat that changed nothing;
-    ``recorded`` is false when the store was unreachable and ``on_store_error="open"``.
-    """
-
-    reservation_id: str
-    cost: Decimal
-    late: bool = False
-    duplicate: bool = False
-    recorded: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class WindowStatus:
-    """One limit's window: committed spend, open holds, the limit and what remains.
-
-    ``limit`` includes ``carried`` (rollover from the previous period); ``remaining`` is
-    ``limit - used - held``, never below zero. Money is ``Decimal`` dollars.
-    """
-
-    window: str
-    kind: str
-    used: Decimal
-    held: Decimal
-    limit: Decimal | None
-    remaining: Decimal | None
-    carried: Decimal
-    requests: int
-    max_requests: int | None
-    resets_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class TenantStatus:
-    """A tenant's plan, kill switches, open holds and windows."""
-
-    tenant_id: str
-    plan: str
-    killed: bool
-    killed_features: tuple[str, ...]
-    held: Decimal
-    open_holds: int
-    windows: tuple[WindowStatus, ...]
-
-
-@dataclass(slots=True)
-class FenceCounters:
-    """Counts of store trouble since the fence was created."""
-
-    store_errors: int = 0
-    allowed_without_store: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _CompiledPlan:
-    """What the scripts need of a plan, as argument strings built once."""
-
-    plan: Plan
-    limit_args: tuple[str, ...]
-    windows: tuple[str, ...]
-
-
-def _compile(plan: Plan) -> _CompiledPlan:
-    args: list[str] = [str(len(plan.limits))]
-    for limit in plan.limits:
-        if limit.kind != "calendar":
-            raise ConfigError(
-                f"plan {plan.name!r}: Limit({limit.window!r}, kind={limit.kind!r}) is not"
-                " supported by this engine: use kind='calendar'"
-            )
-        cap = 0
-        if limit.max_cost_nanos is not None and limit.rollover:
-            cap = int(
-                (Decimal(limit.max_cost_nanos) * Decimal(str(limit.rollover))).to_integral_value(
-                    ROUND_FLOOR
-                )
-            )
-        args += [
-            limit.window,
-            str(limit.max_cost_nanos if limit.max_cost_nanos is not None else -1),
-            str(limit.max_requests if limit.max_requests is not None else -1),
-            str(cap),
-        ]
-    if plan.features:
-        raise ConfigError(
-            f"plan {plan.name!r}: feature weights are not supported by this engine yet;"
-            " leave Plan.features unset"
-        )
-    return _CompiledPlan(plan, tuple(args), tuple(limit.window for limit in plan.limits))
+_HOPS = 6  # plan, pool plan and location corrections one call may need
 
 
 def _utc(seconds: int) -> datetime:
@@ -186,6 +77,31 @@ def _tokens(name: str, value: object) -> int:
     return value
 
 
+def _split(reply: list[str]) -> tuple[str, list[str], list[str]]:
+    """A script reply as (kind, alert strings, details)."""
+    count = int(reply[1])
+    return reply[0], reply[2 : 2 + count], reply[2 + count :]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a tenant's keys are and the plans that apply there."""
+
+    location: str
+    keys: TenantKeys
+    plan: CompiledPlan
+    pool_plan: CompiledPlan
+
+    def specs(self) -> list[str]:
+        """Feature arguments, then the tenant's and the pool's limit specs."""
+        pool = self.pool_plan.limit_args if self.keys.pool_state else NO_LIMITS.limit_args
+        return [*self.plan.feature_args, *self.plan.limit_args, *pool]
+
+    @property
+    def pool(self) -> str | None:
+        return None if self.location == OWN else decode_id(self.location)
+
+
 class TokenFence:
     """Per-tenant dollar budgets, enforced atomically in Redis.
 
@@ -195,8 +111,9 @@ class TokenFence:
     an assigned plan are on ``default_plan``. ``clock`` (epoch seconds) replaces the store's
     clock in tests and simulations. ``on_store_error="open"`` lets calls through (logged and
     counted) when the store is unreachable; the default refuses them with ``StoreUnavailable``.
-    ``hold_ttl`` is the lease of a hold in seconds; ``record_ttl`` how long a settled
-    reservation is remembered, so repeats are recognised.
+    ``enforce=False`` runs every plan in shadow mode. ``hold_ttl`` is the lease of a hold in
+    seconds; ``record_ttl`` how long a settled reservation is remembered, so repeats are
+    recognised.
     """
 
     def __init__(
@@ -209,33 +126,36 @@ class TokenFence:
         prefix: str = "tf",
         clock: Clock | None = None,
         on_store_error: OnStoreError = "closed",
+        enforce: bool = True,
         hold_ttl: float = 600,
         record_ttl: float = 86400,
         timeout_s: float = 0.5,
         reclaim_batch: int = 16,
         kill_cache_s: float = 1.0,
-        plan_cache_size: int = 10_000,
+        cache_size: int = 10_000,
     ) -> None:
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
-        compiled: dict[str, _CompiledPlan] = {}
+        compiled: dict[str, CompiledPlan] = {}
         for plan in plan_list:
             if not isinstance(plan, Plan):
                 raise ConfigError(f"plans must be Plan instances, got {type(plan).__name__}")
             if plan.name in compiled:
                 raise ConfigError(f"plans: duplicate plan name {plan.name!r}")
-            compiled[plan.name] = _compile(plan)
+            compiled[plan.name] = compile_plan(plan)
         if default_plan not in compiled:
             raise UnknownPlan(default_plan, tuple(compiled))
         if on_store_error not in ("closed", "open"):
             raise ConfigError(f"on_store_error must be 'closed' or 'open', got {on_store_error!r}")
+        if not isinstance(enforce, bool):
+            raise ConfigError(f"enforce must be True or False, got {enforce!r}")
         if clock is not None and not callable(clock):
             raise ConfigError("clock must be a callable returning epoch seconds")
-        if isinstance(reclaim_batch, bool) or not isinstance(reclaim_batch, int):
-            raise ConfigError(f"reclaim_batch must be an int, got {reclaim_batch!r}")
-        if not 1 <= reclaim_batch <= 1000:
-            raise ConfigError(f"reclaim_batch must be in [1, 1000], got {reclaim_batch!r}")
-        if isinstance(plan_cache_size, bool) or not isinstance(plan_cache_size, int):
-            raise ConfigError(f"plan_cache_size must be an int, got {plan_cache_size!r}")
+        for name, value, low, high in (
+            ("reclaim_batch", reclaim_batch, 1, 1000),
+            ("cache_size", cache_size, 0, 10**7),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
         hold_s = _positive("hold_ttl", hold_ttl, maximum=7 * 86400)
         record_s = _positive("record_ttl", record_ttl, maximum=90 * 86400)
         self._kill_cache_s = (
@@ -247,17 +167,21 @@ class TokenFence:
         self._keys = KeySpace(prefix)
         self._clock = clock
         self._on_store_error: OnStoreError = on_store_error
+        self._enforce = enforce
         self._hold_ms = str(max(1, round(hold_s * 1000)))
         self._record_ttl = str(max(1, math.ceil(record_s)))
         self._reclaim = str(reclaim_batch)
-        self._plan_cache: OrderedDict[str, str] = OrderedDict()
-        self._plan_cache_size = max(0, plan_cache_size)
+        self._cache_size = cache_size
+        self._tenant_plans: OrderedDict[str, str] = OrderedDict()
+        self._locations: OrderedDict[str, str] = OrderedDict()
+        self._pool_plans: OrderedDict[str, str] = OrderedDict()
         self._switches: frozenset[str] = frozenset()
         self._switches_read_at = -math.inf
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
         self.counters = FenceCounters()
+        self._alerts = AlertHub(self.counters)
 
-    # -- plans ---------------------------------------------------------------------------
+    # -- configuration -----------------------------------------------------------------------
 
     @property
     def plans(self) -> dict[str, Plan]:
@@ -269,31 +193,68 @@ class TokenFence:
         """The plan of tenants that have none assigned."""
         return self._default_plan
 
-    def _compiled(self, name: str) -> _CompiledPlan:
+    def on_alert(self, hook: AlertHook) -> AlertHook:
+        """Call ``hook(alert)`` (sync or async) for every threshold alert; usable as a decorator.
+
+        Hooks run in the background: a slow or failing hook never delays or fails a call.
+        """
+        self._alerts.add(hook)
+        return hook
+
+    # -- caches and routing ------------------------------------------------------------------
+
+    def _remember(self, cache: OrderedDict[str, str], key: str, value: str) -> None:
+        if self._cache_size == 0:
+            return
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def _compiled(self, name: str) -> CompiledPlan:
         compiled = self._plans.get(name)
         if compiled is None:
-            # A tenant assigned a plan that this instance's configuration no longer has:
-            # enforce the default plan's limits rather than none.
+            # Assigned a plan this instance's configuration does not have: enforce the default
+            # plan's limits rather than none.
             log.error("plan_not_configured", plan=name, using=self._default_plan)
             return self._plans[self._default_plan]
         return compiled
 
-    def _cached_plan(self, tenant_enc: str) -> str:
-        name = self._plan_cache.get(tenant_enc)
-        if name is None:
-            return self._default_plan
-        self._plan_cache.move_to_end(tenant_enc)
-        return name
+    def _route(self, tenant_enc: str, location: str, plan: str, pool_plan: str) -> _Route:
+        pool_compiled = NO_LIMITS
+        if location != OWN and pool_plan:
+            pool_compiled = self._compiled(pool_plan)
+        return _Route(
+            location, self._keys.tenant(tenant_enc, location), self._compiled(plan), pool_compiled
+        )
 
-    def _remember_plan(self, tenant_enc: str, name: str) -> None:
-        if self._plan_cache_size == 0:
-            return
-        self._plan_cache[tenant_enc] = name
-        self._plan_cache.move_to_end(tenant_enc)
-        while len(self._plan_cache) > self._plan_cache_size:
-            self._plan_cache.popitem(last=False)
-
-    # -- helpers ---------------------------------------------------------------------------
+    async def _call(
+        self,
+        script: str,
+        tenant_enc: str,
+        build: Callable[[_Route], tuple[list[str], list[str]]],
+    ) -> tuple[list[str], _Route]:
+        """Run ``script`` for a tenant where it lives, following the scripts' corrections."""
+        location = self._locations.get(tenant_enc, OWN)
+        plan = self._tenant_plans.get(tenant_enc, self._default_plan)
+        for _ in range(_HOPS):
+            pool_plan = self._pool_plans.get(location, "") if location != OWN else ""
+            route = self._route(tenant_enc, location, plan, pool_plan)
+            keys, args = build(route)
+            reply = await self._run(script, keys, args)
+            kind = reply[0]
+            if kind == "moved":
+                location = reply[2]
+                self._remember(self._locations, tenant_enc, location)
+            elif kind == "plan":
+                plan = reply[2]
+                self._remember(self._tenant_plans, tenant_enc, plan)
+            elif kind == "pool_plan":
+                self._remember(self._pool_plans, location, reply[2])
+            else:
+                self._remember(self._locations, tenant_enc, location)
+                return reply, route
+        raise StoreUnavailable("tenant plan or pool kept changing during the call; try again")
 
     def _now_arg(self) -> str:
         if self._clock is None:
@@ -302,11 +263,6 @@ class TokenFence:
         if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
             raise ConfigError(f"clock() must return finite epoch seconds, got {now!r}")
         return str(int(now * 1000))
-
-    def _tenant(self, tenant_id: object) -> tuple[str, str, TenantKeys]:
-        tenant = validate_id(tenant_id, what="tenant_id")
-        encoded = encode_id(tenant)
-        return tenant, encoded, self._keys.tenant(encoded)
 
     async def _run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
         try:
@@ -330,7 +286,29 @@ class TokenFence:
             self._switches_read_at = now
         return self._switches
 
-    # -- reserve / commit / release --------------------------------------------------------
+    def _alerts_from(
+        self, raw: list[str], tenant: str, feature: str | None, route: _Route
+    ) -> list[Alert]:
+        alerts = []
+        for item in raw:
+            scope, window, metric, threshold, used, limit = item.split("|")
+            money = metric == "cost"
+            alerts.append(
+                Alert(
+                    tenant_id=tenant,
+                    feature=feature,
+                    scope=scope,
+                    pool=route.pool,
+                    window=window,
+                    metric=metric,
+                    threshold=int(threshold),
+                    used=from_nanos(int(used)) if money else Decimal(used),
+                    limit=from_nanos(int(limit)) if money else Decimal(limit),
+                )
+            )
+        return alerts
+
+    # -- reserve / commit / release ------------------------------------------------------------
 
     async def reserve(
         self,
@@ -343,17 +321,15 @@ class TokenFence:
     ) -> Reservation:
         """Hold ``amount`` dollars (the call's worst-case cost) on the tenant's budget.
 
-        Checks every limit of the tenant's plan and the kill switches in one atomic step.
-        Raises ``BudgetExceeded``, ``RequestLimitExceeded``, ``TenantDisabled``,
-        ``StoreUnavailable`` (unless ``on_store_error="open"``), or ``InvalidAmount`` /
-        ``InvalidId`` for bad input. A repeated ``reservation_id`` returns the same hold.
+        Checks every limit of the tenant's plan and pool, the feature shares and the kill
+        switches in one atomic step. Raises ``BudgetExceeded``, ``RequestLimitExceeded``,
+        ``TenantDisabled``, ``StoreUnavailable`` (unless ``on_store_error="open"``), or
+        ``InvalidAmount`` / ``InvalidId`` for bad input. A repeated ``reservation_id`` returns
+        the same hold.
         """
         nanos = to_nanos(amount, rounding="up", field="amount")
         return await self.reserve_first(
-            tenant_id,
-            [(model, nanos)],
-            feature=feature,
-            reservation_id=reservation_id,
+            tenant_id, [(model, nanos)], feature=feature, reservation_id=reservation_id
         )
 
     async def reserve_first(
@@ -369,11 +345,12 @@ class TokenFence:
         The building block of model downgrade: candidates are tried in order inside one
         atomic step. Raises as ``reserve`` does, for the last candidate when none fits.
         """
-        tenant, tenant_enc, keys = self._tenant(tenant_id)
+        tenant = validate_id(tenant_id, what="tenant_id")
+        tenant_enc = encode_id(tenant)
         feat = None if feature is None else validate_id(feature, what="feature")
         feat_enc = "" if feat is None else encode_id(feat)
-        rid = uuid.uuid4().hex if reservation_id is None else reservation_id
-        rid = validate_id(rid, what="reservation_id")
+        rid = validate_id(uuid.uuid4().hex if reservation_id is None else reservation_id,
+                          what="reservation_id")  # fmt: skip
         rid_enc = encode_id(rid)
         if not candidates:
             raise ValueError("reserve_first needs at least one candidate")
@@ -387,99 +364,79 @@ class TokenFence:
                 )
             amounts.append(str(nanos))
 
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            keys = route.keys
+            enforce = self._enforce and route.plan.plan.enforce
+            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
+                self._now_arg(), route.plan.name, self._default_plan, tenant_enc, rid_enc,
+                feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
+                route.location if route.location != OWN else "",
+                route.pool_plan.name if route.keys.pool_state else "",
+                "1" if enforce else "0", route.plan.mode, *route.specs(),
+                str(len(amounts)), *amounts,
+            ]  # fmt: skip
+
         try:
             switches = await self._global_switches()
-            if "k" in switches:
+            if "k" in switches or (feat is not None and f"k:{feat_enc}" in switches):
                 raise TenantDisabled(tenant_id=tenant, feature=feat, scope="global")
-            if feat is not None and f"k:{feat_enc}" in switches:
-                raise TenantDisabled(tenant_id=tenant, feature=feat, scope="global")
-            compiled = self._compiled(self._cached_plan(tenant_enc))
-            assumed = compiled.plan.name
-            for _ in range(_PLAN_RETRIES + 1):
-                reply = await self._run(
-                    "reserve",
-                    [keys.state, keys.holds, keys.record(rid_enc)],
-                    [
-                        self._now_arg(),
-                        assumed,
-                        self._default_plan,
-                        rid_enc,
-                        feat_enc,
-                        self._hold_ms,
-                        self._reclaim,
-                        self._record_ttl,
-                        *compiled.limit_args,
-                        str(len(amounts)),
-                        *amounts,
-                    ],
-                )
-                if reply[0] != "plan":
-                    break
-                assumed = reply[1]
-                self._remember_plan(tenant_enc, assumed)
-                compiled = self._compiled(assumed)
-            else:  # pragma: no cover - needs set_plan racing every retry
-                raise StoreUnavailable("tenant plan kept changing during reserve")
+            reply, route = await self._call("reserve", tenant_enc, build)
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
             self.counters.allowed_without_store += 1
             log.warning("reserve_allowed_without_store", tenant=tenant, feature=feat)
             model, nanos = candidates[0]
-            return Reservation(
-                rid, tenant, feat, model, from_nanos(nanos), nanos, self._default_plan,
-                (), None, degraded=True,
-            )  # fmt: skip
+            return Reservation(rid, tenant, feat, model, from_nanos(nanos), nanos,
+                               self._default_plan, degraded=True)  # fmt: skip
 
-        self._remember_plan(tenant_enc, assumed)
-        kind = reply[0]
-        plan = compiled.plan
+        kind, raw_alerts, details = _split(reply)
+        if raw_alerts:
+            self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route))
+        plan = route.plan.plan
         if kind == "ok":
-            index = int(reply[1]) - 1
-            nanos = int(reply[2])
+            index, nanos, expires = int(details[0]) - 1, int(details[1]), int(details[2])
+            shadow = None
+            if len(details) > 4:
+                shadow = self._refusal(details[4:], tenant, feat, route)
+                self.counters.shadow_refusals += 1
+                log.warning(
+                    "reserve_would_refuse", tenant=tenant, feature=feat, error=shadow.error_code,
+                    detail=shadow.message,
+                )  # fmt: skip
             return Reservation(
-                id=rid,
-                tenant_id=tenant,
-                feature=feat,
-                model=candidates[index][0],
-                amount=from_nanos(nanos),
-                amount_nanos=nanos,
-                plan=plan.name,
-                windows=compiled.windows,
-                expires_at=datetime.fromtimestamp(int(reply[3]) / 1000, UTC),
-            )
+                id=rid, tenant_id=tenant, feature=feat, model=candidates[index][0],
+                amount=from_nanos(nanos), amount_nanos=nanos, plan=plan.name, pool=route.pool,
+                expires_at=datetime.fromtimestamp(expires / 1000, UTC), shadow_refusal=shadow,
+            )  # fmt: skip
         if kind == "killed":
             log.info("reserve_refused", tenant=tenant, feature=feat, reason="killed")
-            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=reply[1])
-        if kind == "requests":
-            log.info("reserve_refused", tenant=tenant, feature=feat, reason="requests")
-            raise RequestLimitExceeded(
-                tenant_id=tenant,
-                feature=feat,
-                window=reply[1],
-                requests=int(reply[2]),
-                max_requests=int(reply[3]),
-                resets_at=_utc(int(reply[4])),
-                upgrade_url=plan.upgrade_url,
-            )
-        if kind == "budget":
-            log.info(
-                "reserve_refused", tenant=tenant, feature=feat, reason="budget", window=reply[1]
-            )
-            raise BudgetExceeded(
-                tenant_id=tenant,
-                feature=feat,
-                window=reply[1],
-                total_cost=from_nanos(int(reply[2])),
-                held=from_nanos(int(reply[3])),
-                max_cost=from_nanos(int(reply[4])),
-                resets_at=_utc(int(reply[5])),
-                requested=from_nanos(int(reply[6])),
-                upgrade_url=plan.upgrade_url,
-            )
+            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=details[0])
         if kind == "duplicate":
             raise InvalidId(f"reservation_id {rid!r} was already used and settled")
-        raise RuntimeError(f"unexpected reserve reply {reply!r}")  # pragma: no cover
+        refusal = self._refusal([kind, *details], tenant, feat, route)
+        log.info("reserve_refused", tenant=tenant, feature=feat, reason=refusal.error_code)
+        raise refusal
+
+    def _refusal(
+        self, details: list[str], tenant: str, feature: str | None, route: _Route
+    ) -> Refused:
+        kind, scope, window = details[0], details[1], details[2]
+        plan = route.pool_plan.plan if scope == "pool" else route.plan.plan
+        if kind == "requests":
+            return RequestLimitExceeded(
+                tenant_id=tenant, feature=feature, window=window, requests=int(details[3]),
+                max_requests=int(details[4]), resets_at=_utc(int(details[5])),
+                upgrade_url=plan.upgrade_url, scope=scope, pool=route.pool,
+            )  # fmt: skip
+        used, held, limit, resets, amount, carried, reason = details[3:10]
+        return BudgetExceeded(
+            tenant_id=tenant, feature=feature, window=window, total_cost=from_nanos(int(used)),
+            held=from_nanos(int(held)), max_cost=from_nanos(int(limit)),
+            resets_at=_utc(int(resets)), requested=from_nanos(int(amount)),
+            upgrade_url=plan.upgrade_url, scope=scope, pool=route.pool, reason=reason,
+            carried=from_nanos(int(carried)),
+        )  # fmt: skip
 
     async def commit(
         self,
@@ -499,43 +456,36 @@ class TokenFence:
         nanos = to_nanos(cost, rounding="half_up", field="cost")
         _tokens("input_tokens", input_tokens)
         _tokens("output_tokens", output_tokens)
-        _, tenant_enc, keys = self._tenant(reservation.tenant_id)
-        rid_enc = encode_id(reservation.id)
-        windows = reservation.windows or self._compiled(self._cached_plan(tenant_enc)).windows
+        tenant = validate_id(reservation.tenant_id, what="tenant_id")
+        tenant_enc, rid_enc = encode_id(tenant), encode_id(reservation.id)
         feat_enc = "" if reservation.feature is None else encode_id(reservation.feature)
+
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            keys = route.keys
+            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
+                self._now_arg(), tenant_enc, rid_enc, str(nanos), self._record_ttl,
+                self._reclaim, feat_enc, str(input_tokens), str(output_tokens),
+                route.location if route.location != OWN else "", *route.specs(),
+            ]  # fmt: skip
+
         try:
-            reply = await self._run(
-                "commit",
-                [keys.state, keys.holds, keys.record(rid_enc)],
-                [
-                    self._now_arg(),
-                    rid_enc,
-                    str(nanos),
-                    self._record_ttl,
-                    self._reclaim,
-                    ",".join(windows),
-                    feat_enc,
-                    str(input_tokens),
-                    str(output_tokens),
-                ],
-            )
+            reply, route = await self._call("commit", tenant_enc, build)
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
-            log.warning(
-                "commit_not_recorded", tenant=reservation.tenant_id, reservation=reservation.id
-            )
+            log.warning("commit_not_recorded", tenant=tenant, reservation=reservation.id)
             return Settlement(reservation.id, from_nanos(nanos), recorded=False)
-        if reply[0] == "duplicate":
-            log.info("commit_duplicate", tenant=reservation.tenant_id, reservation=reservation.id)
+        kind, raw_alerts, details = _split(reply)
+        if raw_alerts:
+            alerts = self._alerts_from(raw_alerts, tenant, reservation.feature, route)
+            self._alerts.dispatch(alerts)
+        if kind == "duplicate":
+            log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
             return Settlement(reservation.id, Decimal(0), duplicate=True)
-        late = reply[2] == "late"
+        late = details[1] == "late"
         if late:
-            log.warning(
-                "commit_late", tenant=reservation.tenant_id, reservation=reservation.id,
-                cost_nanos=nanos,
-            )  # fmt: skip
-        return Settlement(reservation.id, from_nanos(int(reply[1])), late=late)
+            log.warning("commit_late", tenant=tenant, reservation=reservation.id, cost_nanos=nanos)
+        return Settlement(reservation.id, from_nanos(int(details[0])), late=late)
 
     async def release(self, reservation: Reservation) -> Settlement:
         """Drop the hold without charging (the call failed before costing anything). Idempotent."""
@@ -543,107 +493,183 @@ class TokenFence:
             raise TypeError(f"release needs a Reservation, got {type(reservation).__name__}")
         if reservation.degraded:
             return Settlement(reservation.id, Decimal(0), recorded=False)
-        _, _, keys = self._tenant(reservation.tenant_id)
+        tenant_enc = encode_id(validate_id(reservation.tenant_id, what="tenant_id"))
         rid_enc = encode_id(reservation.id)
+
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            keys = route.keys
+            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
+                self._now_arg(), tenant_enc, rid_enc, self._record_ttl, self._reclaim,
+                route.location if route.location != OWN else "",
+            ]  # fmt: skip
+
         try:
-            reply = await self._run(
-                "release",
-                [keys.state, keys.holds, keys.record(rid_enc)],
-                [self._now_arg(), rid_enc, self._record_ttl, self._reclaim],
-            )
+            reply, _ = await self._call("release", tenant_enc, build)
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
-            log.warning(
-                "release_not_recorded", tenant=reservation.tenant_id, reservation=reservation.id
-            )
+            log.warning("release_not_recorded", tenant=reservation.tenant_id,
+                        reservation=reservation.id)  # fmt: skip
             return Settlement(reservation.id, Decimal(0), recorded=False)
         return Settlement(reservation.id, Decimal(0), duplicate=reply[0] != "released")
 
-    # -- status, plans, switches -----------------------------------------------------------
+    # -- status --------------------------------------------------------------------------------
 
     async def status(self, tenant_id: str) -> TenantStatus:
-        """The tenant's plan, kill switches, open holds and every window of its plan."""
-        tenant, tenant_enc, keys = self._tenant(tenant_id)
-        compiled = self._compiled(self._cached_plan(tenant_enc))
-        for _ in range(_PLAN_RETRIES + 1):
-            reply = await self._run(
-                "status",
-                [keys.state, keys.holds],
-                [
-                    self._now_arg(),
-                    self._default_plan,
-                    self._reclaim,
-                    self._record_ttl,
-                    str(len(compiled.windows)),
-                    *compiled.windows,
-                ],
-            )
-            stored = reply[1]
-            if stored == compiled.plan.name or stored not in self._plans:
-                break
-            self._remember_plan(tenant_enc, stored)
-            compiled = self._plans[stored]
+        """The tenant's plan, pool, kill switches, open holds and every window of its plans."""
+        tenant = validate_id(tenant_id, what="tenant_id")
+        tenant_enc = encode_id(tenant)
+
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            keys = route.keys
+            return keys.with_pool([keys.state, keys.holds]), [
+                self._now_arg(), self._default_plan, self._reclaim, self._record_ttl,
+                route.location if route.location != OWN else "", *route.specs(),
+            ]  # fmt: skip
+
+        reply, route = await self._call("status", tenant_enc, build)
+        stored_plan = reply[3]
+        if stored_plan != route.plan.name and stored_plan in self._plans:
+            self._remember(self._tenant_plans, tenant_enc, stored_plan)
+            reply, route = await self._call("status", tenant_enc, build)
+        if route.keys.pool_state and reply[8] != route.pool_plan.name and reply[8]:
+            self._remember(self._pool_plans, route.location, reply[8])
+            reply, route = await self._call("status", tenant_enc, build)
         switches = await self._global_switches()
-        held = int(reply[3])
-        windows = []
-        for n, limit in enumerate(compiled.plan.limits):
-            used, requests, previous, start, end = (int(x) for x in reply[6 + 5 * n : 11 + 5 * n])
-            del start
-            carried = 0
-            max_nanos = limit.max_cost_nanos
-            if max_nanos is not None and limit.rollover:
-                cap = int(
-                    (Decimal(max_nanos) * Decimal(str(limit.rollover))).to_integral_value(
-                        ROUND_FLOOR
-                    )
-                )
-                carried = min(max(0, max_nanos - previous), cap)
-            effective = None if max_nanos is None else max_nanos + carried
-            windows.append(
-                WindowStatus(
-                    window=limit.window,
-                    kind=limit.kind,
-                    used=from_nanos(used),
-                    held=from_nanos(held),
-                    limit=None if effective is None else from_nanos(effective),
-                    remaining=None
-                    if effective is None
-                    else from_nanos(max(0, effective - used - held)),
-                    carried=from_nanos(carried),
-                    requests=requests,
-                    max_requests=limit.max_requests,
-                    resets_at=_utc(end),
-                )
-            )
+        held, pool_held = int(reply[5]), int(reply[9])
+        names = [name for name, _ in route.plan.feature_ppm]
+        rest = reply[10:]
+        windows, rest = self._windows(route.plan.plan, rest, held, "tenant", names)
+        pool_windows: tuple[WindowStatus, ...] = ()
+        if route.keys.pool_state:
+            pool_windows, rest = self._windows(route.pool_plan.plan, rest, pool_held, "pool", [])
         return TenantStatus(
             tenant_id=tenant,
-            plan=stored,
-            killed=reply[2] == "1" or "k" in switches,
-            killed_features=tuple(decode_id(f) for f in reply[5].split(",") if f),
+            plan=stored_plan,
+            killed=reply[4] == "1" or "k" in switches,
+            killed_features=tuple(decode_id(f) for f in reply[7].split(",") if f),
             held=from_nanos(held),
-            open_holds=int(reply[4]),
-            windows=tuple(windows),
+            open_holds=int(reply[6]),
+            windows=windows,
+            pool=route.pool,
+            pool_plan=(reply[8] or None) if route.keys.pool_state else None,
+            pool_windows=pool_windows,
         )
+
+    @staticmethod
+    def _windows(
+        plan: Plan, values: list[str], held: int, scope: str, features: list[str]
+    ) -> tuple[tuple[WindowStatus, ...], list[str]]:
+        windows = []
+        for limit in plan.limits:
+            used, requests, carried, resets = (int(x) for x in values[:4])
+            per_feature = values[4 : 4 + len(features)]
+            values = values[4 + len(features) :]
+            effective = None
+            if limit.max_cost_nanos is not None:
+                effective = limit.max_cost_nanos + carried
+            windows.append(
+                WindowStatus(
+                    window=limit.window, kind=limit.kind, used=from_nanos(used),
+                    held=from_nanos(held),
+                    limit=None if effective is None else from_nanos(effective),
+                    remaining=None if effective is None
+                    else from_nanos(max(0, effective - used - held)),
+                    carried=from_nanos(carried), requests=requests,
+                    max_requests=limit.max_requests, resets_at=_utc(resets), scope=scope,
+                    features={name: from_nanos(int(v)) for name, v in
+                              zip(features, per_feature, strict=True) if v != "-"},
+                )
+            )  # fmt: skip
+        return tuple(windows), values
+
+    # -- plans, pools, switches ----------------------------------------------------------------
 
     async def set_plan(self, tenant_id: str, plan: str) -> None:
         """Assign a configured plan to a tenant; every instance honours it on its next reserve."""
-        _, tenant_enc, keys = self._tenant(tenant_id)
+        tenant_enc = encode_id(validate_id(tenant_id, what="tenant_id"))
         if plan not in self._plans:
             raise UnknownPlan(plan, tuple(self._plans))
-        await self._run("admin", [keys.state], ["set_plan", plan])
-        self._remember_plan(tenant_enc, plan)
+        await self._admin(tenant_enc, "set_plan", plan)
+        self._remember(self._tenant_plans, tenant_enc, plan)
+
+    async def _admin(self, tenant_enc: str, op: str, arg: str) -> None:
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            return [route.keys.state], [
+                op,
+                arg,
+                "tenant",
+                route.location if route.location != OWN else "",
+            ]
+
+        await self._call("admin", tenant_enc, build)
+
+    async def set_pool(self, tenant_id: str, pool: str | None, *, plan: str | None = None) -> None:
+        """Put a tenant in a pool (``None``: take it out), optionally setting the pool's plan.
+
+        A pool's limits are checked in the same script as its members' own limits. The tenant's
+        spend, open holds, plan and switches move with it: nothing is lost or counted twice;
+        spend already charged to a pool's limits stays with that pool. A pool needs a plan,
+        given here the first time (``plan=``) or set before with ``set_pool_plan``. Safe to
+        repeat: an interrupted move is completed by calling again with the same arguments.
+        """
+        tenant_enc = encode_id(validate_id(tenant_id, what="tenant_id"))
+        target = OWN if pool is None else encode_id(validate_id(pool, what="pool"))
+        if plan is not None:
+            if pool is None:
+                raise ConfigError("set_pool(..., plan=...) needs a pool")
+            await self.set_pool_plan(pool, plan)
+        elif pool is not None:
+            known = await self._store.hget(self._keys.pool_state(target), "plan")
+            if known is None:
+                raise ConfigError(f"pool {pool!r} has no plan yet: pass plan=")
+        own = self._keys.tenant(tenant_enc)
+        source = await self._store.hget(own.state, "loc") or OWN
+        move_id = uuid.uuid4().hex
+        for _ in range(_HOPS):
+            if source == target:
+                break
+            keys = self._keys.tenant(tenant_enc, source)
+            dump = await self._run(
+                "move", keys.with_pool([keys.state, keys.holds]),
+                ["out", tenant_enc, target, move_id, source],
+            )  # fmt: skip
+            if dump[0] == "moved":  # an earlier move went elsewhere: follow it
+                source = dump[2]
+                continue
+            dest = self._keys.tenant(tenant_enc, target)
+            await self._run(
+                "move", dest.with_pool([dest.state, dest.holds]),
+                ["in", tenant_enc, source, move_id, target, *dump[2:]],
+            )  # fmt: skip
+            if OWN not in (source, target):
+                await self._run("move", [own.state, own.holds], ["point", tenant_enc, target,
+                                                                 move_id, OWN])  # fmt: skip
+            await self._run(
+                "move", keys.with_pool([keys.state, keys.holds]),
+                ["drop", tenant_enc, target, move_id, source],
+            )  # fmt: skip
+            break
+        self._remember(self._locations, tenant_enc, target)
+        log.info("tenant_moved", tenant=tenant_id, pool=pool)
+
+    async def set_pool_plan(self, pool: str, plan: str) -> None:
+        """Set the plan whose limits apply to a pool as a whole."""
+        pool_enc = encode_id(validate_id(pool, what="pool"))
+        if plan not in self._plans:
+            raise UnknownPlan(plan, tuple(self._plans))
+        await self._run("admin", [self._keys.pool_state(pool_enc)], ["set_plan", plan, "other", ""])
+        self._remember(self._pool_plans, pool_enc, plan)
 
     async def _switch(self, op: str, tenant_id: str | None, feature: str | None) -> None:
         field = "k"
         if feature is not None:
             field = f"k:{encode_id(validate_id(feature, what='feature'))}"
         if tenant_id is None:
-            await self._run("admin", [self._keys.global_switches], [op, field])
+            await self._run("admin", [self._keys.global_switches], [op, field, "other", ""])
             self._switches_read_at = -math.inf
         else:
-            _, _, keys = self._tenant(tenant_id)
-            await self._run("admin", [keys.state], [op, field])
+            await self._admin(encode_id(validate_id(tenant_id, what="tenant_id")), op, field)
 
     async def kill(self, tenant_id: str | None = None, *, feature: str | None = None) -> None:
         """Refuse AI calls: of a tenant, of one feature of a tenant, or (no tenant) of everyone.
@@ -662,13 +688,13 @@ class TokenFence:
 
         Raises ``StoreUnavailable`` when the store cannot be reached.
         """
-        base = f"{self._keys.prefix}:{{ping}}:"
+        keys = self._keys.tenant("%00ping")  # no validated id encodes to this
         await self._run(
-            "status",
-            [base + "s", base + "h"],
-            [self._now_arg(), self._default_plan, "1", "1", "0"],
-        )
+            "status", [keys.state, keys.holds],
+            [self._now_arg(), self._default_plan, "1", "1", "", "0", "0", "0"],
+        )  # fmt: skip
 
     async def aclose(self) -> None:
-        """Close the store connection if the fence opened it."""
+        """Wait briefly for alert deliveries in flight; close the store if the fence opened it."""
+        await self._alerts.drain()
         await self._store.aclose()

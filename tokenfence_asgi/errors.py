@@ -158,10 +158,13 @@ class _LimitRefusal(Refused):
 
 
 class BudgetExceeded(_LimitRefusal):
-    """The call's cost would take the tenant past a cost limit.
+    """The call's cost would take the tenant (or its pool) past a cost limit.
 
     ``total_cost`` is the committed spend in the window, ``held`` the open holds, ``max_cost`` the
-    limit, all ``Decimal`` dollars; ``resets_at`` is an aware UTC datetime.
+    effective limit (including ``carried`` rollover), all ``Decimal`` dollars; ``resets_at`` is
+    an aware UTC datetime. ``scope`` is ``"tenant"`` or ``"pool"``; ``reason`` is ``"limit"``,
+    ``"share"`` (the rest is guaranteed to other features) or ``"cap"`` (the feature's own cap,
+    then ``total_cost`` and ``max_cost`` are the feature's).
     """
 
     status_code = 402
@@ -179,10 +182,21 @@ class BudgetExceeded(_LimitRefusal):
         held: Decimal = Decimal(0),
         requested: Decimal = Decimal(0),
         upgrade_url: str | None = None,
+        scope: str = "tenant",
+        pool: str | None = None,
+        reason: str = "limit",
+        carried: Decimal = Decimal(0),
     ) -> None:
+        who = f"pool {pool!r}" if scope == "pool" else f"tenant {tenant_id!r}"
+        what = f"AI budget of ${_money(max_cost)} per {window}"
+        if reason == "cap":
+            what += f" for feature {feature!r}"
+        why = ""
+        if reason == "share":
+            why = "; the rest is kept for other features' guaranteed shares"
         super().__init__(
-            f"AI budget of ${_money(max_cost)} per {window} exceeded for tenant {tenant_id!r}"
-            f" (used ${_money(total_cost)}, held ${_money(held)}, requested ${_money(requested)})",
+            f"{what} exceeded for {who} (used ${_money(total_cost)}, held ${_money(held)},"
+            f" requested ${_money(requested)}){why}",
             tenant_id=tenant_id,
             feature=feature,
             window=window,
@@ -193,6 +207,10 @@ class BudgetExceeded(_LimitRefusal):
         self.max_cost = max_cost
         self.held = held
         self.requested = requested
+        self.scope = scope
+        self.pool = pool
+        self.reason = reason
+        self.carried = carried
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,9 +240,12 @@ class RequestLimitExceeded(_LimitRefusal):
         max_requests: int,
         resets_at: datetime,
         upgrade_url: str | None = None,
+        scope: str = "tenant",
+        pool: str | None = None,
     ) -> None:
+        who = f"pool {pool!r}" if scope == "pool" else f"tenant {tenant_id!r}"
         super().__init__(
-            f"AI request limit of {max_requests} per {window} reached for tenant {tenant_id!r}",
+            f"AI request limit of {max_requests} per {window} reached for {who}",
             tenant_id=tenant_id,
             feature=feature,
             window=window,
@@ -233,6 +254,8 @@ class RequestLimitExceeded(_LimitRefusal):
         )
         self.requests = requests
         self.max_requests = max_requests
+        self.scope = scope
+        self.pool = pool
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,8 +7,9 @@ ids never share a key (``"a:b"`` vs ``"a"`` + ``"b"``), and it never emits ``{``
 so no id escapes its hash tag or forges another key's suffix. Encoded ids are bounded (at most
 12 bytes per character), so keys are too.
 
-All keys of one tenant share the hash tag ``{t.<tenant>}``, so every script touches one Redis
-Cluster slot. The global kill switches live under ``{global}``, read separately.
+All keys of one tenant share one hash tag, so every script touches one Redis Cluster slot: its
+own ``{t.<tenant>}``, or ``{p.<pool>}`` for every member of a pool (so pool limits are checked
+in the same script). The global kill switches live under ``{global}``, read separately.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from urllib.parse import quote, unquote
 
 from tokenfence_asgi.errors import ConfigError, InvalidId
 
-__all__ = ["MAX_ID_LENGTH", "KeySpace", "TenantKeys", "decode_id", "encode_id", "validate_id"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "OWN",
+    "KeySpace",
+    "TenantKeys",
+    "decode_id",
+    "encode_id",
+    "validate_id",
+]
 
 MAX_ID_LENGTH = 200
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -54,17 +63,27 @@ def decode_id(encoded: str) -> str:
     return unquote(encoded)
 
 
+OWN = "-"
+"""The location of a tenant that is in no pool: its own hash tag."""
+
+
 @dataclass(frozen=True, slots=True)
 class TenantKeys:
-    """The keys of one tenant, all under its hash tag."""
+    """The keys of one tenant at one location (its own tag, or its pool's)."""
 
+    tag: str
+    base: str
     state: str
     holds: str
-    base: str
+    pool_state: str | None
 
     def record(self, reservation_id_encoded: str) -> str:
         """The key of one reservation record."""
         return f"{self.base}r:{reservation_id_encoded}"
+
+    def with_pool(self, keys: list[str]) -> list[str]:
+        """``keys`` plus the pool's state key when the tenant is in a pool."""
+        return keys if self.pool_state is None else [*keys, self.pool_state]
 
 
 class KeySpace:
@@ -78,7 +97,17 @@ class KeySpace:
         self.prefix = prefix
         self.global_switches = f"{prefix}:{{global}}:k"
 
-    def tenant(self, tenant_encoded: str) -> TenantKeys:
-        """The keys of the tenant whose encoded id is given."""
-        base = f"{self.prefix}:{{t.{tenant_encoded}}}:"
-        return TenantKeys(state=base + "s", holds=base + "h", base=base)
+    def tenant(self, tenant_encoded: str, location: str = OWN) -> TenantKeys:
+        """The keys of a tenant (encoded id) living at ``location`` (``OWN`` or an encoded pool)."""
+        if location == OWN:
+            tag = f"{self.prefix}:{{t.{tenant_encoded}}}:"
+            pool_state = None
+        else:
+            tag = f"{self.prefix}:{{p.{location}}}:"
+            pool_state = tag + "pool:s"
+        base = f"{tag}t.{tenant_encoded}:"
+        return TenantKeys(tag, base, base + "s", tag + "h", pool_state)
+
+    def pool_state(self, pool_encoded: str) -> str:
+        """The state key of a pool (encoded id)."""
+        return f"{self.prefix}:{{p.{pool_encoded}}}:pool:s"

@@ -124,6 +124,14 @@ class Store:
             for k, v in raw.items()
         }
 
+    async def hget(self, key: str, field: str) -> str | None:
+        """One field of a hash, decoded, or None."""
+        try:
+            raw = await self.client.hget(key, field)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
     async def aclose(self) -> None:
         """Close the client if this store created it."""
         if self._owned:

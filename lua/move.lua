@@ -1,0 +1,283 @@
+-- MOVE: one step of moving a tenant between tags (its own, or a pool's) so that its spend, open
+-- holds, plan and switches follow it, never lost and never counted twice. set_pool runs the
+-- steps in order: 'out' at the source (marks the tenant as moved and returns a dump of it),
+-- 'in' at the destination (merges the dump), 'point' at the tenant's own tag when neither end
+-- is it (the directory), 'drop' at the source (deletes what was moved, keeps a forwarding
+-- mark). Each step is idempotent for one move id, so an interrupted set_pool is completed by
+-- running it again. Spend already charged to a pool's own limits stays with that pool.
+--
+-- KEYS[1]: tenant state at this tag TB.."s"   KEYS[2]: holds of this tag TAG.."h"
+-- KEYS[3]: pool state TAG.."pool:s" (when this tag is a pool's)
+-- ARGV[1]: step 'out' | 'in' | 'point' | 'drop'
+-- ARGV[2]: tenant (encoded)   ARGV[3]: the other end: '-' (own tag) or a pool (encoded)
+-- ARGV[4]: move id            ARGV[5]: this tag's pool (encoded), or '-' for the own tag
+-- 'in' only, from ARGV[6]: the dump 'out' returned (after its first two items)
+--
+-- Replies: {'dump', 0, ...} from 'out'; {'done', 0} ; {'moved', 0, where the tenant lives}
+local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
+local step, tenant, other, move_id, here = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tag = string.sub(holds, 1, -2)
+local tb = string.sub(state, 1, -2)
+local prefix = tenant .. '/'
+local MOVE_FIELDS = { loc = true, mv = true, mv_in = true, pool = true, dropped = true }
+
+local function own_holds()
+  local out = {}
+  local members = redis.call('ZRANGE', holds, 0, -1, 'WITHSCORES')
+  for k = 1, #members, 2 do
+    if string.sub(members[k], 1, #prefix) == prefix then
+      out[#out + 1] = { id = string.sub(members[k], #prefix + 1), expires = members[k + 1] }
+    end
+  end
+  return out
+end
+
+if step == 'point' then
+  redis.call('HSET', state, 'loc', other)
+  return { 'done', 0 }
+end
+
+if step == 'out' then
+  local meta = redis.call('HMGET', state, 'loc', 'mv', 'pool')
+  if meta[1] and meta[2] ~= move_id then
+    return { 'moved', 0, meta[1] }
+  end
+  if here ~= '-' and not meta[1] and meta[3] ~= here then
+    return { 'moved', 0, '-' }
+  end
+  redis.call('HSET', state, 'loc', other, 'mv', move_id)
+  local reply = { 'dump', 0 }
+  local flat = redis.call('HGETALL', state)
+  local kept = {}
+  for k = 1, #flat, 2 do
+    if not MOVE_FIELDS[flat[k]] then
+      kept[#kept + 1] = flat[k]
+      kept[#kept + 1] = flat[k + 1]
+    end
+  end
+  reply[#reply + 1] = fmt(#kept)
+  for _, x in ipairs(kept) do
+    reply[#reply + 1] = x
+  end
+  local windows = {}
+  for window in pairs(SIZES) do
+    local pairs_ = redis.call('HGETALL', tb .. 'w:' .. window)
+    if #pairs_ > 0 then
+      windows[#windows + 1] = { window, pairs_ }
+    end
+  end
+  reply[#reply + 1] = fmt(#windows)
+  for _, w in ipairs(windows) do
+    reply[#reply + 1] = w[1]
+    reply[#reply + 1] = fmt(#w[2])
+    for _, x in ipairs(w[2]) do
+      reply[#reply + 1] = x
+    end
+  end
+  local records = {}
+  for _, h in ipairs(own_holds()) do
+    local v = redis.call('HMGET', tb .. 'r:' .. h.id, 's', 'a', 'i', 'f', 'fl')
+    if v[1] == 'h' then
+      records[#records + 1] = { h.id, h.expires, v[2] or '0', v[3] or '1', v[4] or '', v[5] or '0' }
+    end
+  end
+  reply[#reply + 1] = fmt(#records)
+  for _, r in ipairs(records) do
+    for _, x in ipairs(r) do
+      reply[#reply + 1] = x
+    end
+  end
+  return reply
+end
+
+if step == 'drop' then
+  local meta = redis.call('HMGET', state, 'loc', 'mv', 'dropped')
+  if meta[2] ~= move_id or meta[3] == move_id then
+    return { 'done', 0 }
+  end
+  local held = num(redis.call('HGET', state, 'held'))
+  if pool_state and held ~= 0 then
+    redis.call('HINCRBY', pool_state, 'held', fmt(-held))
+  end
+  for _, h in ipairs(own_holds()) do
+    local record = tb .. 'r:' .. h.id
+    if redis.call('HGET', record, 's') == 'h' then
+      redis.call('DEL', record)
+    end
+    redis.call('ZREM', holds, prefix .. h.id)
+  end
+  for window in pairs(SIZES) do
+    redis.call('DEL', tb .. 'w:' .. window)
+  end
+  local gone = {}
+  for _, field in ipairs(redis.call('HKEYS', state)) do
+    if field ~= 'loc' and field ~= 'mv' then
+      gone[#gone + 1] = field
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', state, unpack(gone))
+  end
+  redis.call('HSET', state, 'dropped', move_id)
+  return { 'done', 0 }
+end
+
+if step ~= 'in' then
+  return redis.error_reply('tokenfence: unknown move step ' .. tostring(step))
+end
+if redis.call('HGET', state, 'mv_in') == move_id then
+  return { 'done', 0 }
+end
+
+-- Parse the dump.
+local i = 6
+local fields = {}
+for k = 1, tonumber(ARGV[i]), 2 do
+  fields[ARGV[i + k]] = ARGV[i + k + 1]
+end
+i = i + 1 + tonumber(ARGV[i])
+local sliding = {}
+for _ = 1, tonumber(ARGV[i]) do
+  local window, n = ARGV[i + 1], tonumber(ARGV[i + 2])
+  local map = {}
+  for k = 1, n, 2 do
+    map[ARGV[i + 2 + k]] = ARGV[i + 3 + k]
+  end
+  sliding[window] = map
+  i = i + 2 + n
+end
+local records = {}
+for _ = 1, tonumber(ARGV[i]) do
+  records[#records + 1] = { id = ARGV[i + 1], expires = ARGV[i + 2], a = ARGV[i + 3],
+    idx = ARGV[i + 4], f = ARGV[i + 5], fl = ARGV[i + 6] }
+  i = i + 6
+end
+
+-- Merge the tenant's state: counters of the same period add up, a newer period wins, held
+-- amounts add, plan and switches follow the tenant.
+local current = {}
+local flat = redis.call('HGETALL', state)
+for k = 1, #flat, 2 do
+  current[flat[k]] = flat[k + 1]
+end
+local out = {}
+local function put(field, value)
+  out[#out + 1] = field
+  out[#out + 1] = value
+end
+local function counter(field)
+  local window, suffix = string.match(field, '^(.-):([pcqrab])$')
+  if window and SIZES[window] then
+    return window, suffix
+  end
+  return nil
+end
+for field, value in pairs(fields) do
+  local window, suffix = counter(field)
+  local feature_window = string.match(field, '^(.-):f:')
+  if window and suffix == 'p' then
+    local mine, theirs = num(current[field]), num(value)
+    if theirs > mine then
+      for _, suffix in ipairs({ ':p', ':c', ':r', ':q', ':a', ':b' }) do
+        put(window .. suffix, fields[window .. suffix] or '0')
+      end
+    elseif theirs == mine then
+      for _, suffix in ipairs({ ':c', ':r', ':q' }) do
+        put(window .. suffix, fmt(num(current[window .. suffix]) + num(fields[window .. suffix])))
+      end
+      for _, suffix in ipairs({ ':a', ':b' }) do
+        put(window .. suffix, fmt(math.max(num(current[window .. suffix]),
+          num(fields[window .. suffix]))))
+      end
+    end
+  elseif window then
+    -- the period's other counters were merged with its ':p' field
+  elseif feature_window and SIZES[feature_window] then
+    local tp, tc = string.match(value, '^(%d+):(%d+)$')
+    local mp, mc = string.match(current[field] or '0:0', '^(%d+):(%d+)$')
+    tp, tc, mp, mc = tonumber(tp), tonumber(tc), tonumber(mp), tonumber(mc)
+    if tp > mp then
+      put(field, value)
+    elseif tp == mp then
+      put(field, fmt(tp) .. ':' .. fmt(tc + mc))
+    end
+  elseif field == 'held' or field == 'nh' or string.sub(field, 1, 3) == 'hf:' then
+    put(field, fmt(num(current[field]) + num(value)))
+  elseif field == 't' then
+    put(field, fmt(math.max(num(current[field]), num(value))))
+  else
+    put(field, value) -- plan, kill switches
+  end
+end
+
+-- Open holds: a hold whose record already exists here was settled here while the move was in
+-- flight; it is not imported, and its amount leaves the merged held totals.
+local imported = 0
+local function add_to(field, delta)
+  local base = num(current[field])
+  for k = 1, #out, 2 do
+    if out[k] == field then
+      base = num(out[k + 1])
+      out[k + 1] = fmt(base + delta)
+      return
+    end
+  end
+  put(field, fmt(base + delta))
+end
+for _, r in ipairs(records) do
+  local record = tb .. 'r:' .. r.id
+  if redis.call('EXISTS', record) == 1 then
+    add_to('held', -num(r.a))
+    add_to('nh', -1)
+    if r.fl == '1' then
+      add_to('hf:' .. r.f, -num(r.a))
+    end
+  else
+    redis.call('HSET', record, 's', 'h', 'a', r.a, 'e', r.expires, 'i', r.idx, 'f', r.f,
+      'fl', r.fl)
+    redis.call('ZADD', holds, r.expires, prefix .. r.id)
+    imported = imported + num(r.a)
+  end
+end
+put('mv_in', move_id)
+if here ~= '-' then
+  put('pool', here)
+end
+redis.call('HSET', state, unpack(out))
+redis.call('HDEL', state, 'loc', 'mv', 'dropped')
+if here == '-' then
+  redis.call('HDEL', state, 'pool')
+end
+if pool_state and imported ~= 0 then
+  redis.call('HINCRBY', pool_state, 'held', fmt(imported))
+end
+
+-- Sliding windows: bucket by bucket.
+for window, map in pairs(sliding) do
+  local key = tb .. 'w:' .. window
+  local mine = {}
+  local mflat = redis.call('HGETALL', key)
+  for k = 1, #mflat, 2 do
+    mine[mflat[k]] = mflat[k + 1]
+  end
+  local args = {}
+  for field, value in pairs(map) do
+    if field == 'c' or field == 'r' then
+      args[#args + 1] = field
+      args[#args + 1] = fmt(num(mine[field]) + num(value))
+    elseif field == 'o' then
+      args[#args + 1] = field
+      args[#args + 1] = fmt(math.min(num(mine[field] or value), num(value)))
+    elseif field ~= 'a' and field ~= 'b' then
+      local tc, tr = string.match(value, '^(%d+),(%d+)$')
+      local mc, mr = string.match(mine[field] or '0,0', '^(%d+),(%d+)$')
+      args[#args + 1] = field
+      args[#args + 1] = fmt(tonumber(tc) + tonumber(mc)) .. ',' .. fmt(tonumber(tr) + tonumber(mr))
+    end
+  end
+  if #args > 0 then
+    redis.call('HSET', key, unpack(args))
+    redis.call('PEXPIRE', key, fmt(SIZES[window] * 1000 + 60000))
+  end
+end
+return { 'done', 0 }

@@ -1,0 +1,126 @@
+"""What the engine returns: reservations, settlements, status, alerts, counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from tokenfence_asgi.errors import Refused
+
+__all__ = [
+    "Alert",
+    "FenceCounters",
+    "Reservation",
+    "Settlement",
+    "TenantStatus",
+    "WindowStatus",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A hold on a tenant's budget, to be settled by ``commit`` or ``release``.
+
+    ``amount`` is the dollars held; ``expires_at`` is when the lease runs out and the hold is
+    reclaimed. ``pool`` is the tenant's pool when it had one. ``degraded`` is true when the store
+    was unreachable and ``on_store_error="open"`` let the call through without a hold;
+    ``shadow_refusal`` is the refusal a plan in shadow mode (``enforce=False``) did not raise.
+    """
+
+    id: str
+    tenant_id: str
+    feature: str | None
+    model: str | None
+    amount: Decimal
+    amount_nanos: int
+    plan: str
+    pool: str | None = None
+    expires_at: datetime | None = None
+    degraded: bool = False
+    shadow_refusal: Refused | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a ``commit`` or ``release`` did.
+
+    ``cost`` is what this call charged (zero for a release or a repeat); ``late`` marks a commit
+    whose hold had already expired; ``duplicate`` marks a repeat that changed nothing;
+    ``recorded`` is false when the store was unreachable and ``on_store_error="open"``.
+    """
+
+    reservation_id: str
+    cost: Decimal
+    late: bool = False
+    duplicate: bool = False
+    recorded: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStatus:
+    """One limit's window: committed spend, open holds, the limit and what remains.
+
+    ``scope`` is ``"tenant"`` or ``"pool"``. ``limit`` includes ``carried`` (rollover from the
+    previous period); ``remaining`` is ``limit - used - held``, never below zero. ``features``
+    is the spend of each feature listed in the plan (calendar limits). Money is ``Decimal``.
+    """
+
+    window: str
+    kind: str
+    used: Decimal
+    held: Decimal
+    limit: Decimal | None
+    remaining: Decimal | None
+    carried: Decimal
+    requests: int
+    max_requests: int | None
+    resets_at: datetime
+    scope: str = "tenant"
+    features: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStatus:
+    """A tenant's plan, pool, kill switches, open holds and windows (its own and its pool's)."""
+
+    tenant_id: str
+    plan: str
+    killed: bool
+    killed_features: tuple[str, ...]
+    held: Decimal
+    open_holds: int
+    windows: tuple[WindowStatus, ...]
+    pool: str | None = None
+    pool_plan: str | None = None
+    pool_windows: tuple[WindowStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A limit crossed 50%, 80% or 100% (reported once per window and threshold).
+
+    ``metric`` is ``"cost"`` (``used`` and ``limit`` in ``Decimal`` dollars) or ``"requests"``
+    (counts). ``scope`` is ``"tenant"`` or ``"pool"``; ``pool`` names the pool.
+    """
+
+    tenant_id: str
+    feature: str | None
+    scope: str
+    pool: str | None
+    window: str
+    metric: str
+    threshold: int
+    used: Decimal
+    limit: Decimal
+
+
+@dataclass(slots=True)
+class FenceCounters:
+    """Counts since the fence was created: store trouble, shadow refusals, alert delivery."""
+
+    store_errors: int = 0
+    allowed_without_store: int = 0
+    shadow_refusals: int = 0
+    alerts: int = 0
+    alert_hook_errors: int = 0
