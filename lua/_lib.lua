@@ -329,7 +329,8 @@ local function sliding_resets(s)
   return (s.idx + 1) * bucket
 end
 
--- Add cost and requests to the current bucket of a sliding limit.
+-- Add cost and requests to the current bucket of a sliding limit whose totals (s.used,
+-- s.requests) already include them.
 local function sliding_add(s, cost, requests)
   local field = fmt(s.idx)
   local current = redis.call('HGET', s.key, field)
@@ -338,7 +339,7 @@ local function sliding_add(s, cost, requests)
     c, r = string.match(current, '^(%d+),(%d+)$')
     c, r = tonumber(c), tonumber(r)
   end
-  local args = { 'c', fmt(s.used + cost), 'r', fmt(s.requests + requests),
+  local args = { 'c', fmt(s.used), 'r', fmt(s.requests),
     field, fmt(c + cost) .. ',' .. fmt(r + requests) }
   if not s.oldest then
     args[#args + 1] = 'o'

@@ -129,22 +129,25 @@ if redis.call('HGET', state, 'mv_in') == move_id then
   return { 'done', 0 }
 end
 
--- Parse the dump.
+-- Parse the dump: each section is a count followed by its items.
 local i = 6
 local fields = {}
-for k = 1, tonumber(ARGV[i]), 2 do
+local n = tonumber(ARGV[i])
+for k = 1, n, 2 do
   fields[ARGV[i + k]] = ARGV[i + k + 1]
 end
-i = i + 1 + tonumber(ARGV[i])
+i = i + 1 + n
 local sliding = {}
-for _ = 1, tonumber(ARGV[i]) do
-  local window, n = ARGV[i + 1], tonumber(ARGV[i + 2])
+local windows = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, windows do
+  local window, count = ARGV[i], tonumber(ARGV[i + 1])
   local map = {}
-  for k = 1, n, 2 do
-    map[ARGV[i + 2 + k]] = ARGV[i + 3 + k]
+  for k = 1, count, 2 do
+    map[ARGV[i + 1 + k]] = ARGV[i + 2 + k]
   end
   sliding[window] = map
-  i = i + 2 + n
+  i = i + 2 + count
 end
 local records = {}
 for _ = 1, tonumber(ARGV[i]) do
