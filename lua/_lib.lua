@@ -15,7 +15,8 @@
 --                   fl '1' when the feature's held counter was raised
 --   TAG.."h"        zset: open holds of the tag, member "<tenant>/<id>", score lease expiry (ms)
 --   TAG.."pool:s"   hash (pools only): the pool's plan, held and counters; TAG.."pool:w:"..W
--- Reservation states: h held, c committed, r released, x expired (lease ran out, reclaimed).
+-- Reservation states: h held, c committed, r released, x expired (lease ran out, reclaimed),
+-- m moved (its tenant moved to another tag, field 'to'; a stub that forwards settlement).
 -- Calendar counters of window W in a state hash: W..':p' period start (s), ':c' committed cost,
 -- ':r' requests, ':q' cost of the preceding period (rollover), ':a' / ':b' highest cost / request
 -- alert threshold already reported this period; W..':f:'..F "<period start>:<cost>" per feature.

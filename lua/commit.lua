@@ -13,25 +13,38 @@
 -- ARGV[6]: reclaim budget             ARGV[7]: feature (encoded) or '', for an unknown record
 -- ARGV[8]: input tokens               ARGV[9]: output tokens
 -- ARGV[10]: pool the caller assumed (encoded) or ''
--- ARGV[11]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- ARGV[11]: '1' to follow a forwarding stub of a moved hold, '0' not to
+-- ARGV[12]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
 --
 -- Replies: {'committed', A, A alerts, cost, 'late' | 'on_time', released hold}
 --          {'duplicate', 0, state of the earlier settlement, cost charged then}
---          {'moved', 0, where the tenant lives now ('-' = own tag)}
+--          {'moved', 0, where the tenant or the hold moved to ('-' = own tag), 'tenant'|'record'}
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
 local pooled = pool_state ~= nil
 
 -- A settled id stays settled, even after the tenant moved to another pool.
-local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c')
+local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c', 'to')
 if v[2] == 'c' or v[2] == 'r' then
   return { 'duplicate', 0, v[2], v[5] or '0' }
+end
+-- A stub forwards to where the hold moved with its tenant; it is not followed when the caller
+-- came here following the tenant itself (the hold then ran out elsewhere, see below).
+if v[2] == 'm' and ARGV[11] == '1' then
+  return { 'moved', 0, v[6], 'record' }
 end
 local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
 local elsewhere = moved(meta[2], meta[3], ARGV[10])
 if elsewhere then
-  return { 'moved', 0, elsewhere }
+  if v[2] == 'x' or not v[2] then
+    -- The cost will be charged where the tenant lives now: leave a stub pointing there, so
+    -- a repeat of this commit finds that charge even after the tenant comes back here.
+    redis.call('DEL', record)
+    redis.call('HSET', record, 's', 'm', 'to', elsewhere)
+    redis.call('EXPIRE', record, ARGV[5])
+  end
+  return { 'moved', 0, elsewhere, 'tenant' }
 end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
@@ -41,6 +54,10 @@ local done_ttl = ARGV[5]
 reclaim(tag, now, tonumber(ARGV[6]), done_ttl, pooled)
 v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c')
 local status, released, late = v[2], 0, 'late'
+if status == 'm' then
+  status = nil -- a stale stub: the hold it forwarded to ran out; charge the cost here
+  redis.call('DEL', record)
+end
 local feature = v[3] or ARGV[7]
 if status == 'h' then
   released = num(v[1])
@@ -50,7 +67,7 @@ elseif not status then
   redis.call('HSET', record, 'a', '0', 'f', feature)
 end
 
-local features, i = read_features(11)
+local features, i = read_features(12)
 local specs, pool_specs
 specs, i = read_specs(i)
 pool_specs = read_specs(i)

@@ -12,6 +12,7 @@
 -- ARGV[2]: tenant (encoded)   ARGV[3]: the other end: '-' (own tag) or a pool (encoded)
 -- ARGV[4]: move id            ARGV[5]: this tag's pool (encoded), or '-' for the own tag
 -- 'in' only, from ARGV[6]: the dump 'out' returned (after its first two items)
+-- 'drop' only, ARGV[6]: ttl of the forwarding stubs left for moved holds, integer seconds
 --
 -- Replies: {'dump', 0, ...} from 'out'; {'done', 0} ; {'moved', 0, where the tenant lives}
 local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
@@ -102,7 +103,10 @@ if step == 'drop' then
   for _, h in ipairs(own_holds()) do
     local record = tb .. 'r:' .. h.id
     if redis.call('HGET', record, 's') == 'h' then
+      -- A forwarding stub: a commit or release that comes here follows the hold.
       redis.call('DEL', record)
+      redis.call('HSET', record, 's', 'm', 'to', other)
+      redis.call('EXPIRE', record, ARGV[6])
     end
     redis.call('ZREM', holds, prefix .. h.id)
   end
@@ -213,8 +217,9 @@ for field, value in pairs(fields) do
   end
 end
 
--- Open holds: a hold whose record already exists here was settled here while the move was in
--- flight; it is not imported, and its amount leaves the merged held totals.
+-- Open holds: a hold whose record already exists here (other than a forwarding stub) was
+-- settled here while the move was in flight; it is not imported, and its amount leaves the
+-- merged held totals.
 local imported = 0
 local function add_to(field, delta)
   local base = num(current[field])
@@ -229,13 +234,15 @@ local function add_to(field, delta)
 end
 for _, r in ipairs(records) do
   local record = tb .. 'r:' .. r.id
-  if redis.call('EXISTS', record) == 1 then
+  local existing = redis.call('HGET', record, 's')
+  if existing and existing ~= 'm' then
     add_to('held', -num(r.a))
     add_to('nh', -1)
     if r.fl == '1' then
       add_to('hf:' .. r.f, -num(r.a))
     end
   else
+    redis.call('DEL', record) -- a forwarding stub left when the hold moved away from here
     redis.call('HSET', record, 's', 'h', 'a', r.a, 'e', r.expires, 'i', r.idx, 'f', r.f,
       'fl', r.fl)
     redis.call('ZADD', holds, r.expires, prefix .. r.id)
@@ -271,7 +278,15 @@ for window, map in pairs(sliding) do
     elseif field == 'o' then
       args[#args + 1] = field
       args[#args + 1] = fmt(math.min(num(mine[field] or value), num(value)))
-    elseif field ~= 'a' and field ~= 'b' then
+    elseif field == 'a' or field == 'b' then
+      -- alert marks "<level>@<bucket>": the higher level wins, so none is reported twice
+      local level = tonumber(string.match(value, '^(%d+)@')) or 0
+      local held_level = tonumber(string.match(mine[field] or '0@0', '^(%d+)@')) or 0
+      if level > held_level then
+        args[#args + 1] = field
+        args[#args + 1] = value
+      end
+    else
       local tc, tr = string.match(value, '^(%d+),(%d+)$')
       local mc, mr = string.match(mine[field] or '0,0', '^(%d+),(%d+)$')
       args[#args + 1] = field

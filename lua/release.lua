@@ -7,18 +7,22 @@
 -- ARGV[2]: tenant (encoded)           ARGV[3]: reservation id (encoded)
 -- ARGV[4]: record ttl after settling, integer seconds
 -- ARGV[5]: reclaim budget             ARGV[6]: pool the caller assumed (encoded) or ''
+-- ARGV[7]: '1' to follow a forwarding stub of a moved hold, '0' not to
 --
 -- Replies: {'released', 0, amount} | {'noop', 0, state or 'unknown'} | {'moved', 0, where}
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tag = string.sub(holds, 1, -2)
-local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl')
+local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'to')
 if v[2] == 'c' or v[2] == 'r' or v[2] == 'x' then
   return { 'noop', 0, v[2] }
+end
+if v[2] == 'm' and ARGV[7] == '1' then
+  return { 'moved', 0, v[5], 'record' } -- the hold moved with its tenant
 end
 local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
 local elsewhere = moved(meta[2], meta[3], ARGV[6])
 if elsewhere then
-  return { 'moved', 0, elsewhere }
+  return { 'moved', 0, elsewhere, 'tenant' }
 end
 local now = clock_ms(ARGV[1], meta[1])
 reclaim(tag, now, tonumber(ARGV[5]), ARGV[4], pool_state ~= nil)

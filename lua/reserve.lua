@@ -168,7 +168,8 @@ local chosen = nil
 local amount = 0
 local budget_refusal = nil
 local n_candidates = tonumber(ARGV[i])
-for k = 1, n_candidates do
+-- A call refused by a request limit is not priced against the cost limits.
+for k = 1, refusal and 0 or n_candidates do
   amount = tonumber(ARGV[i + k])
   local scope, s, scope_held, reason = fails(amount)
   if not scope then

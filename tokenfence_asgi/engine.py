@@ -56,7 +56,7 @@ log = structlog.get_logger("tokenfence_asgi")
 Clock = Callable[[], float]
 OnStoreError = Literal["closed", "open"]
 _MAX_TOKENS = 10**12
-_HOPS = 6  # plan, pool plan and location corrections one call may need
+_HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
 
 
 def _utc(seconds: int) -> datetime:
@@ -83,6 +83,13 @@ def _split(reply: list[str]) -> tuple[str, list[str], list[str]]:
     return reply[0], reply[2 : 2 + count], reply[2 + count :]
 
 
+def _origin(reservation: Reservation) -> str:
+    """The location a reservation was made at."""
+    if reservation.pool is None:
+        return OWN
+    return encode_id(validate_id(reservation.pool, what="pool"))
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     """Where a tenant's keys are and the plans that apply there."""
@@ -91,6 +98,7 @@ class _Route:
     keys: TenantKeys
     plan: CompiledPlan
     pool_plan: CompiledPlan
+    follow_stubs: str = "1"
 
     def specs(self) -> list[str]:
         """Feature arguments, then the tenant's and the pool's limit specs."""
@@ -220,39 +228,50 @@ class TokenFence:
             return self._plans[self._default_plan]
         return compiled
 
-    def _route(self, tenant_enc: str, location: str, plan: str, pool_plan: str) -> _Route:
+    def _route(
+        self, tenant_enc: str, location: str, plan: str, pool_plan: str, follow_stubs: str
+    ) -> _Route:
         pool_compiled = NO_LIMITS
         if location != OWN and pool_plan:
             pool_compiled = self._compiled(pool_plan)
-        return _Route(
-            location, self._keys.tenant(tenant_enc, location), self._compiled(plan), pool_compiled
-        )
+        keys = self._keys.tenant(tenant_enc, location)
+        return _Route(location, keys, self._compiled(plan), pool_compiled, follow_stubs)
 
     async def _call(
         self,
         script: str,
         tenant_enc: str,
         build: Callable[[_Route], tuple[list[str], list[str]]],
+        start: str | None = None,
     ) -> tuple[list[str], _Route]:
-        """Run ``script`` for a tenant where it lives, following the scripts' corrections."""
-        location = self._locations.get(tenant_enc, OWN)
+        """Run ``script`` for a tenant where it lives, following the scripts' corrections.
+
+        ``start`` is where to look first instead of the cached location (a reservation's own
+        location, where its record is).
+        """
+        location = start if start is not None else self._locations.get(tenant_enc, OWN)
         plan = self._tenant_plans.get(tenant_enc, self._default_plan)
+        follow_stubs = "1"
         for _ in range(_HOPS):
             pool_plan = self._pool_plans.get(location, "") if location != OWN else ""
-            route = self._route(tenant_enc, location, plan, pool_plan)
+            route = self._route(tenant_enc, location, plan, pool_plan, follow_stubs)
             keys, args = build(route)
             reply = await self._run(script, keys, args)
             kind = reply[0]
             if kind == "moved":
                 location = reply[2]
-                self._remember(self._locations, tenant_enc, location)
+                # A hold's forwarding stub is followed only until the tenant itself is.
+                follow_stubs = "1" if reply[3:4] == ["record"] and follow_stubs == "1" else "0"
+                if reply[3:4] != ["record"]:
+                    self._remember(self._locations, tenant_enc, location)
             elif kind == "plan":
                 plan = reply[2]
                 self._remember(self._tenant_plans, tenant_enc, plan)
             elif kind == "pool_plan":
                 self._remember(self._pool_plans, location, reply[2])
             else:
-                self._remember(self._locations, tenant_enc, location)
+                if start is None:  # not a settlement that may end at an old location
+                    self._remember(self._locations, tenant_enc, location)
                 return reply, route
         raise StoreUnavailable("tenant plan or pool kept changing during the call; try again")
 
@@ -465,11 +484,14 @@ class TokenFence:
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
                 self._now_arg(), tenant_enc, rid_enc, str(nanos), self._record_ttl,
                 self._reclaim, feat_enc, str(input_tokens), str(output_tokens),
-                route.location if route.location != OWN else "", *route.specs(),
+                route.location if route.location != OWN else "", route.follow_stubs,
+                *route.specs(),
             ]  # fmt: skip
 
         try:
-            reply, route = await self._call("commit", tenant_enc, build)
+            # Its record is where it was reserved: a settled one there answers a repeat even
+            # after the tenant moved to another pool; an open one forwards to where it moved.
+            reply, route = await self._call("commit", tenant_enc, build, _origin(reservation))
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
@@ -500,11 +522,11 @@ class TokenFence:
             keys = route.keys
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
                 self._now_arg(), tenant_enc, rid_enc, self._record_ttl, self._reclaim,
-                route.location if route.location != OWN else "",
+                route.location if route.location != OWN else "", route.follow_stubs,
             ]  # fmt: skip
 
         try:
-            reply, _ = await self._call("release", tenant_enc, build)
+            reply, _ = await self._call("release", tenant_enc, build, _origin(reservation))
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
@@ -647,7 +669,7 @@ class TokenFence:
                                                                  move_id, OWN])  # fmt: skip
             await self._run(
                 "move", keys.with_pool([keys.state, keys.holds]),
-                ["drop", tenant_enc, target, move_id, source],
+                ["drop", tenant_enc, target, move_id, source, self._record_ttl],
             )  # fmt: skip
             break
         self._remember(self._locations, tenant_enc, target)
