@@ -166,7 +166,7 @@ end
 
 local chosen = nil
 local amount = 0
-local budget_refusal = nil
+local failed = nil
 local n_candidates = tonumber(ARGV[i])
 -- A call refused by a request limit is not priced against the cost limits.
 for k = 1, refusal and 0 or n_candidates do
@@ -176,27 +176,30 @@ for k = 1, refusal and 0 or n_candidates do
     chosen = k
     break
   end
+  failed = { scope = scope, s = s, held = scope_held, reason = reason, amount = amount }
+end
+if not chosen and failed then
+  -- No candidate fits: refused by the limit the last (cheapest) candidate failed.
+  local s = failed.s
   local resets = s.resets
   if s.kind == 's' then
     resets = sliding_resets(s)
   end
-  local used = s.used
-  local limit = s.limit
-  if reason == 'cap' then
+  local used, limit = s.used, s.limit
+  if failed.reason == 'cap' then
     used = s.fused[listed and listed.name or ''] or 0
     limit = listed and share(s.limit, listed.ppm) or 0
   end
-  budget_refusal = { 'budget', scope, s.window, fmt(used), fmt(scope_held), fmt(limit),
-    fmt(resets), fmt(amount), fmt(s.carried), reason }
-  -- Refused by a cost limit: that limit has reached 100% for this call (reported once).
-  if reason == 'limit' and s.alert < 100 then
-    alerts[#alerts + 1] = scope .. '|' .. s.window .. '|cost|100|' .. fmt(s.used + scope_held)
-      .. '|' .. fmt(s.limit)
+  refusal = { 'budget', failed.scope, s.window, fmt(used), fmt(failed.held), fmt(limit),
+    fmt(resets), fmt(failed.amount), fmt(s.carried), failed.reason }
+  -- That limit has reached 100% for this call (reported once per window).
+  if failed.reason == 'limit' and s.alert < 100 then
+    alerts[#alerts + 1] = failed.scope .. '|' .. s.window .. '|cost|100|'
+      .. fmt(s.used + failed.held) .. '|' .. fmt(s.limit)
     s.alert = 100
     s.alert_changed = true
   end
 end
-refusal = refusal or budget_refusal
 
 local enforce = ARGV[12] == '1'
 if refusal and enforce then

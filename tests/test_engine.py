@@ -466,3 +466,23 @@ async def test_open_mode_allows_and_counts_when_the_store_is_down() -> None:
     assert (await fence.release(r)).recorded is False
     assert fence.counters.allowed_without_store == 1
     await fence.aclose()
+
+
+async def test_candidates_follow_the_plan_the_store_holds(make_fence: MakeFence) -> None:
+    a = make_fence(plans=PLANS, default_plan="day")
+    b = make_fence(plans=PLANS, default_plan="day")
+    await b.reserve("acme", "0.01")  # b caches "day"
+    await a.set_plan("acme", "big")
+    seen: list[str] = []
+
+    def offer(plan: Plan) -> list[tuple[str | None, int]]:
+        seen.append(plan.name)
+        return [("gpt-4o", 5 * 10**9), ("gpt-4o-mini", 10**8)]
+
+    r = await b.reserve_first("acme", offer)
+    assert seen == ["day", "big"]  # recomputed for the plan the script found
+    assert (r.model, r.amount, r.plan) == ("gpt-4o", D(5), "big")
+    await b.release(r)
+    await a.set_plan("acme", "day")
+    r = await a.reserve_first("acme", offer)
+    assert (r.model, r.amount) == ("gpt-4o-mini", D("0.1"))  # downgraded: the first did not fit

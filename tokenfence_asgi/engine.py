@@ -77,6 +77,23 @@ def _tokens(name: str, value: object) -> int:
     return value
 
 
+Candidates = Sequence[tuple[str | None, int]] | Callable[[Plan], Sequence[tuple[str | None, int]]]
+
+
+def _amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
+    """The candidates' amounts as script arguments, validated like any amount."""
+    if not candidates:
+        raise ValueError("reserve_first needs at least one candidate")
+    amounts = []
+    for _, nanos in candidates:
+        if isinstance(nanos, bool) or not isinstance(nanos, int):
+            raise InvalidAmount(f"candidate amounts must be int nano-dollars, got {nanos!r}")
+        if not 0 <= nanos <= MAX_CALL_NANOS:
+            raise InvalidAmount(f"candidate amount must be in [0, {MAX_CALL_NANOS}], got {nanos!r}")
+        amounts.append(str(nanos))
+    return amounts
+
+
 def _split(reply: list[str]) -> tuple[str, list[str], list[str]]:
     """A script reply as (kind, alert strings, details)."""
     count = int(reply[1])
@@ -354,7 +371,7 @@ class TokenFence:
     async def reserve_first(
         self,
         tenant_id: str,
-        candidates: Sequence[tuple[str | None, int]],
+        candidates: Candidates,
         *,
         feature: str | None = None,
         reservation_id: str | None = None,
@@ -362,7 +379,10 @@ class TokenFence:
         """Hold the first ``(model, amount_nanos)`` candidate that fits every limit.
 
         The building block of model downgrade: candidates are tried in order inside one
-        atomic step. Raises as ``reserve`` does, for the last candidate when none fits.
+        atomic step. ``candidates`` may be a callable taking the tenant's ``Plan`` (as the store
+        knows it, so never stale) and returning them: that is where a caller applies the plan's
+        model allow-list and input limits, raising ``ModelNotAllowed`` / ``InputTooLong``.
+        Raises as ``reserve`` does, for the last candidate when none fits.
         """
         tenant = validate_id(tenant_id, what="tenant_id")
         tenant_enc = encode_id(tenant)
@@ -371,20 +391,13 @@ class TokenFence:
         rid = validate_id(uuid.uuid4().hex if reservation_id is None else reservation_id,
                           what="reservation_id")  # fmt: skip
         rid_enc = encode_id(rid)
-        if not candidates:
-            raise ValueError("reserve_first needs at least one candidate")
-        amounts = []
-        for _, nanos in candidates:
-            if isinstance(nanos, bool) or not isinstance(nanos, int):
-                raise InvalidAmount(f"candidate amounts must be int nano-dollars, got {nanos!r}")
-            if not 0 <= nanos <= MAX_CALL_NANOS:
-                raise InvalidAmount(
-                    f"candidate amount must be in [0, {MAX_CALL_NANOS}] nanos, got {nanos!r}"
-                )
-            amounts.append(str(nanos))
+        chosen_from: list[Sequence[tuple[str | None, int]]] = []
 
         def build(route: _Route) -> tuple[list[str], list[str]]:
             keys = route.keys
+            offered = candidates(route.plan.plan) if callable(candidates) else candidates
+            amounts = _amounts(offered)
+            chosen_from.append(offered)
             enforce = self._enforce and route.plan.plan.enforce
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
                 self._now_arg(), route.plan.name, self._default_plan, tenant_enc, rid_enc,
@@ -405,9 +418,13 @@ class TokenFence:
                 raise
             self.counters.allowed_without_store += 1
             log.warning("reserve_allowed_without_store", tenant=tenant, feature=feat)
-            model, nanos = candidates[0]
+            plan = self._compiled(self._tenant_plans.get(tenant_enc, self._default_plan)).plan
+            offered = candidates(plan) if callable(candidates) else candidates
+            _amounts(offered)
+            model, nanos = offered[0]
             return Reservation(rid, tenant, feat, model, from_nanos(nanos), nanos,
-                               self._default_plan, degraded=True)  # fmt: skip
+                               plan.name, degraded=True)  # fmt: skip
+        candidates = chosen_from[-1]
 
         kind, raw_alerts, details = _split(reply)
         if raw_alerts:

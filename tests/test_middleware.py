@@ -1,0 +1,789 @@
+"""TokenFenceMiddleware in FastAPI and plain Starlette, through httpx.ASGITransport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import httpx
+import pytest
+import structlog
+from fastapi import Depends, FastAPI, Query
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message, Scope
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.conftest import FakeClock
+from tokenfence_asgi.config import Limit, Plan
+from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InputTooLong,
+    StoreUnavailable,
+    TenantDisabled,
+    TokenFenceError,
+)
+from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
+from tokenfence_asgi.responses import limit_headers
+
+MakeFence = Callable[..., TokenFence]
+SECRET = "s3cret-shared-with-the-gateway"
+TINY = Plan(
+    "tiny",
+    [Limit("1d", max_cost="0.05", max_requests=3)],
+    upgrade_url="https://example.com/upgrade",
+)
+
+
+@pytest.fixture
+async def fence() -> AsyncIterator[TokenFence]:
+    f = TokenFence()
+    yield f
+    await f.aclose()
+
+
+def client(app: ASGIApp, **headers: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
+    )
+
+
+def ctx_dict() -> dict[str, Any]:
+    ctx = current_context()
+    if ctx is None:
+        return {"ctx": None}
+    return {
+        "tenant": ctx.tenant_id,
+        "feature": ctx.feature,
+        "request_id": ctx.request_id,
+        "thread": threading.current_thread() is threading.main_thread(),
+        "log": {
+            k: v
+            for k, v in structlog.contextvars.get_contextvars().items()
+            if k in ("tenant", "feature", "request_id")
+        },
+    }
+
+
+# -- the two apps ------------------------------------------------------------------------------
+
+
+def fastapi_app(fence: TokenFence, **options: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ctx")
+    @feature("chat")
+    async def ctx_async() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return ctx_dict()
+
+    @app.get("/ctx-sync")
+    @feature("classification")
+    def ctx_sync() -> dict[str, Any]:
+        return ctx_dict()
+
+    @app.get("/plain")
+    async def plain() -> dict[str, Any]:
+        return ctx_dict()
+
+    @app.post("/spend")
+    @feature("chat")
+    async def spend(amount: str, cost: str | None = None) -> dict[str, str]:
+        ctx = current_context()
+        assert ctx is not None
+        r = await fence.reserve(ctx.require_tenant(), amount, feature=ctx.feature)
+        if cost is not None:
+            await fence.commit(r, cost)
+        return {"reservation": r.id}
+
+    app.add_middleware(TokenFenceMiddleware, fence=fence, **options)
+    return app
+
+
+def starlette_app(fence: TokenFence, **options: Any) -> Starlette:
+    @feature("chat")
+    async def ctx_async(request: Request) -> JSONResponse:
+        await asyncio.sleep(0)
+        return JSONResponse(ctx_dict())
+
+    @feature("classification")
+    def ctx_sync(request: Request) -> JSONResponse:
+        return JSONResponse(ctx_dict())
+
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse(ctx_dict())
+
+    @feature("chat")
+    async def spend(request: Request) -> JSONResponse:
+        ctx = current_context()
+        assert ctx is not None
+        q = request.query_params
+        r = await fence.reserve(ctx.require_tenant(), q["amount"], feature=ctx.feature)
+        if "cost" in q:
+            await fence.commit(r, q["cost"])
+        return JSONResponse({"reservation": r.id})
+
+    app = Starlette(
+        routes=[
+            Route("/ctx", ctx_async),
+            Route("/ctx-sync", ctx_sync),
+            Route("/plain", plain),
+            Route("/spend", spend, methods=["POST"]),
+        ]
+    )
+    app.add_middleware(TokenFenceMiddleware, fence=fence, **options)
+    return app
+
+
+APPS = {"fastapi": fastapi_app, "starlette": starlette_app}
+frameworks = pytest.mark.parametrize("make_app", APPS.values(), ids=list(APPS))
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+@frameworks
+async def test_budget_exceeded_is_a_402_with_body_and_limit_headers(
+    make_app: Callable[..., ASGIApp], make_fence: MakeFence, clock: FakeClock
+) -> None:
+    fence = make_fence(plans=[TINY], default_plan="tiny")
+    app = make_app(fence, clock=clock)
+    async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "req-402"}) as c:
+        ok = await c.post("/spend", params={"amount": "0.04", "cost": "0.03"})
+        assert ok.status_code == 200
+        refused = await c.post("/spend", params={"amount": "0.04"})
+    assert refused.status_code == 402
+    body = refused.json()
+    assert body == {
+        "error": "ai_budget_exceeded",
+        "message": body["message"],
+        "used": "0.030000",
+        "limit": "0.050000",
+        "window": "1d",
+        "resets_at": "2026-03-16T00:00:00Z",
+        "upgrade_url": "https://example.com/upgrade",
+    }
+    assert "acme" in body["message"]
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.headers["retry-after"] == "43200"  # 12:00 -> midnight UTC on the fence clock
+    assert refused.headers["ratelimit-policy"] == '"1d";q=50000;qu="usd-micros";w=86400'
+    assert refused.headers["ratelimit"] == '"1d";r=20000;t=43200'
+    assert refused.headers["x-request-id"] == "req-402"
+
+
+async def test_request_limit_is_a_429_with_limit_headers(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    fence = make_fence(plans=[TINY], default_plan="tiny")
+    app = fastapi_app(fence, clock=clock)
+    async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+        for _ in range(3):
+            assert (await c.post("/spend", params={"amount": "0.001", "cost": "0"})).is_success
+        refused = await c.post("/spend", params={"amount": "0.001"})
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "ai_request_limit_exceeded"
+    assert (refused.json()["used"], refused.json()["limit"]) == ("3", "3")
+    assert refused.headers["retry-after"] == "43200"
+    assert refused.headers["ratelimit-policy"] == '"1d";q=3;w=86400'
+    assert refused.headers["ratelimit"] == '"1d";r=0;t=43200'
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (TenantDisabled(tenant_id="acme", feature=None, scope="tenant"), 403, "ai_disabled"),
+        (InputTooLong("prompt too long", tenant_id="acme"), 413, "ai_input_too_long"),
+        (StoreUnavailable("redis is down"), 503, "ai_budget_unavailable"),
+    ],
+)
+async def test_other_fence_errors_map_to_their_status(
+    fence: TokenFence, error: TokenFenceError, status: int, code: str
+) -> None:
+    async def endpoint(request: Request) -> Response:
+        raise error
+
+    async with client(fenced([Route("/", endpoint)], fence), **{"X-Tenant-ID": "acme"}) as c:
+        r = await c.get("/")
+    assert (r.status_code, r.json()["error"]) == (status, code)
+    assert r.json()["message"] == error.message
+    assert "retry-after" not in r.headers
+    assert "ratelimit" not in r.headers
+    assert len(r.headers["x-request-id"]) == 32
+
+
+async def test_other_exceptions_and_config_errors_propagate(fence: TokenFence) -> None:
+    async def boom(request: Request) -> Response:
+        raise KeyError("not ours")
+
+    async def bug(request: Request) -> Response:
+        raise ConfigError("a misconfigured plan")
+
+    app = Starlette(routes=[Route("/boom", boom), Route("/bug", bug)])
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+        with pytest.raises(KeyError):
+            await c.get("/boom")
+        with pytest.raises(ConfigError):
+            await c.get("/bug")
+
+
+@frameworks
+async def test_missing_tenant_is_a_401(make_app: Callable[..., ASGIApp], fence: TokenFence) -> None:
+    async with client(make_app(fence), **{"X-Request-ID": "r-401"}) as c:
+        r = await c.get("/ctx")
+        empty = await c.get("/ctx", headers={"X-Tenant-ID": ""})
+    assert r.status_code == 401
+    assert r.json() == {"error": "tenant_required", "message": r.json()["message"]}
+    assert r.headers["x-request-id"] == "r-401"
+    assert empty.status_code == 401
+
+
+@frameworks
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x-tenant-id", b"a" * 201)],
+        [(b"x-tenant-id", b"acme\x7f")],
+        [(b"x-tenant-id", b"\xff\xfe")],
+        [(b"x-tenant-id", "ac\u200bme".encode())],  # a zero-width (format) character
+        [(b"x-tenant-id", b"acme"), (b"x-tenant-id", b"evil")],  # a second, appended value
+    ],
+    ids=["too-long", "control", "not-utf8", "format-char", "duplicate"],
+)
+async def test_hostile_tenant_header_is_a_400(
+    make_app: Callable[..., ASGIApp], fence: TokenFence, headers: list[tuple[bytes, bytes]]
+) -> None:
+    messages = await call_asgi(make_app(fence), "/ctx", headers)
+    start = messages[0]
+    assert start["status"] == 400
+    body = json.loads(b"".join(m.get("body", b"") for m in messages[1:]))
+    assert body["error"] == "invalid_tenant"
+    assert body["message"]
+    assert dict(start["headers"])[b"x-request-id"]
+
+
+async def test_anonymous_requests_when_allowed(fence: TokenFence) -> None:
+    app = fastapi_app(fence, allow_anonymous=True)
+    async with client(app) as c:
+        r = await c.get("/ctx")
+        spend = await c.post("/spend", params={"amount": "0.01"})
+    assert r.status_code == 200
+    assert (r.json()["tenant"], r.json()["feature"]) == (None, "chat")
+    assert r.json()["log"] == {"feature": "chat", "request_id": r.headers["x-request-id"]}
+    assert spend.status_code == 401
+    assert spend.json()["error"] == "tenant_required"
+
+
+def test_limit_headers_for_shares_large_limits_and_other_errors() -> None:
+    now = datetime(2026, 3, 15, 12, tzinfo=UTC)
+    share = BudgetExceeded(
+        tenant_id="acme", feature="chat", window="1mo", total_cost=Decimal("10"),
+        max_cost=Decimal("3999999.9999999"), resets_at=now + timedelta(seconds=90.2),
+        reason="share",
+    )  # fmt: skip
+    assert limit_headers(share, now=now) == {
+        "Retry-After": "91",
+        "RateLimit-Policy": '"1mo";q=3999999999999;qu="usd-micros";w=2678400',
+        "RateLimit": '"1mo";r=0;t=91',  # the rest is kept for other features' shares
+    }
+    assert limit_headers(StoreUnavailable("down"), now=now) == {}
+    assert limit_headers(TenantDisabled(tenant_id="a", feature=None, scope="tenant")) == {}
+
+
+# -- tenant resolvers --------------------------------------------------------------------------
+
+
+async def test_callable_resolvers_sync_and_async(fence: TokenFence) -> None:
+    def from_state(scope: Scope) -> str | None:
+        return scope.get("state", {}).get("org")
+
+    async def from_token(scope: Scope) -> str | None:
+        await asyncio.sleep(0)
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        return auth.removeprefix(b"Bearer org:").decode() or None
+
+    class SetState:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            scope.setdefault("state", {})["org"] = "org-from-auth"
+            await self.app(scope, receive, send)
+
+    app = SetState(fastapi_app(fence, tenant=from_state))
+    async with client(app) as c:
+        assert (await c.get("/ctx")).json()["tenant"] == "org-from-auth"
+    async with client(fastapi_app(fence, tenant=from_token)) as c:
+        assert (await c.get("/ctx", headers={"Authorization": "Bearer org:o1"})).json()[
+            "tenant"
+        ] == "o1"
+        assert (await c.get("/ctx")).status_code == 401
+        bad = await c.get("/ctx", headers={"Authorization": "Bearer org:" + "x" * 300})
+        assert (bad.status_code, bad.json()["error"]) == (400, "invalid_tenant")
+
+
+async def test_custom_tenant_header(fence: TokenFence) -> None:
+    async with client(fastapi_app(fence, tenant="X-Org")) as c:
+        assert (await c.get("/ctx", headers={"X-Org": "o2"})).json()["tenant"] == "o2"
+        assert (await c.get("/ctx", headers={"X-Tenant-ID": "o2"})).status_code == 401
+
+
+async def test_signed_tenant_header(fence: TokenFence) -> None:
+    app = fastapi_app(fence, tenant=signed_tenant_header(SECRET), allow_anonymous=True)
+    good = {"X-Tenant-ID": "acme", "X-Tenant-Signature": sign_tenant(SECRET, "acme")}
+    async with client(app) as c:
+        assert (await c.get("/ctx", headers=good)).json()["tenant"] == "acme"
+        forged = {"X-Tenant-ID": "other", "X-Tenant-Signature": good["X-Tenant-Signature"]}
+        for headers in (forged, {"X-Tenant-ID": "acme"}):
+            r = await c.get("/ctx", headers=headers)
+            assert (r.status_code, r.json()["error"]) == (401, "tenant_required")
+            assert "signature" in r.json()["message"]
+        # no tenant header at all: anonymous, because this app allows it
+        assert (await c.get("/ctx")).json()["tenant"] is None
+
+
+def test_signing_needs_a_real_secret() -> None:
+    with pytest.raises(ConfigError):
+        signed_tenant_header("short")
+    with pytest.raises(ConfigError):
+        sign_tenant(b"", "acme")
+    assert sign_tenant(SECRET, "acme") == sign_tenant(SECRET.encode(), "acme")
+
+
+def test_bad_options_are_config_errors(fence: TokenFence) -> None:
+    app = Starlette()
+    for options in (
+        {"fence": object()},
+        {"fence": fence, "tenant": 42},
+        {"fence": fence, "tenant": "bad header"},
+        {"fence": fence, "request_id_header": "a:b"},
+    ):
+        with pytest.raises(ConfigError):
+            TokenFenceMiddleware(app, **options)
+
+
+# -- request id --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("abc-123_x.y:z", True),
+        ("9f1c2d3e-4b5a-6789-abcd-ef0123456789", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("has space", False),
+        ("semi;colon", False),
+        ("", False),
+    ],
+)
+async def test_request_id_is_kept_when_sane_and_echoed(
+    fence: TokenFence, sent: str, kept: bool
+) -> None:
+    async with client(fastapi_app(fence), **{"X-Tenant-ID": "acme"}) as c:
+        r = await c.get("/ctx", headers={"X-Request-ID": sent})
+    echoed = r.headers["x-request-id"]
+    assert r.json()["request_id"] == echoed
+    if kept:
+        assert echoed == sent
+    else:
+        assert len(echoed) == 32
+        int(echoed, 16)
+
+
+async def test_request_id_header_options(fence: TokenFence) -> None:
+    async with client(fastapi_app(fence, request_id_header="X-Correlation-ID")) as c:
+        r = await c.get("/ctx", headers={"X-Tenant-ID": "a", "X-Correlation-ID": "c-1"})
+        assert (r.json()["request_id"], r.headers["x-correlation-id"]) == ("c-1", "c-1")
+    async with client(fastapi_app(fence, request_id_header=None)) as c:
+        r = await c.get("/ctx", headers={"X-Tenant-ID": "a", "X-Request-ID": "ignored"})
+        assert "x-request-id" not in r.headers
+        assert len(r.json()["request_id"]) == 32
+
+
+async def test_a_request_id_set_by_the_app_is_not_duplicated(fence: TokenFence) -> None:
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse("ok", headers={"X-Request-ID": "from-app"})
+
+    messages = await call_asgi(
+        fenced([Route("/", endpoint)], fence), "/", [(b"x-tenant-id", b"acme")]
+    )
+    assert [v for k, v in messages[0]["headers"] if k.lower() == b"x-request-id"] == [b"from-app"]
+
+
+# -- the context inside endpoints --------------------------------------------------------------
+
+
+@frameworks
+async def test_context_in_async_and_sync_endpoints(
+    make_app: Callable[..., ASGIApp], fence: TokenFence
+) -> None:
+    async with client(make_app(fence), **{"X-Tenant-ID": "acme", "X-Request-ID": "r1"}) as c:
+        a = (await c.get("/ctx")).json()
+        s = (await c.get("/ctx-sync")).json()
+        p = (await c.get("/plain")).json()
+    log = {"tenant": "acme", "request_id": "r1"}
+    assert a == {
+        "tenant": "acme", "feature": "chat", "request_id": "r1", "thread": True,
+        "log": {**log, "feature": "chat"},
+    }  # fmt: skip
+    assert s == {  # a sync endpoint runs in the threadpool and still sees the context
+        "tenant": "acme", "feature": "classification", "request_id": "r1", "thread": False,
+        "log": {**log, "feature": "classification"},
+    }  # fmt: skip
+    assert (p["feature"], p["log"]) == (None, log)
+
+
+async def test_app_log_lines_carry_tenant_feature_and_request_id(fence: TokenFence) -> None:
+    app = FastAPI()
+    app_log = structlog.get_logger("my_app")
+
+    @app.get("/")
+    @feature("chat")
+    async def endpoint() -> dict[str, str]:
+        app_log.info("answering")
+        return {}
+
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "r-log"}) as c:
+            await c.get("/")
+    (line,) = [entry for entry in logs if entry["event"] == "answering"]
+    assert (line["tenant"], line["feature"], line["request_id"]) == ("acme", "chat", "r-log")
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+async def test_200_concurrent_requests_of_50_tenants_stay_apart(fence: TokenFence) -> None:
+    app = FastAPI()
+
+    @app.get("/echo/{n}")
+    @feature("chat")
+    async def echo(n: int) -> dict[str, Any]:
+        seen = []
+        for _ in range(5):
+            await asyncio.sleep(0)
+            ctx = current_context()
+            assert ctx is not None
+            seen.append([ctx.tenant_id, ctx.feature, ctx.request_id])
+        return {"seen": seen}
+
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    async with client(app) as c:
+
+        async def one(n: int) -> tuple[int, httpx.Response]:
+            headers = {"X-Tenant-ID": f"tenant-{n % 50}", "X-Request-ID": f"req-{n}"}
+            return n, await c.get(f"/echo/{n}", headers=headers)
+
+        results = await asyncio.gather(*(one(n) for n in range(200)))
+    for n, r in results:
+        assert r.json()["seen"] == [[f"tenant-{n % 50}", "chat", f"req-{n}"]] * 5
+        assert r.headers["x-request-id"] == f"req-{n}"
+    assert current_context() is None
+
+
+# -- FastAPI: dependency injection and OpenAPI unchanged ---------------------------------------
+
+
+class Item(BaseModel):
+    name: str
+    price: float
+
+
+def common(q: str | None = None, limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict[str, Any]:
+    return {"q": q, "limit": limit}
+
+
+def build_api(decorate: bool) -> FastAPI:
+    app = FastAPI(title="same")
+    wrap: Callable[[Any], Any] = feature("chat") if decorate else (lambda f: f)
+
+    @app.post("/items/{item_id}", response_model=dict[str, Any], summary="Create an item")
+    @wrap
+    async def create(
+        item_id: int, item: Item, params: Annotated[dict[str, Any], Depends(common)]
+    ) -> dict[str, Any]:
+        """Create one item."""
+        return {"id": item_id, "item": item.model_dump(), "params": params, "ctx": ctx_dict()}
+
+    @app.get("/items")
+    @wrap
+    def list_items(params: Annotated[dict[str, Any], Depends(common)], tag: str = "x") -> Any:
+        return {"params": params, "tag": tag, "ctx": ctx_dict()}
+
+    return app
+
+
+async def test_feature_leaves_dependency_injection_and_openapi_unchanged(
+    fence: TokenFence,
+) -> None:
+    plain, decorated = build_api(False), build_api(True)
+    assert decorated.openapi() == plain.openapi()
+    answers = []
+    for app in (plain, decorated):
+        app.add_middleware(TokenFenceMiddleware, fence=fence)
+        async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "r"}) as c:
+            created = await c.post(
+                "/items/7", params={"q": "z", "limit": 5}, json={"name": "n", "price": 1.5}
+            )
+            listed = await c.get("/items", params={"tag": "t"})
+            invalid = await c.get("/items", params={"limit": 0})
+        assert invalid.status_code == 422
+        answers.append((created.json(), listed.json()))
+    (c0, l0), (c1, l1) = answers
+    assert c1["ctx"]["feature"] == l1["ctx"]["feature"] == "chat"
+    assert c0["ctx"]["feature"] is None
+    for plain_answer, decorated_answer in ((c0, c1), (l0, l1)):
+        plain_answer.pop("ctx")
+        decorated_answer.pop("ctx")
+        assert plain_answer == decorated_answer
+    assert c1["params"] == {"q": "z", "limit": 5}
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+CHUNKS = [b"data: 1\n\n", bytes(range(256)), "caf\u00e9 \u2615\n".encode(), b"", b"end"]
+
+
+def streaming_app(fence: TokenFence | None) -> ASGIApp:
+    async def agen() -> AsyncIterator[bytes]:
+        for chunk in CHUNKS:
+            await asyncio.sleep(0)
+            yield chunk
+
+    def gen() -> Iterator[bytes]:
+        yield from CHUNKS
+
+    @feature("chat")
+    async def fenced_stream() -> AsyncIterator[bytes]:
+        ctx = current_context()
+        yield f"{ctx and ctx.tenant_id}/{ctx and ctx.feature}".encode()
+
+    routes = [
+        Route("/async", lambda r: StreamingResponse(agen(), media_type="text/event-stream")),
+        Route("/sync", lambda r: StreamingResponse(gen(), media_type="application/x-bytes")),
+        Route("/fenced", lambda r: StreamingResponse(fenced_stream())),
+    ]
+    app = Starlette(routes=routes)
+    if fence is not None:
+        app.add_middleware(TokenFenceMiddleware, fence=fence)
+    return app
+
+
+@pytest.mark.parametrize("path", ["/async", "/sync"])
+async def test_streaming_is_byte_identical(fence: TokenFence, path: str) -> None:
+    responses = []
+    for app in (streaming_app(None), streaming_app(fence)):
+        async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+            async with c.stream("GET", path) as r:
+                parts = [part async for part in r.aiter_raw()]
+            responses.append((r.status_code, dict(r.headers), b"".join(parts)))
+    (s0, h0, b0), (s1, h1, b1) = responses
+    assert b1 == b0 == b"".join(CHUNKS)
+    assert s1 == s0 == 200
+    assert h1.pop("x-request-id")
+    assert h1 == h0
+
+
+async def test_streaming_body_decorated_with_feature(fence: TokenFence) -> None:
+    async with client(streaming_app(fence), **{"X-Tenant-ID": "acme"}) as c:
+        assert (await c.get("/fenced")).content == b"acme/chat"
+
+
+async def test_fastapi_generator_endpoints_with_feature(fence: TokenFence) -> None:
+    app = FastAPI()
+
+    @app.get("/async-lines")
+    @feature("chat")
+    async def async_lines() -> AsyncIterator[dict[str, Any]]:
+        for i in range(3):
+            await asyncio.sleep(0)
+            yield {"i": i, "ctx": ctx_dict()}
+
+    @app.get("/sync-lines")
+    @feature("search")
+    def sync_lines() -> Iterator[dict[str, Any]]:
+        for i in range(3):
+            yield {"i": i, "ctx": ctx_dict()}
+
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "r-l"}) as c:
+        for path, name in (("/async-lines", "chat"), ("/sync-lines", "search")):
+            r = await c.get(path)
+            lines = [json.loads(line) for line in r.text.splitlines()]
+            assert [line["i"] for line in lines] == [0, 1, 2]
+            for line in lines:
+                ctx = line["ctx"]
+                assert (ctx["tenant"], ctx["feature"], ctx["request_id"]) == ("acme", name, "r-l")
+
+
+def raising_stream_app(fence: TokenFence, error: BaseException) -> ASGIApp:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first,"
+        yield b"second,"
+        raise error
+
+    return fenced([Route("/", lambda r: StreamingResponse(body()))], fence)
+
+
+def budget_error() -> BudgetExceeded:
+    return BudgetExceeded(
+        tenant_id="acme", feature="chat", window="1d", total_cost=Decimal("1"),
+        max_cost=Decimal("1"), resets_at=datetime(2026, 3, 16, tzinfo=UTC),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("spec_version", ["2.0", "2.4"])
+async def test_error_mid_stream_ends_the_stream_without_a_second_start(
+    fence: TokenFence, spec_version: str
+) -> None:
+    app = raising_stream_app(fence, budget_error())
+    with structlog.testing.capture_logs() as logs:
+        messages = await call_asgi(app, "/", [(b"x-tenant-id", b"acme")], spec_version)
+    types = [m["type"] for m in messages]
+    assert types.count("http.response.start") == 1
+    assert messages[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second,"
+    assert messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert [e["error"] for e in logs if e["event"] == "fence_error_after_response_start"] == [
+        "ai_budget_exceeded"
+    ]
+
+
+async def test_error_mid_stream_through_httpx(fence: TokenFence) -> None:
+    async with client(raising_stream_app(fence, budget_error()), **{"X-Tenant-ID": "a"}) as c:
+        r = await c.get("/")
+    assert (r.status_code, r.content) == (200, b"first,second,")
+
+
+async def test_other_error_mid_stream_propagates(fence: TokenFence) -> None:
+    app = raising_stream_app(fence, KeyError("not ours"))
+    with pytest.raises(KeyError):
+        await call_asgi(app, "/", [(b"x-tenant-id", b"acme")], "2.4")
+
+
+# -- lifespan and websockets -------------------------------------------------------------------
+
+
+async def test_lifespan_runs_through_the_middleware(fence: TokenFence) -> None:
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, str]]:
+        events.append("startup")
+        yield {"db": "connected"}
+        events.append("shutdown")
+
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse(request.state.db)
+
+    app = Starlette(routes=[Route("/", endpoint)], lifespan=lifespan)
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: list[Message] = []
+
+    started = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        outbox.append(message)
+        started.set()
+
+    state: dict[str, Any] = {}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+    task = asyncio.create_task(app(scope, inbox.get, send))
+    await inbox.put({"type": "lifespan.startup"})
+    await started.wait()
+    assert outbox == [{"type": "lifespan.startup.complete"}]
+    assert state == {"db": "connected"}
+    await inbox.put({"type": "lifespan.shutdown"})
+    await task
+    assert outbox[-1] == {"type": "lifespan.shutdown.complete"}
+    assert events == ["startup", "shutdown"]
+
+
+def websocket_app(fence: TokenFence, **options: Any) -> Starlette:
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        ctx = current_context()
+        await websocket.send_json(None if ctx is None else [ctx.tenant_id, ctx.request_id])
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", ws)])
+    app.add_middleware(TokenFenceMiddleware, fence=fence, **options)
+    return app
+
+
+def test_websockets_pass_through_untouched_by_default(fence: TokenFence) -> None:
+    with TestClient(websocket_app(fence)) as tc, tc.websocket_connect("/ws") as ws:
+        assert ws.receive_json() is None
+
+
+def test_websockets_may_opt_in_to_tenant_resolution(fence: TokenFence) -> None:
+    app = websocket_app(fence, websocket=True)
+    with TestClient(app) as tc:
+        headers = {"X-Tenant-ID": "acme", "X-Request-ID": "ws-1"}
+        with tc.websocket_connect("/ws", headers=headers) as ws:
+            assert ws.receive_json() == ["acme", "ws-1"]
+        for bad in ({}, {"X-Tenant-ID": "a\x01"}):
+            with (
+                pytest.raises(WebSocketDisconnect) as refused,
+                tc.websocket_connect("/ws", headers=bad),
+            ):
+                pass
+            assert refused.value.code == 1008
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def fenced(routes: list[Route], fence: TokenFence) -> Starlette:
+    """A Starlette app with the middleware added the documented way (inside its error handling)."""
+    app = Starlette(routes=routes)
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    return app
+
+
+async def call_asgi(
+    app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]], spec_version: str = "2.4"
+) -> list[Message]:
+    """Run one GET through ``app`` with raw headers; return every message it sent."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 12345), "server": ("test", 80), "state": {},
+    }  # fmt: skip
+    messages: list[Message] = []
+    done = asyncio.Event()
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    await app(scope, receive, send)
+    return messages

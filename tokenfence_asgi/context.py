@@ -1,0 +1,334 @@
+"""Who is spending, on what: the request context, ``@feature`` and ``tenant_scope``.
+
+One ``ContextVar`` holds the current ``FenceContext`` (tenant, feature, request id, and the
+reservations the request has left open). ``TokenFenceMiddleware`` sets it for each HTTP
+request, ``@feature("chat")`` adds the feature for the duration of an endpoint, and
+``tenant_scope("acme")`` does the same outside HTTP (jobs, workers, scripts). The LiteLLM
+callback reads it with ``current_context()``.
+
+Every change is made with a token and undone in ``finally``, so contexts nest and never leak
+between requests, tasks or threads. The same fields are bound with ``structlog.contextvars``
+(``tenant``, ``feature``, ``request_id``), so the app's own log lines carry them when its
+structlog configuration includes ``structlog.contextvars.merge_contextvars``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar, cast
+
+import structlog
+
+from tokenfence_asgi.errors import TenantRequired
+from tokenfence_asgi.keys import validate_id
+from tokenfence_asgi.results import Reservation
+
+__all__ = [
+    "ContextToken",
+    "FenceContext",
+    "TenantScope",
+    "current_context",
+    "feature",
+    "pop_context",
+    "push_context",
+    "tenant_scope",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class FenceContext:
+    """The tenant, feature and request id that LLM calls made here are charged to.
+
+    ``tenant_id`` is ``None`` only in an anonymous request (``allow_anonymous=True``): a fenced
+    call made there must be refused with ``TenantRequired`` (see ``require_tenant``).
+    ``open_reservations`` maps reservation id to ``Reservation`` for holds taken in this scope
+    and not yet settled: the LiteLLM callback adds and removes them (``track`` / ``untrack``) so
+    that whoever ends the scope can settle what is left. It is the only mutable part, and it is
+    shared by the contexts ``@feature`` derives within one request or scope.
+    """
+
+    tenant_id: str | None
+    feature: str | None = None
+    request_id: str | None = None
+    open_reservations: dict[str, Reservation] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def require_tenant(self) -> str:
+        """The tenant id; raises ``TenantRequired`` in an anonymous request."""
+        if self.tenant_id is None:
+            raise TenantRequired("this request has no tenant, so it cannot make a fenced call")
+        return self.tenant_id
+
+    def track(self, reservation: Reservation) -> None:
+        """Record a hold taken in this scope until it is committed or released."""
+        self.open_reservations[reservation.id] = reservation
+
+    def untrack(self, reservation_id: str) -> None:
+        """Forget a hold that was committed or released (no error if it is unknown)."""
+        self.open_reservations.pop(reservation_id, None)
+
+    def with_feature(self, name: str | None) -> FenceContext:
+        """The same tenant, request id and open reservations, with ``feature`` set to ``name``."""
+        return FenceContext(self.tenant_id, name, self.request_id, self.open_reservations)
+
+
+_CONTEXT: ContextVar[FenceContext | None] = ContextVar("tokenfence_asgi_context", default=None)
+
+
+def current_context() -> FenceContext | None:
+    """The ``FenceContext`` of the running request, feature or ``tenant_scope``, else ``None``."""
+    return _CONTEXT.get()
+
+
+def _structlog_vars() -> tuple[ContextVar[Any], ContextVar[Any], ContextVar[Any]]:
+    # structlog keeps each bound key in its own ContextVar and hands it out in the tokens of
+    # bind_contextvars. Setting and resetting those vars is exactly what bind_contextvars and
+    # reset_contextvars do, without their per-call name building and dicts: this runs on every
+    # request, where the whole middleware has a budget of a few microseconds.
+    tokens = structlog.contextvars.bind_contextvars(tenant=..., feature=..., request_id=...)
+    structlog.contextvars.reset_contextvars(**tokens)
+    return tokens["tenant"].var, tokens["feature"].var, tokens["request_id"].var
+
+
+_LOG_TENANT, _LOG_FEATURE, _LOG_REQUEST_ID = _structlog_vars()
+
+ContextToken: TypeAlias = tuple[
+    Token[FenceContext | None], Token[Any] | None, Token[Any] | None, Token[Any] | None
+]
+"""What ``push_context`` changed: the context, then structlog's ``tenant``, ``feature`` and
+``request_id`` (``None`` where it was left alone)."""
+
+
+def _bind(var: ContextVar[Any], value: str | None) -> Token[Any] | None:
+    if value is not None:
+        return var.set(value)
+    # structlog reads Ellipsis as "not bound": hide an outer binding of the key for the scope,
+    # rather than print ``feature=None``; when there is none, there is nothing to do.
+    return None if var.get() is ... else var.set(...)
+
+
+def push_context(ctx: FenceContext) -> ContextToken:
+    """Make ``ctx`` the current context and bind its fields for structlog.
+
+    The structlog keys are ``tenant``, ``feature`` and ``request_id``; a ``None`` field is
+    unbound for the duration. Always undo with ``pop_context`` in a ``finally`` of the same task
+    or thread.
+    """
+    return (
+        _CONTEXT.set(ctx),
+        _bind(_LOG_TENANT, ctx.tenant_id),
+        _bind(_LOG_FEATURE, ctx.feature),
+        _bind(_LOG_REQUEST_ID, ctx.request_id),
+    )
+
+
+def pop_context(token: ContextToken) -> None:
+    """Restore the context and structlog bindings that ``push_context`` replaced."""
+    context, tenant, feature_token, request_id = token
+    if request_id is not None:
+        _LOG_REQUEST_ID.reset(request_id)
+    if feature_token is not None:
+        _LOG_FEATURE.reset(feature_token)
+    if tenant is not None:
+        _LOG_TENANT.reset(tenant)
+    _CONTEXT.reset(context)
+
+
+def _push_feature(name: str) -> ContextToken:
+    parent = _CONTEXT.get()
+    ctx = FenceContext(None, name) if parent is None else parent.with_feature(name)
+    return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name), None)
+
+
+def feature(name: str) -> Callable[[F], F]:
+    """Decorate an endpoint (or any function) so calls inside it are charged to feature ``name``.
+
+    Works on ``async def`` and plain functions, and on async and sync generator functions (a
+    streaming body): the feature is set for each step of the generator. The wrapper keeps the
+    function's signature (``functools.wraps``), so FastAPI dependency injection and the OpenAPI
+    schema are unchanged; a sync endpoint run in FastAPI's or Starlette's threadpool sets the
+    feature inside the thread. Outside any request the feature is set on an anonymous context.
+    Put ``@feature`` below the route decorator. Raises ``InvalidId`` for a bad ``name``.
+
+    A ``StreamingResponse`` body runs after the endpoint returned: if it makes LLM calls,
+    decorate its generator too (``@feature("chat")`` on the ``async def`` generator).
+    """
+    validate_id(name, what="feature")
+
+    def decorate(func: F) -> F:
+        if inspect.isasyncgenfunction(func):
+            return cast("F", _wrap_async_generator(func, name))
+        if inspect.isgeneratorfunction(func):
+            return cast("F", _wrap_generator(func, name))
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = _push_feature(name)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    pop_context(token)
+
+            return cast("F", async_wrapper)
+
+        @functools.wraps(func)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = _push_feature(name)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                pop_context(token)
+
+        return cast("F", sync_wrapper)
+
+    return decorate
+
+
+def _wrap_async_generator(
+    func: Callable[..., AsyncGenerator[Any, Any]], name: str
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    # The feature is set around each step rather than across yields: the consumer may resume the
+    # generator from another context (a task group, a finalizer), where a token from the previous
+    # step could not be reset.
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        inner = func(*args, **kwargs)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = _push_feature(name)
+                try:
+                    if thrown is None:
+                        item = await inner.asend(sent)
+                    else:
+                        item = await inner.athrow(thrown)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    thrown = None
+                    pop_context(token)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # athrow(): forward it to the generator
+                    sent, thrown = None, exc
+        finally:
+            token = _push_feature(name)
+            try:
+                await inner.aclose()
+            finally:
+                pop_context(token)
+
+    return wrapper
+
+
+def _wrap_generator(
+    func: Callable[..., Generator[Any, Any, Any]], name: str
+) -> Callable[..., Generator[Any, Any, Any]]:
+    # Starlette runs each next() of a sync body in the threadpool, each time in a fresh copy of
+    # the request's context: hence set and reset within every step.
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        inner = func(*args, **kwargs)
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = _push_feature(name)
+                try:
+                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    thrown = None
+                    pop_context(token)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # throw(): forward it to the generator
+                    sent, thrown = None, exc
+        finally:
+            token = _push_feature(name)
+            try:
+                inner.close()
+            finally:
+                pop_context(token)
+
+    return wrapper
+
+
+class TenantScope:
+    """Charge the calls made inside it to a tenant: ``with`` and ``async with`` alike.
+
+    Made by ``tenant_scope``. Entering returns the new ``FenceContext``; leaving restores the
+    context that was current before (scopes nest). One scope object is entered once at a time.
+    """
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: FenceContext) -> None:
+        self._context = context
+        self._token: ContextToken | None = None
+
+    @property
+    def context(self) -> FenceContext:
+        """The context this scope sets."""
+        return self._context
+
+    def __enter__(self) -> FenceContext:
+        if self._token is not None:
+            raise RuntimeError("this tenant_scope is already active; make a new one to nest")
+        self._token = push_context(self._context)
+        return self._context
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            pop_context(token)
+
+    async def __aenter__(self) -> FenceContext:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def tenant_scope(
+    tenant_id: str, *, feature: str | None = None, request_id: str | None = None
+) -> TenantScope:
+    """A context manager (``with`` or ``async with``) charging calls inside it to ``tenant_id``.
+
+    For work outside an HTTP request: jobs, queue workers, scripts. ``feature`` is not
+    inherited from an outer context; ``request_id`` is, when not given (for log correlation).
+    Ids are validated now: raises ``InvalidId`` for a bad tenant, feature or request id.
+    """
+    tenant = validate_id(tenant_id, what="tenant_id")
+    feat = None if feature is None else validate_id(feature, what="feature")
+    if request_id is None:
+        outer = _CONTEXT.get()
+        request_id = None if outer is None else outer.request_id
+    else:
+        validate_id(request_id, what="request_id")
+    return TenantScope(FenceContext(tenant, feat, request_id))
