@@ -139,26 +139,22 @@ class Model:
         return ("released",)
 
 
-class BudgetMachine(RuleBasedStateMachine):
-    """Drives one fence and the model with the same random steps."""
+class StoreMachine(RuleBasedStateMachine):
+    """A state machine with its own event loop and store (embedded, or real Redis under a
+    prefix of its own that teardown deletes), and a fake clock at ``now``."""
+
+    fence: TokenFence | None = None
 
     def __init__(self, redis_url: str | None) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.now = START
-        self.model = Model()
-        self.ids: list[str] = []
-        self.reservations: dict[str, Reservation] = {}
         self.prefix = f"tfs{uuid.uuid4().hex[:10]}"
         self.url = redis_url
         if redis_url is None:
             self.client: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         else:
             self.client = aioredis.Redis.from_url(redis_url)
-        self.fence = TokenFence(
-            redis=self.client, prefix=self.prefix, plans=[PLAN], default_plan="model",
-            clock=lambda: self.now, hold_ttl=HOLD_S, reclaim_batch=RECLAIM,
-        )  # fmt: skip
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -166,6 +162,32 @@ class BudgetMachine(RuleBasedStateMachine):
     @property
     def now_ms(self) -> int:
         return int(self.now * 1000)
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            if self.fence is not None:
+                await self.fence.aclose()
+            if self.url is not None:
+                async for key in self.client.scan_iter(match=f"{self.prefix}:*"):
+                    await self.client.delete(key)
+            await self.client.aclose()
+
+        self.run(close())
+        self.loop.close()
+
+
+class BudgetMachine(StoreMachine):
+    """Drives one fence and the model with the same random steps."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        super().__init__(redis_url)
+        self.model = Model()
+        self.ids: list[str] = []
+        self.reservations: dict[str, Reservation] = {}
+        self.fence = TokenFence(
+            redis=self.client, prefix=self.prefix, plans=[PLAN], default_plan="model",
+            clock=lambda: self.now, hold_ttl=HOLD_S, reclaim_batch=RECLAIM,
+        )  # fmt: skip
 
     @initialize(offset_days=st.integers(0, 800), offset_s=st.integers(0, 86399))
     def start_somewhere(self, offset_days: int, offset_s: int) -> None:
@@ -260,17 +282,6 @@ class BudgetMachine(RuleBasedStateMachine):
             if limit.rollover and limit.max_cost_nanos is not None:
                 carried = min(max(0, limit.max_cost_nanos - q), int(limit.max_cost_nanos / 2))
                 assert to_nanos(w.carried) == carried
-
-    def teardown(self) -> None:
-        async def close() -> None:
-            await self.fence.aclose()
-            if self.url is not None:
-                async for key in self.client.scan_iter(match=f"{self.prefix}:*"):
-                    await self.client.delete(key)
-            await self.client.aclose()
-
-        self.run(close())
-        self.loop.close()
 
 
 STATEFUL = settings(

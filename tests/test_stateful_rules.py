@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -25,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import START
-from tests.test_stateful import period
+from tests.test_stateful import STATEFUL, StoreMachine, period
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
@@ -291,30 +290,16 @@ class Model:
         return "released"
 
 
-class RulesMachine(RuleBasedStateMachine):
+class RulesMachine(StoreMachine):
+    """Two tenants, a pool, one fence; the model follows every step."""
+
     def __init__(self, redis_url: str | None) -> None:
-        super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.now = START
-        self.url = redis_url
-        self.prefix = f"tfr{uuid.uuid4().hex[:10]}"
-        if redis_url is None:
-            self.client: Any = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        else:
-            self.client = aioredis.Redis.from_url(redis_url)
-        self.fence: TokenFence | None = None
+        super().__init__(redis_url)
         self.model: Model | None = None
         self.seen: list[Alert] = []
         self.ids: list[tuple[str, str]] = []
         self.reservations: dict[str, Reservation] = {}
         self.unknown: dict[str, Reservation] = {}
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    @property
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
 
     @initialize(
         mode=st.sampled_from(["share", "cap"]),
@@ -452,25 +437,8 @@ class RulesMachine(RuleBasedStateMachine):
                 assert (to_nanos(p_day.used), p_day.requests) == (pool.c, pool.r)
                 assert to_nanos(p_day.held) == self.model.pool_held()
 
-    def teardown(self) -> None:
-        async def close() -> None:
-            if self.fence is not None:
-                await self.fence.aclose()
-            if self.url is not None:
-                async for key in self.client.scan_iter(match=f"{self.prefix}:*"):
-                    await self.client.delete(key)
-            await self.client.aclose()
 
-        self.run(close())
-        self.loop.close()
-
-
-RULES = settings(
-    max_examples=50,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+RULES = settings(STATEFUL, max_examples=50)
 
 
 def test_every_rule_matches_the_model_on_the_embedded_store() -> None:
