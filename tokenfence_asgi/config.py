@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeGuard
 
 from tokenfence_asgi.errors import ConfigError, InvalidAmount
 from tokenfence_asgi.money import MAX_LIMIT_NANOS, MoneyInput, _show, from_nanos, to_nanos
+from tokenfence_asgi.policy import Policy, policy_from_mapping
 
 __all__ = [
     "BUILTIN_PLANS",
@@ -144,7 +145,8 @@ class Plan:
     not allowed or does not fit the budget (cycles are rejected). ``max_input_chars`` refuses
     longer prompts. ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
     applied as guaranteed shares (``feature_mode="share"``) or caps (``"cap"``). ``upgrade_url``
-    is shown to refused users. ``enforce=False`` is shadow mode: every rule is decided and
+    is shown to refused users. ``policy`` is the plan's tool-call ``Policy`` (composed with the
+    fence's own). ``enforce=False`` is shadow mode: every rule is decided and
     recorded, would-be refusals are logged, counted and alerted, but calls go through.
     Sequences are stored as tuples, mappings as read-only copies.
     Raises ``ConfigError`` naming the field and the bad value.
@@ -159,6 +161,7 @@ class Plan:
     feature_mode: Literal["share", "cap"]
     upgrade_url: str | None
     enforce: bool
+    policy: Policy | None
 
     def __init__(
         self,
@@ -171,9 +174,12 @@ class Plan:
         feature_mode: Literal["share", "cap"] = "share",
         upgrade_url: str | None = None,
         enforce: bool = True,
+        policy: Policy | None = None,
     ) -> None:
         if not isinstance(enforce, bool):
             raise _bad("Plan.enforce", "true or false", enforce)
+        if policy is not None and not isinstance(policy, Policy):
+            raise _bad("Plan.policy", "a Policy or None", policy)
         if not isinstance(name, str) or not _PLAN_NAME.fullmatch(name):
             raise _bad("Plan.name", "1-64 of [A-Za-z0-9_.-], first a letter or digit", name)
         if max_input_chars is not None and not (
@@ -197,13 +203,14 @@ class Plan:
         object.__setattr__(self, "feature_mode", feature_mode)
         object.__setattr__(self, "upgrade_url", upgrade_url)
         object.__setattr__(self, "enforce", enforce)
+        object.__setattr__(self, "policy", policy)
 
     def __reduce__(self) -> tuple[type[Plan], tuple[Any, ...]]:
         # Read-only mapping proxies cannot be pickled; rebuild from plain dicts instead.
         downgrade = None if self.downgrade is None else dict(self.downgrade)
         features = None if self.features is None else dict(self.features)
         args = (self.name, self.limits, self.models, downgrade, self.max_input_chars, features)
-        return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce))
+        return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce, self.policy))
 
     def model_allowed(self, model: str) -> bool:
         """Whether the plan allows ``model`` (case-sensitive glob match; ``models=None``: all)."""
@@ -363,8 +370,11 @@ def _read_plan(name: Any, value: object, where: str) -> Plan:
     if not _is_sequence(raw_limits):
         raise ConfigError(f"{where}.limits: expected an array of tables, got {_show(raw_limits)}")
     limits = [_read_limit(item, f"{where}.limits[{i}]") for i, item in enumerate(raw_limits)]
+    extra: dict[str, Any] = {"limits": limits}
+    if "policy" in table:
+        extra["policy"] = policy_from_mapping(table["policy"], where=f"{where}.policy")
     try:
-        return Plan(name, **{**table, "limits": limits})  # keys checked above; Plan checks name
+        return Plan(name, **{**table, **extra})  # keys checked above; Plan checks name
     except ConfigError as exc:
         raise ConfigError(where + exc.message.removeprefix("Plan")) from exc.__cause__
 

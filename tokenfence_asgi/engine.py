@@ -26,10 +26,12 @@ from redis.asyncio import Redis, RedisCluster
 from tokenfence_asgi.alerts import AlertHook, AlertHub
 from tokenfence_asgi.config import BUILTIN_PLANS, Plan
 from tokenfence_asgi.errors import (
+    ApprovalRequired,
     BudgetExceeded,
     ConfigError,
     InvalidAmount,
     InvalidId,
+    PolicyDenied,
     Refused,
     RequestLimitExceeded,
     StoreUnavailable,
@@ -38,6 +40,7 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
+from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.results import (
     Alert,
     FenceCounters,
@@ -158,6 +161,8 @@ class TokenFence:
         reclaim_batch: int = 16,
         kill_cache_s: float = 1.0,
         cache_size: int = 10_000,
+        policy: Policy | None = None,
+        approval_ttl: float = 3600,
     ) -> None:
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
         compiled: dict[str, CompiledPlan] = {}
@@ -181,6 +186,12 @@ class TokenFence:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        if policy is not None and not isinstance(policy, Policy):
+            raise ConfigError(f"policy must be a Policy, got {type(policy).__name__}")
+        self._policy = policy
+        self._approval_ttl = str(
+            math.ceil(_positive("approval_ttl", approval_ttl, maximum=30 * 86400))
+        )
         hold_s = _positive("hold_ttl", hold_ttl, maximum=7 * 86400)
         record_s = _positive("record_ttl", record_ttl, maximum=90 * 86400)
         self._kill_cache_s = (
@@ -621,6 +632,75 @@ class TokenFence:
                 )
             )  # fmt: skip
         return tuple(windows), values
+
+    # -- tool-call policy -----------------------------------------------------------------------
+
+    def policy_for(self, plan: Plan) -> Policy:
+        """The tool-call policy of a plan: the fence's policy merged with the plan's."""
+        fence = self._policy or Policy()
+        return fence.merge(plan.policy) if plan.policy is not None else fence
+
+    async def plan_of(self, tenant_id: str) -> Plan:
+        """The tenant's plan as this instance last saw it (one status read when never seen)."""
+        tenant_enc = encode_id(validate_id(tenant_id, what="tenant_id"))
+        name = self._tenant_plans.get(tenant_enc)
+        if name is None:
+            name = (await self.status(tenant_id)).plan
+        return self._compiled(name).plan
+
+    async def check_tool(
+        self, action: str, *, tenant_id: str, approval_id: str | None = None
+    ) -> None:
+        """Check a tool call (``action`` like ``"tool:db:delete:users"``) against the policy.
+
+        Returns when it is allowed. Raises ``PolicyDenied`` when denied, and ``ApprovalRequired``
+        (carrying a new pending ``approval_id``, kept ``approval_ttl`` seconds) when it needs an
+        operator; once approved (``approve``), the call passes again once with that id.
+        """
+        tenant = validate_id(tenant_id, what="tenant_id")
+        decision = self.policy_for(await self.plan_of(tenant)).decide(action)
+        if decision == Decision.DENY:
+            raise PolicyDenied(action, tenant_id=tenant)
+        if decision == Decision.ALLOW:
+            return
+        if approval_id is not None:
+            key = self._approval_key(approval_id, tenant)
+            reply = await self._run("approval", [key], ["consume", action])
+            if reply[0] == "done" and reply[2] == "approved":
+                log.info("approval_used", tenant=tenant, action=action, approval=approval_id)
+                return
+            if reply[0] == "done" and reply[2] == "denied":
+                raise PolicyDenied(action, tenant_id=tenant)
+            if reply[0] == "done":  # still pending
+                raise ApprovalRequired(action, approval_id, tenant_id=tenant)
+        approval = f"{encode_id(tenant)}:{uuid.uuid4().hex}"
+        await self._run(
+            "approval", [self._approval_key(approval, tenant)],
+            ["create", action, self._approval_ttl],
+        )  # fmt: skip
+        log.info("approval_requested", tenant=tenant, action=action, approval=approval)
+        raise ApprovalRequired(action, approval, tenant_id=tenant)
+
+    def _approval_key(self, approval_id: str, tenant: str | None = None) -> str:
+        tenant_enc, _, token = str(approval_id).rpartition(":")
+        if not tenant_enc or len(token) != 32 or not all(c in "0123456789abcdef" for c in token):
+            raise InvalidId(f"not an approval id: {approval_id!r}")
+        if tenant is not None and tenant_enc != encode_id(tenant):
+            raise InvalidId(f"approval {approval_id!r} belongs to another tenant")
+        validate_id(decode_id(tenant_enc), what="approval tenant")
+        return f"{self._keys.prefix}:{{t.{tenant_enc}}}:ap:{token}"
+
+    async def approve(self, approval_id: str) -> bool:
+        """Approve a pending tool call; False when it was not pending (decided or expired)."""
+        return await self._decide_approval(approval_id, "approved")
+
+    async def deny(self, approval_id: str) -> bool:
+        """Deny a pending tool call; False when it was not pending (decided or expired)."""
+        return await self._decide_approval(approval_id, "denied")
+
+    async def _decide_approval(self, approval_id: str, state: str) -> bool:
+        reply = await self._run("approval", [self._approval_key(approval_id)], ["decide", state])
+        return reply[0] == "done" and reply[2] == "pending"
 
     # -- plans, pools, switches ----------------------------------------------------------------
 

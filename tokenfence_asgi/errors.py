@@ -276,15 +276,34 @@ class ModelNotAllowed(Refused):
 
 
 class PolicyDenied(Refused):
-    """A tool-call policy denies the action."""
+    """A tool-call policy denies the action (``action``, e.g. ``"tool:db:delete:users"``)."""
 
     error_code = "ai_policy_denied"
 
+    def __init__(self, action: str, *, tenant_id: str | None = None) -> None:
+        super().__init__(f"action {action!r} is denied by policy", tenant_id=tenant_id)
+        self.action = action
+
 
 class ApprovalRequired(Refused):
-    """A tool call needs an operator's approval before it may run."""
+    """A tool call waits for an operator's approval.
+
+    ``approval_id`` names the pending approval: an operator approves it with
+    ``fence.approve(approval_id)``, after which the call may be replayed once with it.
+    """
 
     error_code = "ai_approval_required"
+
+    def __init__(self, action: str, approval_id: str, *, tenant_id: str | None = None) -> None:
+        super().__init__(
+            f"action {action!r} needs approval; pending approval {approval_id!r}",
+            tenant_id=tenant_id,
+        )
+        self.action = action
+        self.approval_id = approval_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "approval_id": self.approval_id, "action": self.action}
 
 
 class InputTooLong(Refused):

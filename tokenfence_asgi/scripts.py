@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["SCRIPT_NAMES", "decode", "script_source"]
 
-SCRIPT_NAMES = ("reserve", "commit", "release", "status", "admin", "move")
+SCRIPT_NAMES = ("reserve", "commit", "release", "status", "admin", "move", "approval")
 _LIB = "_lib"
 
 
