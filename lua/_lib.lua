@@ -382,5 +382,6 @@ end
 -- Store a raised alert level of a sliding limit ('a' cost, 'b' requests) with the bucket it
 -- was raised in; it holds for one window length. Calendar levels are stored with the counters.
 local function sliding_mark(s, field, level)
-  redis.call('HSET', s.key, field, level .. '@' .. s.idx)
+  redis.call('HSET', s.key, field, fmt(level) .. '@' .. fmt(s.idx))
+  redis.call('PEXPIRE', s.key, fmt(SIZES[s.window] * 1000 + 60000))
 end

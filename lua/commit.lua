@@ -14,11 +14,13 @@
 -- ARGV[8]: input tokens               ARGV[9]: output tokens
 -- ARGV[10]: pool the caller assumed (encoded) or ''
 -- ARGV[11]: '1' to follow a forwarding stub of a moved hold, '0' not to
--- ARGV[12]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- ARGV[12]: plan the caller assumed   ARGV[13]: default plan   ARGV[14]: pool's plan or ''
+-- ARGV[15]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
 --
 -- Replies: {'committed', A, A alerts, cost, 'late' | 'on_time', released hold}
 --          {'duplicate', 0, state of the earlier settlement, cost charged then}
 --          {'moved', 0, where the tenant or the hold moved to ('-' = own tag), 'tenant'|'record'}
+--          {'plan' | 'pool_plan', 0, the stored plan}   the caller assumed another: retry
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
@@ -46,6 +48,17 @@ if elsewhere then
   end
   return { 'moved', 0, elsewhere, 'tenant' }
 end
+-- The caller prices against the plans the store holds, or retries (nothing written yet).
+local plan = redis.call('HGET', state, 'plan') or ARGV[13]
+if plan ~= ARGV[12] then
+  return { 'plan', 0, plan }
+end
+if pooled then
+  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
+  if pool_plan ~= ARGV[14] then
+    return { 'pool_plan', 0, pool_plan }
+  end
+end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
 local cost = tonumber(ARGV[4])
@@ -67,7 +80,7 @@ elseif not status then
   redis.call('HSET', record, 'a', '0', 'f', feature)
 end
 
-local features, i = read_features(12)
+local features, i = read_features(15)
 local specs, pool_specs
 specs, i = read_specs(i)
 pool_specs = read_specs(i)

@@ -192,8 +192,9 @@ if not chosen and failed then
   end
   refusal = { 'budget', failed.scope, s.window, fmt(used), fmt(failed.held), fmt(limit),
     fmt(resets), fmt(failed.amount), fmt(s.carried), failed.reason }
-  -- That limit has reached 100% for this call (reported once per window).
-  if failed.reason == 'limit' and s.alert < 100 then
+  -- A limit that open holds and spend have filled is at 100%: reported once per window. (A
+  -- call refused only because it is large reports nothing: the limit is not reached.)
+  if failed.reason == 'limit' and s.alert < 100 and s.used + failed.held >= s.limit then
     alerts[#alerts + 1] = failed.scope .. '|' .. s.window .. '|cost|100|'
       .. fmt(s.used + failed.held) .. '|' .. fmt(s.limit)
     s.alert = 100

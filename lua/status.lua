@@ -8,13 +8,14 @@
 -- ARGV[2]: default plan               ARGV[3]: reclaim budget
 -- ARGV[4]: record ttl after settling, integer seconds
 -- ARGV[5]: pool the caller assumed (encoded) or ''
--- ARGV[6]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- ARGV[6]: plan the caller assumed    ARGV[7]: the pool's plan the caller assumed, or ''
+-- ARGV[8]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
 --
 -- Reply: {'status', 0, now ms, plan, killed '1'|'0', held, open holds, killed features
 --         (comma-separated, encoded), pool plan, pool held, then per tenant limit: used,
 --         requests, carried, resets s, and per listed feature its used (calendar limits) or
 --         '-'; then per pool limit: used, requests, carried, resets s}
---        | {'moved', 0, where the tenant lives now}
+--        | {'moved', 0, where the tenant lives now} | {'plan' | 'pool_plan', 0, stored plan}
 local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
 local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
@@ -23,11 +24,21 @@ local elsewhere = moved(meta[2], meta[3], ARGV[5])
 if elsewhere then
   return { 'moved', 0, elsewhere }
 end
+local stored_plan = redis.call('HGET', state, 'plan') or ARGV[2]
+if stored_plan ~= ARGV[6] then
+  return { 'plan', 0, stored_plan }
+end
+if pool_state then
+  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
+  if pool_plan ~= ARGV[7] then
+    return { 'pool_plan', 0, pool_plan }
+  end
+end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
 reclaim(tag, now, tonumber(ARGV[3]), ARGV[4], pool_state ~= nil)
 
-local features, i = read_features(6)
+local features, i = read_features(8)
 local specs, pool_specs
 specs, i = read_specs(i)
 pool_specs = read_specs(i)

@@ -276,15 +276,15 @@ async def test_thresholds_are_reported_once_per_window(
     for cost in ("0.3", "0.3", "0.1", "0.15", "0.1"):  # 30% 60% 70% 85% 95%
         await fence.commit(await fence.reserve("t", cost), cost)
     with pytest.raises(BudgetExceeded):
-        await fence.reserve("t", "0.1")  # would pass 100%: reported at reserve
+        await fence.reserve("t", "0.1")  # too large, but the limit is not reached: no alert
+    last = await fence.reserve("t", "0.05")  # spend and holds now fill the limit
     with pytest.raises(BudgetExceeded):
-        await fence.reserve("t", "0.1")
+        await fence.reserve("t", "0.01")  # refused at 100%: reported at reserve
+    with pytest.raises(BudgetExceeded):
+        await fence.reserve("t", "0.01")
+    await fence.commit(last, "0.05")
     await fence._alerts.drain()
-    assert [(a.threshold, a.used) for a in seen] == [
-        (50, D("0.6")),
-        (80, D("0.85")),
-        (100, D("0.95")),
-    ]
+    assert [(a.threshold, a.used) for a in seen] == [(50, D("0.6")), (80, D("0.85")), (100, D(1))]
     assert (seen[0].metric, seen[0].window, seen[0].tenant_id) == ("cost", "1d", "t")
     clock.advance(86400)
     await fence.commit(await fence.reserve("t", "0.9"), "0.9")
@@ -349,3 +349,40 @@ async def test_shadow_mode_records_but_never_refuses(make_fence: MakeFence, wher
     assert fence.counters.shadow_refusals == 2
     await fence._alerts.drain()
     assert [a.threshold for a in seen if a.metric == "cost"] == [50, 80, 100]
+
+
+# -- configuration drift between instances -----------------------------------------------------
+
+
+async def test_a_plan_unknown_to_an_instance_falls_back_to_its_default(
+    make_fence: MakeFence,
+) -> None:
+    new = make_fence(plans=[OWNED, POOL], default_plan="own")
+    old = make_fence(plans=[OWNED], default_plan="own")  # an older config, without "org"
+    await new.set_plan("acme", "org")
+    r = await old.reserve("acme", "0.5")  # priced with the default plan's limits, no loop
+    await old.commit(r, "0.5")
+    with pytest.raises(BudgetExceeded) as info:
+        await old.reserve("acme", "0.4")
+    assert info.value.max_cost == D("0.80")
+    assert (await old.status("acme")).plan == "org"
+
+
+async def test_pools_work_without_caches(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=[OWNED, POOL], default_plan="own", cache_size=0)
+    await fence.set_pool("a", "p", plan="org")
+    await fence.commit(await fence.reserve("a", "0.5"), "0.5")
+    assert (await fence.status("a")).pool_windows[0].used == D("0.5")
+
+
+async def test_commit_follows_a_plan_changed_mid_call(make_fence: MakeFence) -> None:
+    hourly = Plan("hourly", [Limit("1d", max_cost="1"), Limit("1h", max_cost="1", kind="sliding")])
+    a = make_fence(plans=[OWNED, POOL, hourly], default_plan="own")
+    b = make_fence(plans=[OWNED, POOL, hourly], default_plan="own")
+    r = await b.reserve("acme", "0.2")
+    await a.set_plan("acme", "hourly")
+    await a.set_pool("acme", "p", plan="org")
+    await b.commit(r, "0.2")  # b still believes "own", on its own tag
+    s = await a.status("acme")
+    assert [w.used for w in s.windows] == [D("0.2"), D("0.2")]
+    assert (s.pool_windows[0].used, s.held, s.pool_windows[0].held) == (D("0.2"), 0, 0)

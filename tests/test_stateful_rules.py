@@ -197,13 +197,14 @@ class Model:
         if refusal and refusal[0] == "budget" and refusal[3] == "limit":
             scope, window = refusal[1], refusal[2]
             if window == "1m":
-                if t.minute.level(t.minute.a, idx) < 100:
+                if t.minute.level(t.minute.a, idx) < 100 and m_cost + t.held >= 400_000_000:
                     alerts.append((scope, "1m", "cost", 100))
                     t.minute.a = (100, idx)
             else:
                 counters = day if scope == "tenant" else pool
                 assert counters is not None
-                if counters.a < 100:
+                filled = counters.c + (t.held if scope == "tenant" else pool_held)
+                if counters.a < 100 and filled >= (limit if scope == "tenant" else 1_500_000_000):
                     alerts.append((scope, "1d", "cost", 100))
                     counters.a = 100
                     self._store_day(tenant, scope, counters)

@@ -29,6 +29,7 @@ from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
     ConfigError,
+    Contended,
     InvalidAmount,
     InvalidId,
     PolicyDenied,
@@ -119,6 +120,13 @@ class _Route:
     plan: CompiledPlan
     pool_plan: CompiledPlan
     follow_stubs: str = "1"
+    plan_name: str = ""  # the stored name (plan may be a fallback this instance has)
+    pool_plan_name: str = ""
+
+    def plan_args(self, default_plan: str) -> list[str]:
+        """The plan names the scripts check: tenant's, default, pool's ('' off a pool)."""
+        pool = self.pool_plan_name if self.keys.pool_state else ""
+        return [self.plan_name, default_plan, pool]
 
     def specs(self) -> list[str]:
         """Feature arguments, then the tenant's and the pool's limit specs."""
@@ -263,7 +271,8 @@ class TokenFence:
         if location != OWN and pool_plan:
             pool_compiled = self._compiled(pool_plan)
         keys = self._keys.tenant(tenant_enc, location)
-        return _Route(location, keys, self._compiled(plan), pool_compiled, follow_stubs)
+        return _Route(location, keys, self._compiled(plan), pool_compiled, follow_stubs,
+                      plan, pool_plan)  # fmt: skip
 
     async def _call(
         self,
@@ -280,8 +289,11 @@ class TokenFence:
         location = start if start is not None else self._locations.get(tenant_enc, OWN)
         plan = self._tenant_plans.get(tenant_enc, self._default_plan)
         follow_stubs = "1"
+        pool_plans: dict[str, str] = {}
         for _ in range(_HOPS):
-            pool_plan = self._pool_plans.get(location, "") if location != OWN else ""
+            pool_plan = ""
+            if location != OWN:
+                pool_plan = pool_plans.get(location) or self._pool_plans.get(location, "")
             route = self._route(tenant_enc, location, plan, pool_plan, follow_stubs)
             keys, args = build(route)
             reply = await self._run(script, keys, args)
@@ -296,12 +308,13 @@ class TokenFence:
                 plan = reply[2]
                 self._remember(self._tenant_plans, tenant_enc, plan)
             elif kind == "pool_plan":
+                pool_plans[location] = reply[2]
                 self._remember(self._pool_plans, location, reply[2])
             else:
                 if start is None:  # not a settlement that may end at an old location
                     self._remember(self._locations, tenant_enc, location)
                 return reply, route
-        raise StoreUnavailable("tenant plan or pool kept changing during the call; try again")
+        raise Contended("the tenant's plan or pool kept changing during the call; try again")
 
     def _now_arg(self) -> str:
         if self._clock is None:
@@ -411,10 +424,10 @@ class TokenFence:
             chosen_from.append(offered)
             enforce = self._enforce and route.plan.plan.enforce
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
-                self._now_arg(), route.plan.name, self._default_plan, tenant_enc, rid_enc,
+                self._now_arg(), route.plan_name, self._default_plan, tenant_enc, rid_enc,
                 feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
                 route.location if route.location != OWN else "",
-                route.pool_plan.name if route.keys.pool_state else "",
+                route.pool_plan_name if route.keys.pool_state else "",
                 "1" if enforce else "0", route.plan.mode, *route.specs(),
                 str(len(amounts)), *amounts,
             ]  # fmt: skip
@@ -513,7 +526,7 @@ class TokenFence:
                 self._now_arg(), tenant_enc, rid_enc, str(nanos), self._record_ttl,
                 self._reclaim, feat_enc, str(input_tokens), str(output_tokens),
                 route.location if route.location != OWN else "", route.follow_stubs,
-                *route.specs(),
+                *route.plan_args(self._default_plan), *route.specs(),
             ]  # fmt: skip
 
         try:
@@ -531,7 +544,8 @@ class TokenFence:
             self._alerts.dispatch(alerts)
         if kind == "duplicate":
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
-            return Settlement(reservation.id, Decimal(0), duplicate=True)
+            # cost: what the first settlement charged (a retried call learns it was charged)
+            return Settlement(reservation.id, from_nanos(int(details[1])), duplicate=True)
         late = details[1] == "late"
         if late:
             log.warning("commit_late", tenant=tenant, reservation=reservation.id, cost_nanos=nanos)
@@ -574,17 +588,12 @@ class TokenFence:
             keys = route.keys
             return keys.with_pool([keys.state, keys.holds]), [
                 self._now_arg(), self._default_plan, self._reclaim, self._record_ttl,
-                route.location if route.location != OWN else "", *route.specs(),
+                route.location if route.location != OWN else "", route.plan_name,
+                route.pool_plan_name if keys.pool_state else "", *route.specs(),
             ]  # fmt: skip
 
         reply, route = await self._call("status", tenant_enc, build)
         stored_plan = reply[3]
-        if stored_plan != route.plan.name and stored_plan in self._plans:
-            self._remember(self._tenant_plans, tenant_enc, stored_plan)
-            reply, route = await self._call("status", tenant_enc, build)
-        if route.keys.pool_state and reply[8] != route.pool_plan.name and reply[8]:
-            self._remember(self._pool_plans, route.location, reply[8])
-            reply, route = await self._call("status", tenant_enc, build)
         switches = await self._global_switches()
         held, pool_held = int(reply[5]), int(reply[9])
         names = [name for name, _ in route.plan.feature_ppm]
@@ -769,6 +778,8 @@ class TokenFence:
                 ["drop", tenant_enc, target, move_id, source, self._record_ttl],
             )  # fmt: skip
             break
+        else:
+            raise Contended(f"tenant {tenant_id!r} kept moving during set_pool; try again")
         self._remember(self._locations, tenant_enc, target)
         log.info("tenant_moved", tenant=tenant_id, pool=pool)
 
@@ -810,7 +821,8 @@ class TokenFence:
         keys = self._keys.tenant("%00ping")  # no validated id encodes to this
         await self._run(
             "status", [keys.state, keys.holds],
-            [self._now_arg(), self._default_plan, "1", "1", "", "0", "0", "0"],
+            [self._now_arg(), self._default_plan, "1", "1", "", self._default_plan, "", "0", "0",
+             "0"],
         )  # fmt: skip
 
     async def aclose(self) -> None:

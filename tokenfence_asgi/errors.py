@@ -17,6 +17,7 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     │   ├── ApprovalRequired              a tool call waits for an operator's approval (403)
     │   ├── InputTooLong                  the prompt is longer than the plan allows (413)
     │   └── TenantDisabled                a kill switch is on (403)
+    ├── Contended                         a plan or pool changed under every retry (503)
     └── StoreUnavailable                  Redis could not be reached in time (503)
 
 Each error knows its HTTP status and its JSON body (``to_dict()``), so the middleware and the HTTP
@@ -33,6 +34,7 @@ __all__ = [
     "ApprovalRequired",
     "BudgetExceeded",
     "ConfigError",
+    "Contended",
     "InputTooLong",
     "InvalidAmount",
     "InvalidId",
@@ -335,6 +337,16 @@ class TenantDisabled(Refused):
             what = f"AI calls are disabled for tenant {tenant_id!r}"
         super().__init__(what, tenant_id=tenant_id, feature=feature)
         self.scope = scope
+
+
+class Contended(TokenFenceError):
+    """The tenant's plan or pool kept changing under every retry of one call; try again.
+
+    Not an outage: ``on_store_error="open"`` does not let such a call through.
+    """
+
+    status_code = 503
+    error_code = "ai_budget_busy"
 
 
 class StoreUnavailable(TokenFenceError):

@@ -45,8 +45,9 @@ class Reservation:
 class Settlement:
     """What a ``commit`` or ``release`` did.
 
-    ``cost`` is what this call charged (zero for a release or a repeat); ``late`` marks a commit
-    whose hold had already expired; ``duplicate`` marks a repeat that changed nothing;
+    ``cost`` is what the commit charged (zero for a release); a repeat (``duplicate``) changes
+    nothing and reports what the first commit charged, so a retried call learns it was charged.
+    ``late`` marks a commit whose hold had already expired;
     ``recorded`` is false when the store was unreachable and ``on_store_error="open"``.
     """
 

@@ -109,6 +109,11 @@ class Store:
             reply = await self._scripts[name](keys=keys, args=args)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+        except redis_errors.ResponseError as exc:
+            # A busy script elsewhere or a full server is an outage, not a bug of ours.
+            if str(exc).startswith(("BUSY", "OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN")):
+                raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+            raise
         return decode(reply)
 
     async def hgetall(self, key: str) -> dict[str, str]:
