@@ -8,7 +8,7 @@
 --
 -- KEYS[1]: tenant state at this tag TB.."s"   KEYS[2]: holds of this tag TAG.."h"
 -- KEYS[3]: pool state TAG.."pool:s" (when this tag is a pool's)
--- ARGV[1]: step 'out' | 'in' | 'point' | 'drop'
+-- ARGV[1]: step 'begin' | 'out' | 'in' | 'point' | 'drop' | 'end'
 -- ARGV[2]: tenant (encoded)   ARGV[3]: the other end: '-' (own tag) or a pool (encoded)
 -- ARGV[4]: move id            ARGV[5]: this tag's pool (encoded), or '-' for the own tag
 -- 'in' only, from ARGV[6]: the dump 'out' returned (after its first two items)
@@ -20,7 +20,8 @@ local step, tenant, other, move_id, here = ARGV[1], ARGV[2], ARGV[3], ARGV[4], A
 local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
 local prefix = tenant .. '/'
-local MOVE_FIELDS = { loc = true, mv = true, mv_in = true, pool = true, dropped = true }
+local MOVE_FIELDS = { loc = true, mv = true, mv_in = true, pool = true, dropped = true,
+  mvid = true, mvfrom = true, mvto = true }
 
 local function own_holds()
   local out = {}
@@ -35,6 +36,19 @@ end
 
 if step == 'point' then
   redis.call('HSET', state, 'loc', other)
+  return { 'done', 0 }
+end
+
+-- The own tag's record of a move in progress (from ARGV[5], to ARGV[3], id ARGV[4]), so an
+-- interrupted set_pool resumes it with the same id.
+if step == 'begin' then
+  redis.call('HSET', state, 'mvid', move_id, 'mvfrom', here, 'mvto', other)
+  return { 'done', 0 }
+end
+if step == 'end' then
+  if redis.call('HGET', state, 'mvid') == move_id then
+    redis.call('HDEL', state, 'mvid', 'mvfrom', 'mvto')
+  end
   return { 'done', 0 }
 end
 
@@ -115,7 +129,7 @@ if step == 'drop' then
   end
   local gone = {}
   for _, field in ipairs(redis.call('HKEYS', state)) do
-    if field ~= 'loc' and field ~= 'mv' then
+    if field ~= 'loc' and field ~= 'mv' and not string.match(field, '^mv[a-z]+$') then
       gone[#gone + 1] = field
     end
   end

@@ -14,7 +14,12 @@ import pytest
 from tests.conftest import Backend, FakeClock
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, ConfigError, RequestLimitExceeded
+from tokenfence_asgi.errors import (
+    BudgetExceeded,
+    ConfigError,
+    RequestLimitExceeded,
+    StoreUnavailable,
+)
 from tokenfence_asgi.results import Alert
 
 MakeFence = Callable[..., TokenFence]
@@ -386,3 +391,35 @@ async def test_commit_follows_a_plan_changed_mid_call(make_fence: MakeFence) -> 
     s = await a.status("acme")
     assert [w.used for w in s.windows] == [D("0.2"), D("0.2")]
     assert (s.pool_windows[0].used, s.held, s.pool_windows[0].held) == (D("0.2"), 0, 0)
+
+
+@pytest.mark.parametrize("crash_after", ["out", "in", "point"])
+async def test_an_interrupted_move_is_finished_by_the_next_set_pool(
+    make_fence: MakeFence, crash_after: str
+) -> None:
+    fence = make_fence(plans=[OWNED, POOL], default_plan="own")
+    await fence.set_pool("a", "p1", plan="org")
+    await fence.set_pool_plan("p2", "org")
+    await fence.commit(await fence.reserve("a", "0.1"), "0.1")
+    hold = await fence.reserve("a", "0.2")
+    real_run = fence._run
+
+    async def crashing(name: str, keys: list[str], args: list[str]) -> list[str]:
+        reply = await real_run(name, keys, args)
+        if name == "move" and args[0] == crash_after:
+            raise StoreUnavailable("connection lost")
+        return reply
+
+    fence._run = crashing  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await fence.set_pool("a", "p2")  # p1 -> p2 stops after one step
+    fence._run = real_run  # type: ignore[method-assign]
+    await fence.set_pool("a", None)  # finishes p1 -> p2, then p2 -> own
+    s = await fence.status("a")
+    assert (s.pool, s.windows[0].used, s.held, s.open_holds) == (None, D("0.1"), D("0.2"), 1)
+    assert (await fence.commit(hold, "0.2")).duplicate is False
+    assert (await fence.status("a")).windows[0].used == D("0.3")  # nothing counted twice
+    await fence.set_pool("b", "p1")
+    await fence.set_pool("c", "p2")
+    assert (await fence.status("b")).held == 0
+    assert (await fence.status("c")).held == 0

@@ -752,11 +752,27 @@ class TokenFence:
             if known is None:
                 raise ConfigError(f"pool {pool!r} has no plan yet: pass plan=")
         own = self._keys.tenant(tenant_enc)
+        directory = await self._store.hgetall(own.state)
+        if "mvid" in directory:  # a move that was interrupted: finish it first
+            await self._move(tenant_enc, directory["mvfrom"], directory["mvto"], directory["mvid"])
         source = await self._store.hget(own.state, "loc") or OWN
-        move_id = uuid.uuid4().hex
+        if source != target:
+            await self._move(tenant_enc, source, target, uuid.uuid4().hex)
+        self._remember(self._locations, tenant_enc, target)
+        log.info("tenant_moved", tenant=tenant_id, pool=pool)
+
+    async def _move(self, tenant_enc: str, source: str, target: str, move_id: str) -> None:
+        """Move a tenant from ``source`` to ``target`` in idempotent steps (see lua/move.lua).
+
+        The own tag records the move first, so a move interrupted at any step is resumed with
+        the same id (every step is idempotent for it) by the next ``set_pool``.
+        """
+        own = self._keys.tenant(tenant_enc)
         for _ in range(_HOPS):
             if source == target:
-                break
+                return
+            await self._run("move", [own.state, own.holds],
+                            ["begin", tenant_enc, target, move_id, source])  # fmt: skip
             keys = self._keys.tenant(tenant_enc, source)
             dump = await self._run(
                 "move", keys.with_pool([keys.state, keys.holds]),
@@ -771,17 +787,16 @@ class TokenFence:
                 ["in", tenant_enc, source, move_id, target, *dump[2:]],
             )  # fmt: skip
             if OWN not in (source, target):
-                await self._run("move", [own.state, own.holds], ["point", tenant_enc, target,
-                                                                 move_id, OWN])  # fmt: skip
+                await self._run("move", [own.state, own.holds],
+                                ["point", tenant_enc, target, move_id, OWN])  # fmt: skip
             await self._run(
                 "move", keys.with_pool([keys.state, keys.holds]),
                 ["drop", tenant_enc, target, move_id, source, self._record_ttl],
             )  # fmt: skip
-            break
-        else:
-            raise Contended(f"tenant {tenant_id!r} kept moving during set_pool; try again")
-        self._remember(self._locations, tenant_enc, target)
-        log.info("tenant_moved", tenant=tenant_id, pool=pool)
+            await self._run("move", [own.state, own.holds],
+                            ["end", tenant_enc, target, move_id, OWN])  # fmt: skip
+            return
+        raise Contended("the tenant kept moving during set_pool; try again")
 
     async def set_pool_plan(self, pool: str, plan: str) -> None:
         """Set the plan whose limits apply to a pool as a whole."""
