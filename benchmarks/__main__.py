@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--quick] [--redis-url URL]``: print a table, then one JSON line."""
+"""``python -m benchmarks [--quick] [--redis-url URL]``: every benchmark, then one JSON line.
+
+Each figure is a ratio measured side by side in this run (or a size), never an absolute time
+to compare across machines.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,19 @@ import argparse
 import asyncio
 import json
 import os
+from typing import Any
 
 import structlog
 
-from benchmarks import bench_engine
+from benchmarks import bench_engine, bench_memory, bench_middleware
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print a table of ``results``, then the same as one JSON object on the last line."""
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(results))
 
 
 def main() -> None:
@@ -21,11 +34,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    results = asyncio.run(bench_engine.run(args.redis_url, quick=args.quick))
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(results))
+    results: dict[str, Any] = {}
+    results.update(asyncio.run(bench_engine.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_memory.run(args.redis_url)))
+    results.update(bench_middleware.run(args.quick))
+    report(results)
 
 
 if __name__ == "__main__":

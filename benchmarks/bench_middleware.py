@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -304,11 +303,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (~40 s)")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    results = run(args.quick, connections=args.connections)
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(results))
+    from benchmarks.__main__ import report
+
+    report(run(args.quick, connections=args.connections))
 
 
 if __name__ == "__main__":
