@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from benchmarks import bench_engine, bench_memory, bench_middleware
+from benchmarks import bench_engine, bench_litellm, bench_memory, bench_middleware
 
 
 def report(results: dict[str, Any]) -> None:
@@ -38,6 +38,7 @@ def main() -> None:
     results.update(asyncio.run(bench_engine.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_memory.run(args.redis_url)))
     results.update(bench_middleware.run(args.quick))
+    results.update(asyncio.run(bench_litellm.run(args.redis_url, quick=args.quick)))
     report(results)
 
 

@@ -1,6 +1,7 @@
 """tokenfence-asgi: multi-tenant AI cost control for ASGI apps."""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
 from tokenfence_asgi.engine import TokenFence
@@ -20,6 +21,7 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
     FenceCounters,
@@ -28,6 +30,19 @@ from tokenfence_asgi.results import (
     TenantStatus,
     WindowStatus,
 )
+
+if TYPE_CHECKING:
+    from tokenfence_asgi.litellm import TokenFenceCallback
+
+
+def __getattr__(name: str) -> Any:
+    # LiteLLM takes seconds to import: only code that uses the callback pays for it.
+    if name == "TokenFenceCallback":
+        from tokenfence_asgi.litellm import TokenFenceCallback
+
+        return TokenFenceCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__ = version("tokenfence-asgi")
@@ -48,9 +63,11 @@ __all__ = [
     "InvalidId",
     "Limit",
     "ModelNotAllowed",
+    "ModelPrice",
     "Plan",
     "Policy",
     "PolicyDenied",
+    "PriceBook",
     "RequestLimitExceeded",
     "Reservation",
     "Settlement",
@@ -59,6 +76,7 @@ __all__ = [
     "TenantRequired",
     "TenantStatus",
     "TokenFence",
+    "TokenFenceCallback",
     "TokenFenceError",
     "TokenFenceMiddleware",
     "UnknownPlan",

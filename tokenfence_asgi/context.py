@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -36,10 +36,12 @@ __all__ = [
     "feature",
     "pop_context",
     "push_context",
+    "settle_context",
     "tenant_scope",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger("tokenfence_asgi")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class FenceContext:
     open_reservations: dict[str, Reservation] = field(
         default_factory=dict, compare=False, repr=False
     )
+    settlers: list[Settler] = field(default_factory=list, compare=False, repr=False)
 
     def require_tenant(self) -> str:
         """The tenant id; raises ``TenantRequired`` in an anonymous request."""
@@ -75,12 +78,39 @@ class FenceContext:
         """Forget a hold that was committed or released (no error if it is unknown)."""
         self.open_reservations.pop(reservation_id, None)
 
+    def on_end(self, settler: Settler) -> None:
+        """Have ``await settler(ctx)`` run when the request or scope ends (once per settler).
+
+        The LiteLLM callback registers itself here, to settle the calls no LiteLLM event will
+        (a stream the client abandoned, a cancelled call).
+        """
+        if settler not in self.settlers:
+            self.settlers.append(settler)
+
     def with_feature(self, name: str | None) -> FenceContext:
-        """The same tenant, request id and open reservations, with ``feature`` set to ``name``."""
-        return FenceContext(self.tenant_id, name, self.request_id, self.open_reservations)
+        """The same tenant, request id, open reservations and settlers, with ``feature``."""
+        return FenceContext(
+            self.tenant_id, name, self.request_id, self.open_reservations, self.settlers
+        )
 
 
 _CONTEXT: ContextVar[FenceContext | None] = ContextVar("tokenfence_asgi_context", default=None)
+
+Settler: TypeAlias = Callable[[FenceContext], Awaitable[None]]
+"""Settles what a scope left open; registered with ``FenceContext.on_end``."""
+
+
+async def settle_context(ctx: FenceContext) -> None:
+    """Run the settlers registered on ``ctx`` (the end of a request or scope).
+
+    A failing settler is logged and the others still run; the holds it left are reclaimed when
+    their leases run out.
+    """
+    for settler in list(ctx.settlers):
+        try:
+            await settler(ctx)
+        except Exception as exc:
+            log.error("settle_failed", settler=repr(settler), error=repr(exc))
 
 
 def current_context() -> FenceContext | None:
@@ -312,7 +342,11 @@ class TenantScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        try:
+            if self._context.open_reservations:
+                await settle_context(self._context)
+        finally:
+            self.__exit__(exc_type, exc, tb)
 
 
 def tenant_scope(

@@ -70,6 +70,16 @@ class TokenFenceError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of this error: its class's ``status_code``.
+
+        An integration may give an instance another ``status_code`` for its own framework (the
+        LiteLLM callback gives 422 inside a Router, which decides retries and deployment
+        cooldowns by it); responses always use the class's.
+        """
+        return type(self).status_code
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON body an HTTP response carries for this error."""
         return {"error": self.error_code, "message": self.message}

@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TypeAlias
 
+import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenfence_asgi.context import FenceContext, pop_context, push_context
+from tokenfence_asgi.context import FenceContext, pop_context, push_context, settle_context
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import ConfigError, InvalidId, TenantRequired, TokenFenceError
 from tokenfence_asgi.keys import MAX_ID_LENGTH, validate_id
@@ -202,7 +203,7 @@ class TokenFenceMiddleware:
             await self._reply(response, request_id, scope, receive, send)
             return
         except TokenFenceError as exc:
-            if exc.status_code == 500:
+            if exc.http_status == 500:
                 raise
             log.info("tenant_refused", request_id=request_id, error=exc.error_code)
             response = FenceErrorResponse(exc, now=self._now())
@@ -229,10 +230,10 @@ class TokenFenceMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except TokenFenceError as exc:
-            if exc.status_code == 500:
+            if exc.http_status == 500:
                 raise
             if not response_started:
-                log.info("fence_error_response", status=exc.status_code, error=exc.error_code)
+                log.info("fence_error_response", status=exc.http_status, error=exc.error_code)
                 response = FenceErrorResponse(exc, now=self._now())
                 await self._reply(response, request_id, scope, receive, send)
             else:
@@ -242,11 +243,17 @@ class TokenFenceMiddleware:
                 if not response_complete:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if ctx.open_reservations:
-                # The settle hook (LiteLLM integration) will settle these; until then the
-                # holds' leases reclaim them.
-                log.warning("reservations_left_open", reservation_ids=sorted(ctx.open_reservations))
-            pop_context(token)
+            try:
+                if ctx.open_reservations:
+                    # Also after a disconnect or cancellation: shielded, so the settlers run.
+                    with anyio.CancelScope(shield=True):
+                        await settle_context(ctx)
+                if ctx.open_reservations:  # the holds' leases reclaim these
+                    log.warning(
+                        "reservations_left_open", reservation_ids=sorted(ctx.open_reservations)
+                    )
+            finally:
+                pop_context(token)
 
     async def _reply(
         self,

@@ -104,7 +104,7 @@ class FenceErrorResponse(JSONResponse):
             all_headers.update(headers)
         super().__init__(
             body,
-            status_code=error.status_code if status_code is None else status_code,
+            status_code=error.http_status if status_code is None else status_code,
             headers=all_headers,
             background=background,
         )

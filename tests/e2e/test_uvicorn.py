@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from tests.conftest import FakeClock
+from tests.e2e.servers import serve
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context, feature
 from tokenfence_asgi.engine import TokenFence
@@ -52,37 +49,12 @@ def build_app(events: list[str]) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="h11", ws="none", lifespan="on",
-        access_log=False, log_level="warning",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_402_and_200_through_a_real_server() -> None:
     events: list[str] = []
-    with serve(build_app(events)) as url, httpx.Client(base_url=url, timeout=5) as client:
+    with (
+        serve(build_app(events), lifespan="on") as url,
+        httpx.Client(base_url=url, timeout=5) as client,
+    ):
         assert events == ["startup"]
         ok = client.post(
             "/chat",

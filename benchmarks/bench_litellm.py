@@ -1,0 +1,112 @@
+"""Per-call time of ``litellm.acompletion(mock_response=...)`` with and without TokenFenceCallback.
+
+Against real Redis: each fenced call is one reserve and one commit (two round trips) plus the
+estimate (LiteLLM's token counter). The two variants run in alternating batches (without,
+with; with, without; ...) after a warm-up, so drift on the machine hits both alike; a batch is
+timed until its last commit landed (the commit runs after the caller has its answer, on the
+same loop, so it is counted). ``litellm_callback_ratio`` is the median of the per-round ratios;
+the target is at most 1.10.
+
+``python -m benchmarks.bench_litellm [--quick] [--redis-url URL]`` prints a table, then one JSON
+line. ``run`` is a coroutine function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+import structlog
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+import redis.asyncio as aioredis
+
+from tokenfence_asgi.config import Limit, Plan
+from tokenfence_asgi.context import tenant_scope
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.litellm import TokenFenceCallback
+
+PLAN = Plan("bench", [Limit("1d", max_cost="1000000", max_requests=10**9)])
+MSGS = [{"role": "user", "content": "Summarise this support ticket in one sentence, please."}]
+
+
+async def _batch(calls: int, callback: TokenFenceCallback | None) -> float:
+    """Seconds per call for ``calls`` sequential mocked calls (fenced when ``callback``)."""
+    if callback is None:
+        litellm.callbacks = []
+    else:
+        litellm.callbacks = [callback]
+    start = time.perf_counter()
+    async with tenant_scope("bench-tenant", feature="chat") as ctx:
+        for _ in range(calls):
+            await litellm.acompletion(
+                model="gpt-4o-mini", messages=MSGS, mock_response="A short answer.", max_tokens=64
+            )
+        if callback is not None:
+            await callback.settle(ctx)  # the last commit is in
+    elapsed = time.perf_counter() - start
+    if callback is not None:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(callback)
+    return elapsed / calls
+
+
+async def run(redis_url: str, *, quick: bool) -> dict[str, float]:
+    """Time both variants in alternating rounds; return ms per call and the ratio."""
+    rounds, calls = (8, 25) if quick else (30, 50)
+    prefix = f"tfbench{uuid.uuid4().hex[:8]}"
+    fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="bench", prefix=prefix)
+    callback = TokenFenceCallback(fence)
+    saved = list(litellm.callbacks)
+    plain: list[float] = []
+    fenced: list[float] = []
+    ratios: list[float] = []
+    try:
+        await _batch(calls, None)  # warm up: imports, connections, script cache, tokenizer
+        await _batch(calls, callback)
+        for i in range(rounds):
+            if i % 2 == 0:
+                bare, with_cb = await _batch(calls, None), await _batch(calls, callback)
+            else:
+                with_cb, bare = await _batch(calls, callback), await _batch(calls, None)
+            plain.append(bare)
+            fenced.append(with_cb)
+            ratios.append(with_cb / bare)
+        status = await fence.status("bench-tenant")
+        if status.held != 0:
+            raise RuntimeError(f"holds left open after the benchmark: {status.held}")
+    finally:
+        litellm.callbacks = saved
+        await fence.aclose()
+        client = aioredis.Redis.from_url(redis_url)
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            await client.delete(key)
+        await client.aclose()
+    return {
+        "litellm_plain_ms": round(statistics.median(plain) * 1000, 3),
+        "litellm_fenced_ms": round(statistics.median(fenced) * 1000, 3),
+        "litellm_callback_ratio": round(statistics.median(ratios), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_litellm")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    from benchmarks.__main__ import report
+
+    report(asyncio.run(run(args.redis_url, quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""A small OpenAI-compatible chat server on loopback, for tests that go through real HTTP.
+
+``/v1/chat/completions`` answers JSON or, with ``"stream": true``, server-sent events whose
+last chunk carries ``usage`` when ``stream_options.include_usage`` is set (as OpenAI does). The
+server counts the calls it received and keeps each request body, so a test can tell whether a
+refused call ever reached the provider and what the callback changed in it. ``fail_next``
+makes the next calls answer 500; ``chunk_delay_s`` slows a stream down so that it can be
+abandoned midway. Usage is fixed per call (``prompt_tokens`` / ``completion_tokens``), so
+charged amounts are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.e2e.servers import free_port, serve
+
+__all__ = ["FakeProvider", "free_port", "serve"]
+
+
+@dataclass
+class FakeProvider:
+    """What the fake server answers, and what it received."""
+
+    prompt_tokens: int = 1000
+    completion_tokens: int = 200
+    words: tuple[str, ...] = ("Hello", " from", " the", " fake", " provider", ".")
+    chunk_delay_s: float = 0.0
+    fail_next: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def calls(self) -> int:
+        """How many chat requests reached the server."""
+        with self.lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        """Forget the requests received and restore the defaults a test may have changed."""
+        with self.lock:
+            self.requests.clear()
+        self.chunk_delay_s = 0.0
+        self.fail_next = 0
+
+    def _usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        with self.lock:
+            self.requests.append(body)
+            failing = self.fail_next > 0
+            if failing:
+                self.fail_next -= 1
+        if failing:
+            error = {"error": {"message": "fake provider failure", "type": "server_error"}}
+            return JSONResponse(error, status_code=500)
+        call_id = f"chatcmpl-{uuid.uuid4().hex}"
+        model = body["model"]
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": call_id,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(self.words)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": self._usage(),
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            self._events(call_id, model, include_usage), media_type="text/event-stream"
+        )
+
+    async def _events(self, call_id: str, model: str, include_usage: bool) -> AsyncIterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None) -> str:
+            data = {
+                "id": call_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(data)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""}, None)
+        for word in self.words:
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            yield chunk({"content": word}, None)
+        yield chunk({}, "stop")
+        if include_usage:
+            data = {
+                "id": call_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": self._usage(),
+            }
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def app(self) -> Starlette:
+        """The ASGI app serving ``/v1/chat/completions``."""
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])

@@ -1,0 +1,674 @@
+"""``TokenFenceCallback``: LiteLLM chat calls made for a tenant are reserved, capped and charged.
+
+``litellm.callbacks = [TokenFenceCallback(fence)]`` fences every ``litellm.acompletion`` and
+``Router.acompletion`` made inside a request, a ``tenant_scope``, or with
+``metadata={"tenant_id": ..., "feature": ...}``. What LiteLLM 1.110.2 (the pinned release) offers
+in SDK mode, measured, and what this module uses of it:
+
+- ``async_pre_call_deployment_hook`` runs first in ``acompletion`` (and per Router attempt, on the
+  chosen deployment): an exception raised there reaches the caller with its own type, before any
+  provider call, and the kwargs it returns replace the call's. Here the estimate is reserved and
+  the call is changed: the chosen (maybe cheaper) model, ``max_tokens`` when the call had none,
+  ``stream_options.include_usage`` for streams. Exceptions in ``log_pre_api_call``,
+  ``async_log_pre_api_call`` and ``async_pre_call_hook`` are swallowed: they cannot block.
+- A model passed positionally (``acompletion("gpt-4o", msgs)``) is not in the hook's kwargs, and
+  adding one fails with "multiple values for argument 'model'": such calls are reserved at the
+  requested model's price and never downgraded.
+- Refusals are raised as classes deriving from both our error and ``litellm.BudgetExceededError``:
+  the caller catches ``BudgetExceeded`` (402 from the middleware), and the Router treats it as
+  final. Inside a Router the instance's ``status_code`` is 422 (the class keeps 402), because
+  the Router decides retries and deployment cooldowns by it: a 402, 401, 429 or 503 put the
+  shared deployment in cooldown, denying every other tenant; a 403 was retried.
+- ``async_log_success_event`` carries LiteLLM's cost of the response (``response_cost``); for a
+  stream it fires once, after the last chunk. It runs after the caller has the response, so a
+  commit may land after the request ended. Failures fire ``async_post_call_failure_deployment_hook``
+  (per attempt, before the caller sees the error) and ``async_log_failure_event``.
+- A stream the caller stops reading, or a call whose task is cancelled, fires no callback at all.
+  ``settle`` (run when the request or scope ends) commits what such calls left open: the hold of
+  a stream that had produced output (its length is not visible to a callback), nothing for a
+  call that produced none.
+- Sync ``litellm.completion`` runs no hook that can both block and change a call, so
+  ``TokenFenceCallback.completion`` is the sync entry point (see there); a plain sync call made
+  for a tenant goes through unfenced, logged as ``sync_completion_not_fenced``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, TypeVar, cast
+
+import anyio
+import anyio.from_thread
+import structlog
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before LiteLLM is imported
+
+import litellm
+from litellm.exceptions import BudgetExceededError
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import CallTypes
+
+from tokenfence_asgi.config import Plan
+from tokenfence_asgi.context import FenceContext, current_context
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import (
+    ConfigError,
+    InputTooLong,
+    ModelNotAllowed,
+    TenantRequired,
+    TokenFenceError,
+)
+from tokenfence_asgi.pricing import Estimate, ModelPrice, PriceBook
+from tokenfence_asgi.results import Reservation
+
+__all__ = ["TokenFenceCallback"]
+
+log = structlog.get_logger("tokenfence_asgi")
+
+T = TypeVar("T")
+Unscoped = Literal["refuse", "allow"]
+
+RESERVATION_KEY = "tokenfence_reservation_id"
+"""The metadata key the callback adds to a fenced call: its reservation id."""
+
+_ROUTER_STATUS = 422  # neither retried nor a cooldown reason for the Router (measured)
+_GRACE_YIELDS = 50  # a finished call's success event is scheduled a few loop steps later
+_WAIT_S = 5.0
+_FORGET_AFTER_S = 3600.0
+_SYNC_CALLS: ContextVar[list[_Call] | None] = ContextVar("tokenfence_sync_calls", default=None)
+
+
+_DERIVED: dict[type[TokenFenceError], type[TokenFenceError]] = {}  # a memo of classes, like a cache
+
+
+def _litellm_class(cls: type[TokenFenceError]) -> type[TokenFenceError]:
+    derived = _DERIVED.get(cls)
+    if derived is None:
+        # Same name and module as ours, so tracebacks and `except BudgetExceeded` read as usual.
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                     "__doc__": cls.__doc__}  # fmt: skip
+        derived = cast("type[TokenFenceError]", type(cls.__name__, (cls, BudgetExceededError),
+                                                      namespace))  # fmt: skip
+        _DERIVED[cls] = derived
+    return derived
+
+
+def _for_litellm(exc: TokenFenceError, *, router: bool) -> TokenFenceError:
+    """``exc`` as an instance of a class deriving from it and ``litellm.BudgetExceededError``."""
+    cls = _litellm_class(type(exc))
+    error = cls.__new__(cls)
+    BudgetExceededError.__init__(
+        cast("BudgetExceededError", error),
+        current_cost=float(getattr(exc, "total_cost", 0)),
+        max_budget=float(getattr(exc, "max_cost", 0)),
+        message=exc.message,
+    )
+    error.__dict__.update(exc.__dict__)
+    if router:
+        error.__dict__["status_code"] = _ROUTER_STATUS
+    else:  # LiteLLM's __init__ set one; ours is the class's (402, 429, ...)
+        error.__dict__.pop("status_code", None)
+    return error.with_traceback(exc.__traceback__)
+
+
+def _is_router_call(kwargs: Mapping[str, object]) -> bool:
+    return any(
+        "model_group" in _mapping(kwargs.get(key)) for key in ("metadata", "litellm_metadata")
+    )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _reservation_id(kwargs: Mapping[str, object]) -> object:
+    rid = _mapping(kwargs.get("metadata")).get(RESERVATION_KEY)
+    if rid is None:  # the events carry the call's metadata under litellm_params
+        rid = _mapping(_mapping(kwargs.get("litellm_params")).get("metadata")).get(RESERVATION_KEY)
+    return rid
+
+
+def _prompt_chars(messages: Sequence[object]) -> int:
+    """Characters of text in chat messages (string contents and text parts)."""
+    total = 0
+    for message in messages:
+        content = _mapping(message).get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p["text"]) for p in content
+                         if isinstance(p, Mapping) and isinstance(p.get("text"), str))  # fmt: skip
+    return total
+
+
+def _names(model: str) -> tuple[str, str | None]:
+    """``model`` and, for ``provider/name``, the provider prefix it carries."""
+    prefix, _, bare = model.partition("/")
+    return (bare, f"{prefix}/") if bare else (model, None)
+
+
+def _chain(plan: Plan, model: str) -> tuple[str, ...]:
+    """The plan's downgrade chain of ``model``, keeping a ``provider/`` prefix on each step."""
+    if plan.downgrade is None or model in plan.downgrade:
+        return plan.downgrade_chain(model)
+    bare, prefix = _names(model)
+    if prefix is None or bare not in plan.downgrade:
+        return (model,)
+    return tuple(prefix + step for step in plan.downgrade_chain(bare))
+
+
+def _allowed(plan: Plan, model: str) -> bool:
+    bare, prefix = _names(model)
+    return plan.model_allowed(model) or (prefix is not None and plan.model_allowed(bare))
+
+
+def _tokens(kwargs: Mapping[str, object], response: object) -> tuple[int, int]:
+    """Input and output tokens of a finished call, from LiteLLM's payload or the response."""
+    payload = _mapping(kwargs.get("standard_logging_object"))
+    usage = getattr(response, "usage", None)
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = payload.get(key, getattr(usage, key, 0))
+        counts.append(value if isinstance(value, int) and value >= 0 else 0)
+    return counts[0], counts[1]
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    """One fenced call, from its reservation to its settlement (internal, mutable)."""
+
+    reservation: Reservation
+    estimate: Estimate
+    stream: bool
+    ctx: FenceContext | None
+    logging_obj: object  # LiteLLM's; tells whether a stream produced anything
+    task: asyncio.Task[Any] | None
+    created: float = field(default_factory=time.monotonic)
+    response: object = None
+    state: Literal["open", "settling", "done"] = "open"
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def produced(self) -> bool:
+        return self.response is not None or (
+            self.stream and getattr(self.logging_obj, "completion_start_time", None) is not None
+        )
+
+
+class TokenFenceCallback(CustomLogger):
+    """Fences LiteLLM chat calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
+
+    Before each ``acompletion`` (plain or through a ``Router``) it finds the tenant (call
+    ``metadata`` ``tenant_id`` / ``feature``, else the current request or ``tenant_scope``),
+    checks the plan's model allow-list and ``max_input_chars``, and reserves the worst-case cost
+    in one round trip, on the first model of the plan's downgrade chain that is allowed and
+    fits; the call then uses that model. After it, the actual cost (LiteLLM's) is committed with
+    the token counts, a failure releases the hold, a stream is charged when it ends.
+
+    Refusals raise ``BudgetExceeded``, ``RequestLimitExceeded``, ``ModelNotAllowed``,
+    ``InputTooLong``, ``TenantDisabled``, ``StoreUnavailable`` or ``TenantRequired`` (a call
+    outside any tenant: refused unless ``unscoped="allow"``, which lets it through unfenced; a
+    call in an anonymous request is always refused); a model nothing prices raises
+    ``ConfigError``. ``prices`` (model -> ``ModelPrice``, or a ``PriceBook``),
+    ``default_price`` and ``default_output_tokens`` are as in ``PriceBook``. Creating the
+    callback loads LiteLLM's tokenizer (about half a second, once per process).
+    """
+
+    def __init__(
+        self,
+        fence: TokenFence,
+        *,
+        unscoped: Unscoped = "refuse",
+        prices: Mapping[str, ModelPrice] | PriceBook | None = None,
+        default_price: ModelPrice | None = None,
+        default_output_tokens: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(fence, TokenFence):
+            raise ConfigError(f"fence must be a TokenFence, got {type(fence).__name__}")
+        if unscoped not in ("refuse", "allow"):
+            raise ConfigError(f"unscoped must be 'refuse' or 'allow', got {unscoped!r}")
+        if isinstance(prices, PriceBook):
+            if default_price is not None or default_output_tokens is not None:
+                raise ConfigError("give default_price and default_output_tokens to the PriceBook")
+            self.prices = prices
+        else:
+            self.prices = PriceBook(prices, default_price=default_price,
+                                    default_output_tokens=default_output_tokens)  # fmt: skip
+        self.fence = fence
+        self._unscoped = unscoped
+        self._calls: dict[str, _Call] = {}
+        self._portal = _Portal()
+        self.prices.warm_up()
+
+    # -- before the call -------------------------------------------------------------------------
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, object], call_type: CallTypes | None
+    ) -> dict[str, object] | None:
+        """Reserve the call's worst case and make it use the chosen model (LiteLLM hook)."""
+        if call_type is not CallTypes.acompletion:
+            return None
+        try:
+            return await self._fence_call(kwargs)
+        except TokenFenceError as exc:
+            raise _for_litellm(exc, router=_is_router_call(kwargs)) from None
+
+    def _who(
+        self, metadata: Mapping[str, Any]
+    ) -> tuple[str | None, str | None, FenceContext | None]:
+        ctx = current_context()
+        tenant, feature = metadata.get("tenant_id"), metadata.get("feature")
+        if tenant is None:
+            if ctx is None:
+                if self._unscoped == "allow":
+                    return None, None, None
+                raise TenantRequired(
+                    "a LiteLLM call was made outside any request or tenant_scope and without "
+                    "metadata={'tenant_id': ...}"
+                )
+            tenant = ctx.require_tenant()
+            feature = ctx.feature if feature is None else feature
+        elif feature is None and ctx is not None and ctx.tenant_id == tenant:
+            feature = ctx.feature
+        return tenant, feature, ctx
+
+    async def _fence_call(self, kwargs: dict[str, object]) -> dict[str, object] | None:
+        metadata = _mapping(kwargs.get("metadata"))
+        tenant, feature, ctx = self._who(metadata)
+        if tenant is None:
+            return None
+        logging_obj = kwargs.get("litellm_logging_obj")
+        positional = "model" not in kwargs  # then it cannot be changed (see the module doc)
+        model = getattr(logging_obj, "model", None) if positional else kwargs["model"]
+        messages = kwargs.get("messages", getattr(logging_obj, "messages", None))
+        if not isinstance(model, str) or not isinstance(messages, list):
+            raise ConfigError("cannot tell the model and messages of this LiteLLM call")
+        tools = kwargs.get("tools")
+        tools = tools if isinstance(tools, list) else None
+        asked = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
+        max_out = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
+        chars = _prompt_chars(messages)
+        estimates: dict[str, Estimate] = {}
+
+        def offer(plan: Plan) -> list[tuple[str | None, int]]:
+            # Called with the plan as the store holds it, maybe more than once.
+            if plan.max_input_chars is not None and chars > plan.max_input_chars:
+                raise InputTooLong(
+                    f"the prompt has {chars} characters; plan {plan.name!r} allows "
+                    f"{plan.max_input_chars}", tenant_id=tenant, feature=feature,
+                    upgrade_url=plan.upgrade_url,
+                )  # fmt: skip
+            chain = (model,) if positional else _chain(plan, model)
+            allowed = [m for m in chain if _allowed(plan, m)]
+            if not allowed:
+                hint = ""
+                if positional and len(_chain(plan, model)) > 1:
+                    hint = "; pass model= as a keyword so that it can be downgraded"
+                raise ModelNotAllowed(
+                    f"model {model!r} is not allowed on plan {plan.name!r}{hint}",
+                    tenant_id=tenant, feature=feature, upgrade_url=plan.upgrade_url,
+                )  # fmt: skip
+            for name in allowed:
+                if name not in estimates:
+                    estimates[name] = self.prices.estimate(
+                        name, messages, tools=tools, max_output_tokens=max_out,
+                        request=kwargs if name == model else None,
+                    )  # fmt: skip
+            return [(name, estimates[name].amount_nanos) for name in allowed]
+
+        reservation = await self.fence.reserve_first(tenant, offer, feature=feature)
+        chosen = reservation.model or model
+        estimate = estimates[chosen]
+        changed = dict(kwargs)
+        if chosen != model:
+            changed["model"] = chosen
+            log.info("model_downgraded", tenant=tenant, requested=model, model=chosen,
+                     reservation=reservation.id)  # fmt: skip
+        if not estimate.from_call and "max_tokens" not in kwargs:
+            changed["max_tokens"] = estimate.output_tokens  # the allowance the hold covers
+        stream = bool(kwargs.get("stream"))
+        if stream:
+            options = _mapping(kwargs.get("stream_options"))
+            changed["stream_options"] = {**options, "include_usage": True}
+        changed["metadata"] = {**metadata, RESERVATION_KEY: reservation.id}
+        call = _Call(reservation, estimate, stream, ctx, logging_obj, asyncio.current_task())
+        self._register(call)
+        self._portal.app_loop = asyncio.get_running_loop()
+        return changed
+
+    def _register(self, call: _Call) -> None:
+        while self._calls:  # oldest first; one whose lease ran out long ago is forgotten
+            rid, old = next(iter(self._calls.items()))
+            if call.created - old.created < _FORGET_AFTER_S:
+                break
+            del self._calls[rid]
+        self._calls[call.reservation.id] = call
+        sync_calls = _SYNC_CALLS.get()
+        if sync_calls is not None:
+            sync_calls.append(call)
+        if call.ctx is not None:
+            call.ctx.track(call.reservation)
+            on_end = getattr(call.ctx, "on_end", None)  # the settle hook, where the context has one
+            if on_end is not None:
+                on_end(self.settle)
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        """Warn about a sync ``litellm.completion`` made for a tenant: no hook can fence it."""
+        if kwargs.get("call_type") != CallTypes.completion.value or _reservation_id(kwargs):
+            return
+        ctx = current_context()
+        metadata = _mapping(_mapping(kwargs.get("litellm_params")).get("metadata"))
+        if (ctx is not None and ctx.tenant_id is not None) or "tenant_id" in metadata:
+            log.warning("sync_completion_not_fenced", model=model,
+                        hint="use TokenFenceCallback.completion for sync calls")  # fmt: skip
+
+    # -- after the call --------------------------------------------------------------------------
+
+    def _claim(self, kwargs: Mapping[str, object]) -> _Call | None:
+        rid = _reservation_id(kwargs)
+        call = self._calls.get(rid) if isinstance(rid, str) else None
+        if call is None or call.state != "open":
+            return None
+        call.state = "settling"
+        return call
+
+    async def async_post_call_success_deployment_hook(
+        self, request_data: dict[str, Any], response: Any, call_type: CallTypes | None
+    ) -> Any:
+        """Keep the response, so a call whose success event never comes can still be charged."""
+        rid = _reservation_id(request_data)
+        call = self._calls.get(rid) if isinstance(rid, str) else None
+        if call is not None:
+            call.response = response
+        return None
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Commit LiteLLM's cost of the response with its token counts (LiteLLM event)."""
+        call = self._claim(kwargs)
+        if call is not None:
+            input_tokens, output_tokens = _tokens(kwargs, response_obj)
+            cost = self.prices.actual_cost(
+                call.estimate.model, response_cost=kwargs.get("response_cost"),
+                input_tokens=input_tokens, output_tokens=output_tokens,
+            )  # fmt: skip
+            await self._settle_with(call, cost, input_tokens, output_tokens)
+
+    async def async_post_call_failure_deployment_hook(
+        self,
+        request_data: Mapping[str, object],
+        exception: Exception,
+        call_type: CallTypes | None,
+        fallback_depth: int | None = None,
+    ) -> None:
+        """Release the hold of a failed attempt before the caller sees the error (LiteLLM hook)."""
+        call = self._claim(request_data)
+        if call is not None:
+            await self._fail(call, request_data)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Release the hold, or commit the partial cost of a stream that broke (LiteLLM event)."""
+        call = self._claim(kwargs)
+        if call is not None:
+            await self._fail(call, kwargs)
+
+    async def _fail(self, call: _Call, kwargs: Mapping[str, object]) -> None:
+        cost = kwargs.get("response_cost")
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and cost > 0:
+            input_tokens, output_tokens = _tokens(kwargs, None)
+            await self._settle_with(call, Decimal(str(cost)), input_tokens, output_tokens)
+        else:
+            await self._settle_with(call, None, 0, 0, release=True)
+
+    async def _settle_with(
+        self,
+        call: _Call,
+        cost: Decimal | None,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        release: bool = False,
+    ) -> None:
+        """Commit ``cost`` (the hold when ``None``) or release; then forget the call."""
+        reservation = call.reservation
+        try:
+            if release:
+                await self.fence.release(reservation)
+            else:
+                if cost is None:
+                    log.warning("cost_unknown", reservation=reservation.id,
+                                model=call.estimate.model,
+                                charged=str(reservation.amount))  # fmt: skip
+                    cost = reservation.amount
+                await self.fence.commit(reservation, cost, input_tokens=input_tokens,
+                                        output_tokens=output_tokens)  # fmt: skip
+        except asyncio.CancelledError:
+            call.state = "open"  # let settle() try again
+            raise
+        except Exception as exc:
+            # LiteLLM swallows what a callback raises, so say it here; the hold stays until
+            # its lease runs out.
+            log.error("settle_failed", tenant=reservation.tenant_id, reservation=reservation.id,
+                      error=repr(exc))  # fmt: skip
+        call.state = "done"
+        call.done.set()
+        self._calls.pop(reservation.id, None)
+        if call.ctx is not None:
+            call.ctx.untrack(reservation.id)
+
+    # -- end of request --------------------------------------------------------------------------
+
+    async def settle(self, ctx: FenceContext | None = None) -> None:
+        """Settle the calls this callback made in ``ctx`` (default: the current one) and left open.
+
+        For the end of a request or ``tenant_scope``. A call answered but not yet charged is
+        charged its LiteLLM cost; a stream abandoned after it produced output is charged its
+        hold; a call that produced nothing (cancelled, or abandoned before its first chunk) is
+        released. A call still running in another task is left to its own events.
+        """
+        ctx = current_context() if ctx is None else ctx
+        if ctx is None:
+            return
+        for rid in list(ctx.open_reservations):
+            call = self._calls.get(rid)
+            if call is not None:
+                await self._settle(call)
+
+    async def _settle(self, call: _Call, produced_text: str | None = None) -> None:
+        task = call.task
+        if (call.state == "open" and not call.stream and call.response is None and task
+                and not task.done() and task is not asyncio.current_task()):  # fmt: skip
+            return
+        if call.state == "open" and produced_text is None and call.produced():
+            for _ in range(_GRACE_YIELDS):  # its success event may be one step away
+                await asyncio.sleep(0)
+                if call.state != "open":
+                    break
+        if call.state != "open":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.done.wait(), _WAIT_S)
+            return
+        call.state = "settling"
+        model = call.estimate.model
+        if call.response is not None:
+            hidden = _mapping(getattr(call.response, "_hidden_params", None))
+            input_tokens, output_tokens = _tokens({}, call.response)
+            cost = self.prices.actual_cost(
+                model,
+                response_cost=hidden.get("response_cost"),
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
+            await self._settle_with(call, cost, input_tokens, output_tokens)
+        elif produced_text is not None and (produced_text or call.produced()):
+            output_tokens = self.prices.text_tokens(model, produced_text)
+            cost = self.prices.actual_cost(
+                model,
+                response_cost=None,
+                output_tokens=output_tokens,
+                input_tokens=call.estimate.input_tokens,
+            )
+            log.info("stream_abandoned", reservation=call.reservation.id, charged=str(cost))
+            await self._settle_with(call, cost, call.estimate.input_tokens, output_tokens)
+        elif call.produced():
+            log.warning("stream_abandoned", reservation=call.reservation.id,
+                        charged=str(call.reservation.amount))  # fmt: skip
+            await self._settle_with(call, call.reservation.amount, call.estimate.input_tokens,
+                                    call.estimate.output_tokens)  # fmt: skip
+        else:
+            log.info("call_abandoned", reservation=call.reservation.id)
+            await self._settle_with(call, None, 0, 0, release=True)
+
+    # -- sync callers ----------------------------------------------------------------------------
+
+    def completion(self, *args: Any, router: Any = None, **kwargs: Any) -> Any:
+        """``litellm.completion`` (or ``router.completion``), fenced: for sync code.
+
+        Sync ``completion`` runs no LiteLLM hook that can both refuse and change a call (the
+        deployment hook is async-only; ``log_pre_api_call`` swallows exceptions), so this runs
+        ``acompletion`` instead, through the same hooks, on an event loop: the app's own from
+        a worker thread of a sync FastAPI/Starlette endpoint, else the loop of the last fenced
+        async call, else a private loop thread. Returns when the call is charged; a stream is
+        a sync iterator, charged when exhausted or, when closed early, for what it produced.
+        Raises ``RuntimeError`` on a thread running an event loop (await ``acompletion``).
+        """
+        acompletion = litellm.acompletion if router is None else router.acompletion
+        context = contextvars.copy_context()
+        response, calls = self._portal.run(lambda: self._acall(acompletion, args, kwargs), context)
+        if not kwargs.get("stream"):
+            return response
+        return self._iterate(response, calls)
+
+    def run_sync(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``await function(*args, **kwargs)`` from sync code, where ``completion`` would.
+
+        For the fence itself in a sync program: ``callback.run_sync(fence.status, "acme")``.
+        """
+        return self._portal.run(lambda: function(*args, **kwargs), contextvars.copy_context())
+
+    async def _acall(
+        self, acompletion: Callable[..., Awaitable[Any]], args: Sequence[Any], kwargs: Any
+    ) -> tuple[Any, list[_Call]]:
+        calls: list[_Call] = []
+        token = _SYNC_CALLS.set(calls)
+        try:
+            response = await acompletion(*args, **kwargs)
+        finally:
+            _SYNC_CALLS.reset(token)
+        if not kwargs.get("stream"):
+            for call in calls:
+                await self._settle(call)
+        return response, calls
+
+    def _iterate(self, stream: Any, calls: list[_Call]) -> Iterator[Any]:
+        text: list[str] = []
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = self._portal.run(stream.__anext__, None)
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                for choice in getattr(chunk, "choices", None) or ():
+                    content = getattr(getattr(choice, "delta", None), "content", None)
+                    if isinstance(content, str):
+                        text.append(content)
+                yield chunk
+        finally:
+            produced = None if finished else "".join(text)
+
+            async def end() -> None:
+                if not finished:
+                    await stream.aclose()
+                for call in calls:
+                    await self._settle(call, produced)
+
+            try:
+                self._portal.run(end, None)
+            except RuntimeError:  # closed by the garbage collector on a loop's thread
+                log.warning("stream_not_settled", reservations=[c.reservation.id for c in calls])
+
+    def close(self) -> None:
+        """Stop the private loop thread of sync calls, if one was started."""
+        self._portal.close()
+
+
+class _Portal:
+    """Runs coroutines for sync callers on a loop where the fence's connections may be used."""
+
+    __slots__ = ("_lock", "_loop", "_thread", "app_loop")
+
+    def __init__(self) -> None:
+        self.app_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, make: Callable[[], Awaitable[T]], context: contextvars.Context | None) -> T:
+        """``await make()`` on a suitable loop (in ``context`` when given); blocks until done."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("a sync fenced call would block this thread's event loop; "
+                               "await litellm.acompletion(...) instead")  # fmt: skip
+
+        async def main() -> T:
+            coro = make()
+            if context is None:
+                return await coro
+            return await asyncio.get_running_loop().create_task(_wrap(coro), context=context)
+
+        try:
+            return anyio.from_thread.run(main)  # a worker thread of the app's own loop
+        except anyio.NoEventLoopError:
+            pass
+        loop = self.app_loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            loop = self._own_loop()
+        return asyncio.run_coroutine_threadsafe(main(), loop).result()
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="tokenfence-sync",
+                                          daemon=True)  # fmt: skip
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is not None and thread is not None:
+            # What asyncio.run does at the end: LiteLLM leaves a logging task on the loop.
+            async def drain() -> None:
+                tasks = asyncio.all_tasks() - {asyncio.current_task()}
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await loop.shutdown_asyncgens()
+
+            asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+
+
+async def _wrap(awaitable: Awaitable[T]) -> T:
+    return await awaitable
