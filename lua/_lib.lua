@@ -143,7 +143,8 @@ end
 -- Their amounts leave the held totals; their records stay (state x) so a late commit is
 -- recognised and charged once.
 local function reclaim(tag, now, budget, done_ttl_s, pooled)
-  local members = redis.call('ZRANGEBYSCORE', tag .. 'h', '-inf', fmt(now), 'LIMIT', 0, budget)
+  local members = redis.call('ZRANGEBYSCORE', tag .. 'h', '-inf', fmt(now), 'LIMIT', '0',
+    fmt(budget))
   for _, member in ipairs(members) do
     local tenant, id = split_member(member)
     local tb = tag .. 't.' .. tenant .. ':'

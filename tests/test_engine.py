@@ -486,3 +486,15 @@ async def test_candidates_follow_the_plan_the_store_holds(make_fence: MakeFence)
     await a.set_plan("acme", "day")
     r = await a.reserve_first("acme", offer)
     assert (r.model, r.amount) == ("gpt-4o-mini", D("0.1"))  # downgraded: the first did not fit
+
+
+async def test_forged_reservations_are_refused(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=PLANS, default_plan="day")
+    long_id = Reservation("x" * 5000, "acme", None, None, D(0), 0, "day")
+    with pytest.raises(InvalidId, match="reservation_id"):
+        await fence.commit(long_id, "0.01")
+    with pytest.raises(InvalidId, match="reservation_id"):
+        await fence.release(long_id)
+    bad_feature = Reservation("ok", "acme", "a\nb", None, D(0), 0, "day")
+    with pytest.raises(InvalidId, match="feature"):
+        await fence.commit(bad_feature, "0.01")

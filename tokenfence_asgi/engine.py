@@ -517,8 +517,10 @@ class TokenFence:
         _tokens("input_tokens", input_tokens)
         _tokens("output_tokens", output_tokens)
         tenant = validate_id(reservation.tenant_id, what="tenant_id")
-        tenant_enc, rid_enc = encode_id(tenant), encode_id(reservation.id)
-        feat_enc = "" if reservation.feature is None else encode_id(reservation.feature)
+        rid = validate_id(reservation.id, what="reservation_id")
+        tenant_enc, rid_enc = encode_id(tenant), encode_id(rid)
+        feature = reservation.feature
+        feat_enc = "" if feature is None else encode_id(validate_id(feature, what="feature"))
 
         def build(route: _Route) -> tuple[list[str], list[str]]:
             keys = route.keys
@@ -558,7 +560,7 @@ class TokenFence:
         if reservation.degraded:
             return Settlement(reservation.id, Decimal(0), recorded=False)
         tenant_enc = encode_id(validate_id(reservation.tenant_id, what="tenant_id"))
-        rid_enc = encode_id(reservation.id)
+        rid_enc = encode_id(validate_id(reservation.id, what="reservation_id"))
 
         def build(route: _Route) -> tuple[list[str], list[str]]:
             keys = route.keys
