@@ -72,6 +72,9 @@ async def test_four_processes_never_overspend_one_budget(redis_url: str, prefix:
     try:
         status = await fence.status("shared-tenant")
     finally:
+        client = fence._store.client
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
         await fence.aclose()
     day = status.windows[0]
     total = sum(committed for committed, _ in results)
