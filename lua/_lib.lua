@@ -162,6 +162,22 @@ end
 
 -- Where the tenant lives when it is not at this tag: nil when it is here. `meta_loc` and
 -- `meta_pool` are its state's 'loc' and 'pool' fields; `assumed_pool` the caller's belief.
+-- A reply telling the caller to retry when it assumed other plans than the store holds (the
+-- tenant's `stored` plan or else `default`, and the pool's), or nil. Checked before any write.
+local function plans_differ(stored, default, assumed, pool_state, assumed_pool_plan)
+  local plan = stored or default
+  if plan ~= assumed then
+    return { 'plan', 0, plan }
+  end
+  if pool_state then
+    local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
+    if pool_plan ~= assumed_pool_plan then
+      return { 'pool_plan', 0, pool_plan }
+    end
+  end
+  return nil
+end
+
 local function moved(meta_loc, meta_pool, assumed_pool)
   if meta_loc then
     return meta_loc

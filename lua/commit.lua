@@ -36,7 +36,7 @@ end
 if v[2] == 'm' and ARGV[11] == '1' then
   return { 'moved', 0, v[6], 'record' }
 end
-local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool', 'plan')
 local elsewhere = moved(meta[2], meta[3], ARGV[10])
 if elsewhere then
   if v[2] == 'x' or not v[2] then
@@ -49,15 +49,9 @@ if elsewhere then
   return { 'moved', 0, elsewhere, 'tenant' }
 end
 -- The caller prices against the plans the store holds, or retries (nothing written yet).
-local plan = redis.call('HGET', state, 'plan') or ARGV[13]
-if plan ~= ARGV[12] then
-  return { 'plan', 0, plan }
-end
-if pooled then
-  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
-  if pool_plan ~= ARGV[14] then
-    return { 'pool_plan', 0, pool_plan }
-  end
+local retry = plans_differ(meta[4], ARGV[13], ARGV[12], pool_state, ARGV[14])
+if retry then
+  return retry
 end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)

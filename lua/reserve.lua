@@ -38,17 +38,11 @@ if elsewhere then
 end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
-local plan = meta[2] or ARGV[3]
-if plan ~= ARGV[2] then
-  return { 'plan', 0, plan }
+local retry = plans_differ(meta[2], ARGV[3], ARGV[2], pool_state, ARGV[11])
+if retry then
+  return retry
 end
 local pooled = pool_state ~= nil
-if pooled then
-  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
-  if pool_plan ~= ARGV[11] then
-    return { 'pool_plan', 0, pool_plan }
-  end
-end
 if meta[3] then
   return { 'killed', 0, 'tenant' }
 end

@@ -19,20 +19,14 @@
 local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
 local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
-local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool', 'plan')
 local elsewhere = moved(meta[2], meta[3], ARGV[5])
 if elsewhere then
   return { 'moved', 0, elsewhere }
 end
-local stored_plan = redis.call('HGET', state, 'plan') or ARGV[2]
-if stored_plan ~= ARGV[6] then
-  return { 'plan', 0, stored_plan }
-end
-if pool_state then
-  local pool_plan = redis.call('HGET', pool_state, 'plan') or ''
-  if pool_plan ~= ARGV[7] then
-    return { 'pool_plan', 0, pool_plan }
-  end
+local retry = plans_differ(meta[4], ARGV[2], ARGV[6], pool_state, ARGV[7])
+if retry then
+  return retry
 end
 local now = clock_ms(ARGV[1], meta[1])
 local now_s = math.floor(now / 1000)
