@@ -21,6 +21,7 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.observe import FenceObserver
 from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
@@ -58,6 +59,7 @@ __all__ = [
     "Decision",
     "FenceContext",
     "FenceCounters",
+    "FenceObserver",
     "InputTooLong",
     "InvalidAmount",
     "InvalidId",

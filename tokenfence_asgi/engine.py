@@ -41,6 +41,7 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
+from tokenfence_asgi.observe import FenceObserver, Observers
 from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.results import (
     Alert,
@@ -224,6 +225,7 @@ class TokenFence:
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
         self.counters = FenceCounters()
         self._alerts = AlertHub(self.counters)
+        self._observers = Observers()
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -244,6 +246,11 @@ class TokenFence:
         """
         self._alerts.add(hook)
         return hook
+
+    def observe(self, observer: FenceObserver) -> FenceObserver:
+        """Call ``observer`` on every reservation, refusal, settlement and store script."""
+        self._observers.add(observer)
+        return observer
 
     # -- caches and routing ------------------------------------------------------------------
 
@@ -325,11 +332,24 @@ class TokenFence:
         return str(int(now * 1000))
 
     async def _run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
+        if self._observers.items:
+            return await self._run_observed(name, keys, args)
         try:
             return await self._store.run(name, keys, args)
         except StoreUnavailable:
             self.counters.store_errors += 1
             raise
+
+    async def _run_observed(self, name: str, keys: list[str], args: list[str]) -> list[str]:
+        started = time.perf_counter()
+        try:
+            reply = await self._store.run(name, keys, args)
+        except StoreUnavailable:
+            self.counters.store_errors += 1
+            self._observers.script(name, time.perf_counter() - started, False)
+            raise
+        self._observers.script(name, time.perf_counter() - started, True)
+        return reply
 
     async def _global_switches(self) -> frozenset[str]:
         # The global switches live in another cluster slot than any tenant, so they cannot be
@@ -408,6 +428,23 @@ class TokenFence:
         model allow-list and input limits, raising ``ModelNotAllowed`` / ``InputTooLong``.
         Raises as ``reserve`` does, for the last candidate when none fits.
         """
+        if not self._observers.items:
+            return await self._reserve_first(tenant_id, candidates, feature, reservation_id)
+        try:
+            reservation = await self._reserve_first(tenant_id, candidates, feature, reservation_id)
+        except (Refused, TenantDisabled) as error:
+            self._observers.refused(error, tenant_id, feature)
+            raise
+        self._observers.reserved(reservation)
+        return reservation
+
+    async def _reserve_first(
+        self,
+        tenant_id: str,
+        candidates: Candidates,
+        feature: str | None,
+        reservation_id: str | None,
+    ) -> Reservation:
         tenant = validate_id(tenant_id, what="tenant_id")
         tenant_enc = encode_id(tenant)
         feat = None if feature is None else validate_id(feature, what="feature")
@@ -511,6 +548,18 @@ class TokenFence:
         A commit after the hold's lease ran out still charges the cost and is marked late.
         A cost above the hold is charged in full (providers may bill more than estimated).
         """
+        settlement = await self._commit(reservation, cost, input_tokens, output_tokens)
+        if self._observers.items:
+            self._observers.committed(reservation, settlement)
+        return settlement
+
+    async def _commit(
+        self,
+        reservation: Reservation,
+        cost: MoneyInput,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> Settlement:
         if not isinstance(reservation, Reservation):
             raise TypeError(f"commit needs a Reservation, got {type(reservation).__name__}")
         nanos = to_nanos(cost, rounding="half_up", field="cost")
@@ -555,6 +604,12 @@ class TokenFence:
 
     async def release(self, reservation: Reservation) -> Settlement:
         """Drop the hold without charging (the call failed before costing anything). Idempotent."""
+        settlement = await self._release(reservation)
+        if self._observers.items:
+            self._observers.released(reservation, settlement)
+        return settlement
+
+    async def _release(self, reservation: Reservation) -> Settlement:
         if not isinstance(reservation, Reservation):
             raise TypeError(f"release needs a Reservation, got {type(reservation).__name__}")
         if reservation.degraded:
