@@ -721,3 +721,27 @@ def test_plans_from_mapping_raises_only_config_error(plans: Any) -> None:
 def test_plan_shaped_data_raises_only_config_error(plans: Any) -> None:
     """Plan-shaped tables with arbitrary values give plans or a ConfigError, nothing else."""
     _check_plans_or_config_error(plans)
+
+
+def test_plan_input_tokens_and_price() -> None:
+    plan = Plan("p", max_input_tokens=4000, price_per_month="29.99")
+    assert plan.max_input_tokens == 4000
+    assert plan.price_per_month == Decimal("29.99")
+    assert Plan("q").price_per_month is None
+    assert pickle.loads(pickle.dumps(plan)) == plan
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_input_tokens": 0}, "max_input_tokens: expected an integer >= 1"),
+        ({"max_input_tokens": True}, "max_input_tokens: expected an integer >= 1"),
+        ({"max_input_tokens": 1.5}, "max_input_tokens: expected an integer >= 1"),
+        ({"price_per_month": "-1"}, "price_per_month: negative amount"),
+        ({"price_per_month": "nan"}, "price_per_month"),
+        ({"price_per_month": "99999999"}, "price_per_month"),
+    ],
+)
+def test_plan_input_tokens_and_price_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plans_from_mapping({"plans": {"p": options}})

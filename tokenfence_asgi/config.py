@@ -142,11 +142,13 @@ class Plan:
 
     ``name`` is 1-64 letters, digits, ``_ . -``. ``models`` is a list of ``fnmatch`` globs (None:
     every model). ``downgrade`` maps a model to a cheaper one, followed as a chain when a model is
-    not allowed or does not fit the budget (cycles are rejected). ``max_input_chars`` refuses
-    longer prompts. ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
+    not allowed or does not fit the budget (cycles are rejected). ``max_input_chars`` and
+    ``max_input_tokens`` refuse longer prompts (tokens as the model's tokenizer counts them).
+    ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
     applied as guaranteed shares (``feature_mode="share"``) or caps (``"cap"``). ``upgrade_url``
     is shown to refused users. ``policy`` is the plan's tool-call ``Policy`` (composed with the
-    fence's own). ``enforce=False`` is shadow mode: every rule is decided and
+    fence's own). ``price_per_month`` is what a tenant pays for the plan, in dollars, for margin
+    reports (None: not priced). ``enforce=False`` is shadow mode: every rule is decided and
     recorded, would-be refusals are logged, counted and alerted, but calls go through.
     Sequences are stored as tuples, mappings as read-only copies.
     Raises ``ConfigError`` naming the field and the bad value.
@@ -162,6 +164,8 @@ class Plan:
     upgrade_url: str | None
     enforce: bool
     policy: Policy | None
+    max_input_tokens: int | None
+    price_per_month: Decimal | None
 
     def __init__(
         self,
@@ -175,6 +179,8 @@ class Plan:
         upgrade_url: str | None = None,
         enforce: bool = True,
         policy: Policy | None = None,
+        max_input_tokens: int | None = None,
+        price_per_month: MoneyInput | None = None,
     ) -> None:
         if not isinstance(enforce, bool):
             raise _bad("Plan.enforce", "true or false", enforce)
@@ -186,6 +192,19 @@ class Plan:
             type(max_input_chars) is int and max_input_chars >= 1
         ):
             raise _bad("Plan.max_input_chars", "an integer >= 1 or None", max_input_chars)
+        if max_input_tokens is not None and not (
+            type(max_input_tokens) is int and max_input_tokens >= 1
+        ):
+            raise _bad("Plan.max_input_tokens", "an integer >= 1 or None", max_input_tokens)
+        price = None
+        if price_per_month is not None:
+            try:
+                nanos = to_nanos(
+                    price_per_month, field="price_per_month", max_nanos=MAX_LIMIT_NANOS
+                )
+            except InvalidAmount as exc:
+                raise ConfigError(f"Plan.{exc.message}") from exc
+            price = from_nanos(nanos)
         if not isinstance(feature_mode, str) or feature_mode not in FEATURE_MODES:
             raise _bad("Plan.feature_mode", "'share' or 'cap'", feature_mode)
         if upgrade_url is not None and not (
@@ -204,13 +223,16 @@ class Plan:
         object.__setattr__(self, "upgrade_url", upgrade_url)
         object.__setattr__(self, "enforce", enforce)
         object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "max_input_tokens", max_input_tokens)
+        object.__setattr__(self, "price_per_month", price)
 
     def __reduce__(self) -> tuple[type[Plan], tuple[Any, ...]]:
         # Read-only mapping proxies cannot be pickled; rebuild from plain dicts instead.
         downgrade = None if self.downgrade is None else dict(self.downgrade)
         features = None if self.features is None else dict(self.features)
         args = (self.name, self.limits, self.models, downgrade, self.max_input_chars, features)
-        return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce, self.policy))
+        return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce, self.policy,
+                       self.max_input_tokens, self.price_per_month))  # fmt: skip
 
     def model_allowed(self, model: str) -> bool:
         """Whether the plan allows ``model`` (case-sensitive glob match; ``models=None``: all)."""
