@@ -302,6 +302,8 @@ class ApprovalRequired(Refused):
 
     ``approval_id`` names the pending approval: an operator approves it with
     ``fence.approve(approval_id)``, after which the call may be replayed once with it.
+    ``model_response`` is the LLM response that made the tool call, when the LiteLLM callback
+    raised this (it was charged; an app may keep it and run the tool once approved).
     """
 
     error_code = "ai_approval_required"
@@ -313,16 +315,43 @@ class ApprovalRequired(Refused):
         )
         self.action = action
         self.approval_id = approval_id
+        self.model_response: object = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "approval_id": self.approval_id, "action": self.action}
 
 
 class InputTooLong(Refused):
-    """The prompt is longer than the plan allows."""
+    """The prompt is longer than the plan allows.
+
+    ``limit`` is the plan's maximum and ``length`` the prompt's size, both in ``unit``
+    (``"characters"`` or ``"tokens"``), when known.
+    """
 
     status_code = 413
     error_code = "ai_input_too_long"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str | None = None,
+        feature: str | None = None,
+        upgrade_url: str | None = None,
+        limit: int | None = None,
+        length: int | None = None,
+        unit: str | None = None,
+    ) -> None:
+        super().__init__(message, tenant_id=tenant_id, feature=feature, upgrade_url=upgrade_url)
+        self.limit = limit
+        self.length = length
+        self.unit = unit
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.limit is not None:
+            body.update(limit=self.limit, length=self.length, unit=self.unit)
+        return body
 
 
 class TenantDisabled(Refused):

@@ -54,19 +54,22 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before LiteLLM 
 
 import litellm
 from litellm.exceptions import BudgetExceededError
-from litellm.integrations.custom_logger import CustomLogger
+from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
+    ApprovalRequired,
     ConfigError,
     InputTooLong,
     ModelNotAllowed,
+    PolicyDenied,
     TenantRequired,
     TokenFenceError,
 )
+from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.pricing import Estimate, ModelPrice, PriceBook
 from tokenfence_asgi.results import Reservation
 
@@ -76,9 +79,13 @@ log = structlog.get_logger("tokenfence_asgi")
 
 T = TypeVar("T")
 Unscoped = Literal["refuse", "allow"]
+DeniedTools = Literal["remove", "refuse"]
 
 RESERVATION_KEY = "tokenfence_reservation_id"
 """The metadata key the callback adds to a fenced call: its reservation id."""
+
+APPROVAL_KEY = "tokenfence_approval_id"
+"""The metadata key of an approved ``ApprovalRequired``'s id, to replay the call once."""
 
 _ROUTER_STATUS = 422  # neither retried nor a cooldown reason for the Router (measured)
 _GRACE_YIELDS = 50  # a finished call's success event is scheduled a few loop steps later
@@ -171,6 +178,34 @@ def _allowed(plan: Plan, model: str) -> bool:
     return plan.model_allowed(model) or (prefix is not None and plan.model_allowed(bare))
 
 
+def tool_action(name: str) -> str:
+    """The default action name of a tool: ``"tool:" + name`` (``delete_user`` ->
+    ``tool:delete_user``). Pass ``tool_action=`` to the callback to map names differently, e.g.
+    ``lambda n: "tool:" + n.replace("__", ":")`` for ``db__delete`` -> ``tool:db:delete``."""
+    return f"tool:{name}"
+
+
+def _tool_name(tool: object) -> str | None:
+    """The name of an offered tool: OpenAI ``{"type": "function", "function": {"name": ...}}``,
+    a flat ``{"name": ...}``, or a built-in tool's ``type``."""
+    tool = _mapping(tool)
+    name = _mapping(tool.get("function")).get("name", tool.get("name", tool.get("type")))
+    return name if isinstance(name, str) else None
+
+
+def _called_tools(response: object) -> list[str]:
+    """The tools a chat response calls (``tool_calls``, and the legacy ``function_call``)."""
+    names: list[str] = []
+    for choice in getattr(response, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        for call in getattr(message, "tool_calls", None) or ():
+            names.append(str(getattr(getattr(call, "function", None), "name", "")))
+        function_call = getattr(message, "function_call", None)
+        if function_call is not None:
+            names.append(str(getattr(function_call, "name", "")))
+    return names
+
+
 def _tokens(kwargs: Mapping[str, object], response: object) -> tuple[int, int]:
     """Input and output tokens of a finished call, from LiteLLM's payload or the response."""
     payload = _mapping(kwargs.get("standard_logging_object"))
@@ -203,15 +238,27 @@ class _Call:
         )
 
 
-class TokenFenceCallback(CustomLogger):
+class TokenFenceCallback(CustomGuardrail):
     """Fences LiteLLM chat calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
 
     Before each ``acompletion`` (plain or through a ``Router``) it finds the tenant (call
     ``metadata`` ``tenant_id`` / ``feature``, else the current request or ``tenant_scope``),
-    checks the plan's model allow-list and ``max_input_chars``, and reserves the worst-case cost
-    in one round trip, on the first model of the plan's downgrade chain that is allowed and
-    fits; the call then uses that model. After it, the actual cost (LiteLLM's) is committed with
-    the token counts, a failure releases the hold, a stream is charged when it ends.
+    checks the plan's model allow-list, ``max_input_chars`` and ``max_input_tokens``, applies the
+    tool-call policy to the tools offered, and reserves the worst-case cost in one round trip,
+    on the first model of the plan's downgrade chain that is allowed and fits; the call then
+    uses that model. After it, the actual cost (LiteLLM's) is committed with the token counts, a
+    failure releases the hold, a stream is charged when it ends.
+
+    Tool-call policy (the fence's ``policy`` merged with the plan's): an offered tool the policy
+    denies is removed from ``tools`` (``denied_tools="refuse"``: the call is refused with
+    ``PolicyDenied``); a ``tool_choice`` forcing a denied tool is refused. The tool calls of a
+    (non-streamed) response are checked after the call is charged: a denied one raises
+    ``PolicyDenied``, one needing approval raises ``ApprovalRequired`` with a pending approval
+    id (and the response as ``.model_response``); once an operator approves it
+    (``fence.approve(id)``), the call may be replayed once with
+    ``metadata={"tokenfence_approval_id": id}``. Tool names map to action names through
+    ``tool_action`` (default ``"tool:" + name``). Streamed responses' tool calls are not
+    checked here: check them with ``fence.check_tool`` before running a tool.
 
     Refusals raise ``BudgetExceeded``, ``RequestLimitExceeded``, ``ModelNotAllowed``,
     ``InputTooLong``, ``TenantDisabled``, ``StoreUnavailable`` or ``TenantRequired`` (a call
@@ -230,12 +277,24 @@ class TokenFenceCallback(CustomLogger):
         prices: Mapping[str, ModelPrice] | PriceBook | None = None,
         default_price: ModelPrice | None = None,
         default_output_tokens: int | None = None,
+        denied_tools: DeniedTools = "remove",
+        tool_action: Callable[[str], str] = tool_action,
+        check_tool_calls: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(fence, TokenFence):
             raise ConfigError(f"fence must be a TokenFence, got {type(fence).__name__}")
         if unscoped not in ("refuse", "allow"):
             raise ConfigError(f"unscoped must be 'refuse' or 'allow', got {unscoped!r}")
+        if denied_tools not in ("remove", "refuse"):
+            raise ConfigError(f"denied_tools must be 'remove' or 'refuse', got {denied_tools!r}")
+        if not callable(tool_action):
+            raise ConfigError("tool_action must be a callable mapping a tool name to an action")
+        if not isinstance(check_tool_calls, bool):
+            raise ConfigError(f"check_tool_calls must be True or False, got {check_tool_calls!r}")
+        self._denied_tools: DeniedTools = denied_tools
+        self._tool_action = tool_action
+        self._check_tool_calls = check_tool_calls
         if isinstance(prices, PriceBook):
             if default_price is not None or default_output_tokens is not None:
                 raise ConfigError("give default_price and default_output_tokens to the PriceBook")
@@ -298,6 +357,7 @@ class TokenFenceCallback(CustomLogger):
         max_out = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
         chars = _prompt_chars(messages)
         estimates: dict[str, Estimate] = {}
+        kept_tools: list[list[object] | None] = [tools]
 
         def offer(plan: Plan) -> list[tuple[str | None, int]]:
             # Called with the plan as the store holds it, maybe more than once.
@@ -305,8 +365,13 @@ class TokenFenceCallback(CustomLogger):
                 raise InputTooLong(
                     f"the prompt has {chars} characters; plan {plan.name!r} allows "
                     f"{plan.max_input_chars}", tenant_id=tenant, feature=feature,
-                    upgrade_url=plan.upgrade_url,
+                    upgrade_url=plan.upgrade_url, limit=plan.max_input_chars, length=chars,
+                    unit="characters",
                 )  # fmt: skip
+            kept = self._offered_tools(plan, tools, kwargs.get("tool_choice"), tenant)
+            if kept != kept_tools[-1]:
+                estimates.clear()  # counted with other tools
+            kept_tools.append(kept)
             chain = (model,) if positional else _chain(plan, model)
             allowed = [m for m in chain if _allowed(plan, m)]
             if not allowed:
@@ -320,9 +385,17 @@ class TokenFenceCallback(CustomLogger):
             for name in allowed:
                 if name not in estimates:
                     estimates[name] = self.prices.estimate(
-                        name, messages, tools=tools, max_output_tokens=max_out,
+                        name, messages, tools=kept, max_output_tokens=max_out,
                         request=kwargs if name == model else None,
                     )  # fmt: skip
+            counted = estimates[allowed[0]].input_tokens
+            if plan.max_input_tokens is not None and counted > plan.max_input_tokens:
+                raise InputTooLong(
+                    f"the prompt has {counted} tokens; plan {plan.name!r} allows "
+                    f"{plan.max_input_tokens}", tenant_id=tenant, feature=feature,
+                    upgrade_url=plan.upgrade_url, limit=plan.max_input_tokens, length=counted,
+                    unit="tokens",
+                )  # fmt: skip
             return [(name, estimates[name].amount_nanos) for name in allowed]
 
         reservation = await self.fence.reserve_first(tenant, offer, feature=feature)
@@ -339,11 +412,53 @@ class TokenFenceCallback(CustomLogger):
         if stream:
             options = _mapping(kwargs.get("stream_options"))
             changed["stream_options"] = {**options, "include_usage": True}
+        if kept_tools[-1] != tools:
+            if kept_tools[-1]:
+                changed["tools"] = kept_tools[-1]
+            else:  # nothing left to offer: a tool_choice would be rejected by the provider
+                changed.pop("tools", None)
+                changed.pop("tool_choice", None)
+            log.info("tools_removed", tenant=tenant, reservation=reservation.id,
+                     kept=len(kept_tools[-1] or ()), offered=len(tools or ()))  # fmt: skip
         changed["metadata"] = {**metadata, RESERVATION_KEY: reservation.id}
         call = _Call(reservation, estimate, stream, ctx, logging_obj, asyncio.current_task())
         self._register(call)
         self._portal.app_loop = asyncio.get_running_loop()
         return changed
+
+    def _decide(self, policy: Policy, name: str | None) -> tuple[str, Decision]:
+        """The action of tool ``name`` and the policy's decision; unreadable names are denied."""
+        action = str(name)
+        try:
+            action = self._tool_action(str(name))
+            return action, policy.decide(action)
+        except ValueError:
+            return action, Decision.DENY
+
+    def _offered_tools(
+        self,
+        plan: Plan,
+        tools: list[object] | None,
+        choice: object,
+        tenant: str,
+    ) -> list[object] | None:
+        """The offered tools the policy does not deny (or ``PolicyDenied``, see the class)."""
+        if not tools:
+            return tools
+        policy = self.fence.policy_for(plan)
+        kept: list[object] = []
+        for tool in tools:
+            action, decision = self._decide(policy, _tool_name(tool))
+            if decision != Decision.DENY:
+                kept.append(tool)
+            elif self._denied_tools == "refuse":
+                raise PolicyDenied(action, tenant_id=tenant)
+        forced = _mapping(_mapping(choice).get("function")).get("name")
+        if forced is not None:  # {"type": "function", "function": {"name": ...}}
+            action, decision = self._decide(policy, forced)
+            if decision == Decision.DENY:
+                raise PolicyDenied(action, tenant_id=tenant)
+        return kept
 
     def _register(self, call: _Call) -> None:
         while self._calls:  # oldest first; one whose lease ran out long ago is forgotten
@@ -384,12 +499,58 @@ class TokenFenceCallback(CustomLogger):
     async def async_post_call_success_deployment_hook(
         self, request_data: dict[str, Any], response: Any, call_type: CallTypes | None
     ) -> Any:
-        """Keep the response, so a call whose success event never comes can still be charged."""
+        """Keep the response, so a call whose success event never comes can still be charged;
+        check the tool calls it makes against the policy (LiteLLM hook; see the class)."""
         rid = _reservation_id(request_data)
         call = self._calls.get(rid) if isinstance(rid, str) else None
         if call is not None:
             call.response = response
+            if self._check_tool_calls and not call.stream:
+                try:
+                    await self._check_calls(call, request_data, response)
+                except TokenFenceError as exc:
+                    raise _for_litellm(exc, router=_is_router_call(request_data)) from None
         return None
+
+    async def _check_calls(
+        self, call: _Call, request_data: Mapping[str, object], response: object
+    ) -> None:
+        names = _called_tools(response)
+        if not names:
+            return
+        reservation = call.reservation
+        plan = self.fence.plans.get(reservation.plan)
+        policy = self.fence.policy_for(plan) if plan is not None else Policy(default="deny")
+        pending = []
+        for name in names:
+            action, decision = self._decide(policy, name)
+            if decision == Decision.DENY:
+                await self._charge(call)
+                log.warning("tool_call_denied", tenant=reservation.tenant_id, action=action,
+                            reservation=reservation.id)  # fmt: skip
+                raise PolicyDenied(action, tenant_id=reservation.tenant_id)
+            if decision == Decision.REQUIRE_APPROVAL:
+                pending.append(action)
+        if not pending:
+            return
+        await self._charge(call)  # the call was made: its cost is owed whatever happens next
+        approval = _mapping(request_data.get("metadata")).get(APPROVAL_KEY)
+        for action in dict.fromkeys(pending):
+            try:
+                await self.fence.check_tool(
+                    action, tenant_id=reservation.tenant_id,
+                    approval_id=approval if isinstance(approval, str) else None,
+                )  # fmt: skip
+            except ApprovalRequired as exc:
+                exc.model_response = response
+                raise
+            approval = None  # an approval is used once, for one action
+
+    async def _charge(self, call: _Call) -> None:
+        """Commit an answered call now (before its error reaches the caller)."""
+        if call.state == "open":
+            call.state = "settling"
+            await self._charge_response(call)
 
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
@@ -503,15 +664,7 @@ class TokenFenceCallback(CustomLogger):
         call.state = "settling"
         model = call.estimate.model
         if call.response is not None:
-            hidden = _mapping(getattr(call.response, "_hidden_params", None))
-            input_tokens, output_tokens = _tokens({}, call.response)
-            cost = self.prices.actual_cost(
-                model,
-                response_cost=hidden.get("response_cost"),
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-            )
-            await self._settle_with(call, cost, input_tokens, output_tokens)
+            await self._charge_response(call)
         elif produced_text is not None and (produced_text or call.produced()):
             output_tokens = self.prices.text_tokens(model, produced_text)
             cost = self.prices.actual_cost(
@@ -530,6 +683,17 @@ class TokenFenceCallback(CustomLogger):
         else:
             log.info("call_abandoned", reservation=call.reservation.id)
             await self._settle_with(call, None, 0, 0, release=True)
+
+    async def _charge_response(self, call: _Call) -> None:
+        hidden = _mapping(getattr(call.response, "_hidden_params", None))
+        input_tokens, output_tokens = _tokens({}, call.response)
+        cost = self.prices.actual_cost(
+            call.estimate.model,
+            response_cost=hidden.get("response_cost"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        await self._settle_with(call, cost, input_tokens, output_tokens)
 
     # -- sync callers ----------------------------------------------------------------------------
 

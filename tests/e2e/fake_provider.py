@@ -6,7 +6,7 @@ server counts the calls it received and keeps each request body, so a test can t
 refused call ever reached the provider and what the callback changed in it. ``fail_next``
 makes the next calls answer 500; ``chunk_delay_s`` slows a stream down so that it can be
 abandoned midway. Usage is fixed per call (``prompt_tokens`` / ``completion_tokens``), so
-charged amounts are exact.
+charged amounts are exact. ``tool_calls`` (tool names) makes a JSON answer call those tools.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class FakeProvider:
     words: tuple[str, ...] = ("Hello", " from", " the", " fake", " provider", ".")
     chunk_delay_s: float = 0.0
     fail_next: int = 0
+    tool_calls: tuple[str, ...] = ()
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,6 +55,7 @@ class FakeProvider:
             self.requests.clear()
         self.chunk_delay_s = 0.0
         self.fail_next = 0
+        self.tool_calls = ()
 
     def _usage(self) -> dict[str, int]:
         return {
@@ -75,6 +77,13 @@ class FakeProvider:
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
         model = body["model"]
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.words)}
+            if self.tool_calls:
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"call_{n}", "type": "function",
+                     "function": {"name": name, "arguments": "{}"}}
+                    for n, name in enumerate(self.tool_calls)
+                ]}  # fmt: skip
             return JSONResponse(
                 {
                     "id": call_id,
@@ -84,8 +93,8 @@ class FakeProvider:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(self.words)},
-                            "finish_reason": "stop",
+                            "message": message,
+                            "finish_reason": "tool_calls" if self.tool_calls else "stop",
                         }
                     ],
                     "usage": self._usage(),
