@@ -59,6 +59,48 @@ def test_deny_wins_over_any_matching_allow(name: str, allows: list[str], deny: s
     assert (policy.decide(name) == Decision.DENY) == denied
 
 
+def _glob_matches(pattern: str, name: str) -> bool:
+    """A plain reference of the glob rules, segment by segment, without regular expressions."""
+    from fnmatch import fnmatchcase
+
+    want, have = pattern.split(":"), name.split(":")
+    if want[-1] == "**":
+        want = want[:-1]
+        if len(have) < max(1, len(want)):
+            return False
+        have = have[: len(want)]
+    elif len(want) != len(have):
+        return False
+    return all(fnmatchcase(h, w.replace("[", "[[]")) for w, h in zip(want, have, strict=True))
+
+
+@given(
+    names,
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(Decision)),
+            st.one_of(patterns, patterns.map(lambda p: p + ":**"), st.just("**")),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["allow", "deny"]),
+)
+def test_decide_equals_the_reference(
+    name: str, rules: list[tuple[Decision, str]], default: str
+) -> None:
+    """The compiled policy decides like the rules read one by one, by precedence."""
+    policy = Policy(default=default)
+    for decision, pattern in rules:
+        getattr(policy, decision.value)(pattern)
+    expected = Decision(default)
+    for decision in (Decision.DENY, Decision.REQUIRE_APPROVAL, Decision.ALLOW):
+        if any(d == decision and _glob_matches(p, name) for d, p in rules):
+            expected = decision
+            break
+    assert policy.decide(name) == expected
+    assert policy.decide(name) == expected  # cached
+
+
 def test_defaults_and_composition() -> None:
     fence = Policy(default="allow").deny("tool:shell:*")
     plan = Policy(default="deny").allow("tool:search", "tool:shell:ls")

@@ -5,7 +5,8 @@ matches within one segment (``tool:db:*`` matches ``tool:db:delete``, not ``tool
 trailing ``**`` matches any number of further segments, zero included (``tool:**`` matches every
 tool). Precedence is fixed: **deny > require_approval > allow**, whatever the order rules were
 added in; a name no rule matches gets the policy's ``default``. Patterns are compiled once when
-added, and decisions are cached per name, so ``decide`` builds no regex per call.
+added into one alternation per decision, and decisions are cached per name, so ``decide`` builds
+no regex per call and tries at most three.
 
 Policies compose predictably: ``fence_policy.merge(plan_policy)`` keeps every rule of both (so a
 deny anywhere wins) and the stricter default (``deny`` if either is ``deny``).
@@ -17,7 +18,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 from tokenfence_asgi.errors import ConfigError
@@ -27,6 +27,7 @@ __all__ = ["Decision", "Policy", "policy_from_mapping"]
 _SEGMENT = re.compile(r"[A-Za-z0-9_.*\-]+")
 _NAME_SEGMENT = re.compile(r"[^:\s]+")
 _MAX_NAME = 512
+_CACHE_SIZE = 4096
 
 
 class Decision(StrEnum):
@@ -76,22 +77,32 @@ class Policy:
     methods return the policy, so rules chain: ``Policy().deny("tool:db:delete:*").allow("**")``.
     """
 
-    __slots__ = ("_cache", "_rules", "default")
+    __slots__ = ("_cache", "_matchers", "_rules", "default")
 
     def __init__(self, *, default: str = "allow") -> None:
         if default not in ("allow", "deny"):
             raise ConfigError(f"policy default must be 'allow' or 'deny', got {default!r}")
         self.default = Decision(default)
         self._rules: tuple[_Rule, ...] = ()
-        self._cache = lru_cache(maxsize=4096)(self._decide)
+        self._matchers: tuple[tuple[re.Pattern[str], Decision], ...] = ()
+        self._cache: dict[str, Decision] = {}
 
     def _add(self, decision: Decision, patterns: Iterable[str]) -> Policy:
         if isinstance(patterns, str):
             patterns = (patterns,)
         rules = [_Rule(decision, p, _compile(p)) for p in patterns]
-        self._rules = tuple(sorted((*self._rules, *rules), key=lambda r: -_RANK[r.decision]))
-        self._cache.cache_clear()
+        self._set_rules((*self._rules, *rules))
         return self
+
+    def _set_rules(self, rules: Iterable[_Rule]) -> None:
+        self._rules = tuple(sorted(rules, key=lambda r: -_RANK[r.decision]))
+        matchers = []
+        for decision in sorted(Decision, key=lambda d: -_RANK[d]):
+            bodies = [r.regex.pattern for r in self._rules if r.decision == decision]
+            if bodies:
+                matchers.append((re.compile("|".join(f"(?:{b})" for b in bodies)), decision))
+        self._matchers = tuple(matchers)
+        self._cache = {}
 
     def allow(self, *patterns: str) -> Policy:
         """Allow actions matching any of ``patterns`` (unless denied or needing approval)."""
@@ -107,19 +118,25 @@ class Policy:
 
     def decide(self, name: str) -> Decision:
         """The decision for action ``name``; raises ``ValueError`` for a malformed name."""
+        try:
+            return self._cache[name]  # only well-formed names are ever cached
+        except (KeyError, TypeError):
+            pass
         if (
             not isinstance(name, str)
             or not 0 < len(name) <= _MAX_NAME
             or not all(_NAME_SEGMENT.fullmatch(s) for s in name.split(":"))
         ):
             raise ValueError(f"an action name is colon-separated non-blank segments, got {name!r}")
-        return self._cache(name)
-
-    def _decide(self, name: str) -> Decision:
-        for rule in self._rules:  # highest precedence first
-            if rule.regex.fullmatch(name):
-                return rule.decision
-        return self.default
+        decision = self.default
+        for matcher, candidate in self._matchers:  # highest precedence first
+            if matcher.fullmatch(name):
+                decision = candidate
+                break
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()  # bounded; names repeat, so it refills with the live ones
+        self._cache[name] = decision
+        return decision
 
     def merge(self, other: Policy | None) -> Policy:
         """A policy with the rules of both and the stricter default."""
@@ -128,9 +145,7 @@ class Policy:
         merged = Policy(
             default="deny" if Decision.DENY in (self.default, other.default) else "allow"
         )
-        merged._rules = tuple(
-            sorted((*self._rules, *other._rules), key=lambda r: -_RANK[r.decision])
-        )
+        merged._set_rules((*self._rules, *other._rules))
         return merged
 
     def rules(self) -> list[tuple[str, str]]:
