@@ -47,7 +47,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         policy.decide(name)
     # Fresh names: more distinct names than the decision cache holds, so each one misses.
     fresh_names = [f"tool:{RESOURCES[i % 10]}:{VERBS[i // 10 % 10]}:x{i}" for i in range(n)]
-    table = {name: 1 for name in seen}
+    table = dict.fromkeys(seen, 1)
     best: dict[str, float] = {}
     for _ in range(3):  # best of three, each variant side by side
         for label, fn, names in (
