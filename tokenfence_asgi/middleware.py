@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from random import getrandbits
 from typing import TypeAlias
 
 import anyio
@@ -160,8 +160,9 @@ class TokenFenceMiddleware:
                 tenant.append(value)
             elif key == rid_name and request_id is None:
                 request_id = value.decode("ascii") if _REQUEST_ID.fullmatch(value) else ""
-        # None or not sane: 128 random bits as 32 hex digits, like uuid4().hex but cheaper
-        return request_id or os.urandom(16).hex(), tenant
+        # None or not sane: 128 random bits as 32 hex digits, like uuid4().hex but cheaper (an id
+        # to correlate logs, not a secret; the random module reseeds in forked workers)
+        return request_id or f"{getrandbits(128):032x}", tenant
 
     def _header_tenant(self, values: list[bytes]) -> str | None:
         header = self._tenant_header or b""
