@@ -14,7 +14,21 @@ from typing import Any
 
 import structlog
 
-from benchmarks import bench_engine, bench_litellm, bench_memory, bench_middleware
+from benchmarks import (
+    bench_engine,
+    bench_litellm,
+    bench_memory,
+    bench_middleware,
+    bench_overspend,
+    bench_policy,
+    bench_scale,
+    bench_script,
+)
+
+
+def quiet_logs() -> None:
+    """Only warnings and errors from the library while measuring (refusals are expected)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
 
 
 def report(results: dict[str, Any]) -> None:
@@ -33,12 +47,16 @@ def main() -> None:
         default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    quiet_logs()
     results: dict[str, Any] = {}
     results.update(asyncio.run(bench_engine.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_memory.run(args.redis_url)))
     results.update(bench_middleware.run(args.quick))
     results.update(asyncio.run(bench_litellm.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_script.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_scale.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_overspend.run(args.redis_url, quick=args.quick)))
+    results.update(bench_policy.run(args.quick))
     report(results)
 
 

@@ -103,8 +103,9 @@ def main() -> None:
         default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
     args = parser.parse_args()
-    from benchmarks.__main__ import report
+    from benchmarks.__main__ import quiet_logs, report
 
+    quiet_logs()
     report(asyncio.run(run(args.redis_url, quick=args.quick)))
 
 
