@@ -15,6 +15,10 @@
 --                   fl '1' when the feature's held counter was raised
 --   TAG.."h"        zset: open holds of the tag, member "<tenant>/<id>", score lease expiry (ms)
 --   TAG.."pool:s"   hash (pools only): the pool's plan, held and counters; TAG.."pool:w:"..W
+--   TB.."d"         hash: daily usage, one field per UTC day (days since the epoch), value
+--                   "cost,commits,refusals,releases,input tokens,output tokens,limit,plan"
+--                   (limit: the effective '1d' cost limit in nanos, -1 none, '' unknown)
+--   TAG.."l"        stream: the usage ledger of the tag, one entry per commit (see commit.lua)
 -- Reservation states: h held, c committed, r released, x expired (lease ran out, reclaimed),
 -- m moved (its tenant moved to another tag, field 'to'; a stub that forwards settlement).
 -- Calendar counters of window W in a state hash: W..':p' period start (s), ':c' committed cost,
@@ -401,4 +405,56 @@ end
 local function sliding_mark(s, field, level)
   redis.call('HSET', s.key, field, fmt(level) .. '@' .. fmt(s.idx))
   redis.call('PEXPIRE', s.key, fmt(SIZES[s.window] * 1000 + 60000))
+end
+
+-- Daily usage (TB.."d"): add to the counters of the UTC day holding now_ms. `limit` and `plan`
+-- replace the stored ones unless ''. A day's field is created once per day; then the hash's
+-- ttl is renewed to `keep_days` and fields older than that are dropped (bounded, once a day).
+local function day_add(tb, now_ms, cost, commits, refusals, releases, tin, tout, limit, plan,
+                       keep_days)
+  local key = tb .. 'd'
+  local day = math.floor(now_ms / 86400000)
+  local field = fmt(day)
+  local cur = redis.call('HGET', key, field)
+  local c, n, x, r, i, o, l, p = 0, 0, 0, 0, 0, 0, '', ''
+  if cur then
+    local a, b, d, e, f, g
+    a, b, d, e, f, g, l, p = string.match(cur,
+      '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(-?%d*),(.*)$')
+    c, n, x, r, i, o = tonumber(a), tonumber(b), tonumber(d), tonumber(e), tonumber(f),
+      tonumber(g)
+  end
+  if limit ~= '' then
+    l = limit
+  end
+  if plan ~= '' then
+    p = plan
+  end
+  redis.call('HSET', key, field, fmt(c + cost) .. ',' .. fmt(n + commits) .. ',' .. fmt(x + refusals)
+    .. ',' .. fmt(r + releases) .. ',' .. fmt(i + tin) .. ',' .. fmt(o + tout) .. ',' .. l .. ','
+    .. p)
+  if not cur then
+    redis.call('EXPIRE', key, fmt(keep_days * 86400))
+    if redis.call('HLEN', key) > keep_days then
+      local old = {}
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(f) <= day - keep_days then
+          old[#old + 1] = f
+        end
+      end
+      if #old > 0 then
+        redis.call('HDEL', key, unpack(old))
+      end
+    end
+  end
+end
+
+-- The effective cost limit of a scope's '1d' window (after load_scope), '-1' when it has none.
+local function day_limit(specs)
+  for _, s in ipairs(specs) do
+    if s.window == '1d' and s.max_cost >= 0 then
+      return fmt(s.limit)
+    end
+  end
+  return '-1'
 end

@@ -15,7 +15,17 @@
 -- ARGV[10]: pool the caller assumed (encoded) or ''
 -- ARGV[11]: '1' to follow a forwarding stub of a moved hold, '0' not to
 -- ARGV[12]: plan the caller assumed   ARGV[13]: default plan   ARGV[14]: pool's plan or ''
--- ARGV[15]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- ARGV[15]: model requested or ''     ARGV[16]: model used, '' when the same as requested
+-- ARGV[17]: request id or ''
+-- ARGV[18]: ledger stream max length (approximate), '' unbounded, '0' no ledger stream
+-- ARGV[19]: ledger retention, integer ms, or '' (entries older are trimmed, by server time)
+-- ARGV[20]: days of daily usage kept
+-- ARGV[21]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+--
+-- Every commit that charges writes, in the same script: one entry in the ledger stream TAG.."l"
+-- (fields t tenant, id reservation, f feature (encoded), m model requested, u model used or ''
+-- when the same, i / o input / output tokens, c cost nanos, ts time ms, q request id, l '1'
+-- late), and adds to the tenant's daily usage TB.."d". A duplicate writes neither.
 --
 -- Replies: {'committed', A, A alerts, cost, 'late' | 'on_time', released hold}
 --          {'duplicate', 0, state of the earlier settlement, cost charged then}
@@ -74,7 +84,7 @@ elseif not status then
   redis.call('HSET', record, 'a', '0', 'f', feature)
 end
 
-local features, i = read_features(15)
+local features, i = read_features(21)
 local specs, pool_specs
 specs, i = read_specs(i)
 pool_specs = read_specs(i)
@@ -125,6 +135,27 @@ if pooled then
 end
 redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
 redis.call('EXPIRE', record, done_ttl)
+
+-- The usage ledger and the daily counters, atomically with the charge.
+local late_flag = late == 'late' and '1' or '0'
+day_add(tb, now, cost, 1, 0, 0, tonumber(ARGV[8]), tonumber(ARGV[9]), day_limit(specs),
+  meta[4] or ARGV[13], tonumber(ARGV[20]))
+if ARGV[18] ~= '0' then
+  local ledger = tag .. 'l'
+  local entry = { 't', ARGV[2], 'id', ARGV[3], 'f', feature, 'm', ARGV[15], 'u', ARGV[16],
+    'i', ARGV[8], 'o', ARGV[9], 'c', fmt(cost), 'ts', fmt(now), 'q', ARGV[17], 'l', late_flag }
+  if ARGV[18] ~= '' then
+    redis.call('XADD', ledger, 'MAXLEN', '~', ARGV[18], '*', unpack(entry))
+  else
+    redis.call('XADD', ledger, '*', unpack(entry))
+  end
+  if ARGV[19] ~= '' then
+    local t = redis.call('TIME')
+    local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('XTRIM', ledger, 'MINID', '~', fmt(math.max(0, server_ms - tonumber(ARGV[19]))))
+    redis.call('PEXPIRE', ledger, ARGV[19])
+  end
+end
 
 local reply = { 'committed', #alerts }
 for _, a in ipairs(alerts) do

@@ -4,7 +4,8 @@
 -- 'in' at the destination (merges the dump), 'point' at the tenant's own tag when neither end
 -- is it (the directory), 'drop' at the source (deletes what was moved, keeps a forwarding
 -- mark). Each step is idempotent for one move id, so an interrupted set_pool is completed by
--- running it again. Spend already charged to a pool's own limits stays with that pool.
+-- running it again. Spend already charged to a pool's own limits stays with that pool. The
+-- tenant's daily usage moves with it; its ledger entries stay in the stream they were written to.
 --
 -- KEYS[1]: tenant state at this tag TB.."s"   KEYS[2]: holds of this tag TAG.."h"
 -- KEYS[3]: pool state TAG.."pool:s" (when this tag is a pool's)
@@ -102,6 +103,12 @@ if step == 'out' then
       reply[#reply + 1] = x
     end
   end
+  -- The daily usage moves with the tenant too (bounded: one field per day kept).
+  local days = redis.call('HGETALL', tb .. 'd')
+  reply[#reply + 1] = fmt(#days)
+  for _, x in ipairs(days) do
+    reply[#reply + 1] = x
+  end
   return reply
 end
 
@@ -127,6 +134,7 @@ if step == 'drop' then
   for window in pairs(SIZES) do
     redis.call('DEL', tb .. 'w:' .. window)
   end
+  redis.call('DEL', tb .. 'd')
   local gone = {}
   for _, field in ipairs(redis.call('HKEYS', state)) do
     if field ~= 'loc' and field ~= 'mv' and not string.match(field, '^mv[a-z]+$') then
@@ -172,6 +180,11 @@ for _ = 1, tonumber(ARGV[i]) do
   records[#records + 1] = { id = ARGV[i + 1], expires = ARGV[i + 2], a = ARGV[i + 3],
     idx = ARGV[i + 4], f = ARGV[i + 5], fl = ARGV[i + 6] }
   i = i + 6
+end
+i = i + 1
+local days = {}
+for k = 1, num(ARGV[i]), 2 do
+  days[#days + 1] = { ARGV[i + k], ARGV[i + k + 1] }
 end
 
 -- Merge the tenant's state: counters of the same period add up, a newer period wins, held
@@ -274,6 +287,34 @@ if here == '-' then
 end
 if pool_state and imported ~= 0 then
   redis.call('HINCRBY', pool_state, 'held', fmt(imported))
+end
+
+-- Daily usage: counters of the same day add up; limit and plan already here win (newer).
+local dkey = tb .. 'd'
+local dargs = {}
+local DAY = '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(-?%d*),(.*)$'
+for _, d in ipairs(days) do
+  local field, value = d[1], d[2]
+  local mine = redis.call('HGET', dkey, field)
+  if mine then
+    local a = { string.match(value, DAY) }
+    local b = { string.match(mine, DAY) }
+    local merged = {}
+    for k = 1, 6 do
+      merged[k] = fmt(num(a[k]) + num(b[k]))
+    end
+    merged[7] = (b[7] ~= '' and b[7]) or a[7] or ''
+    merged[8] = (b[8] ~= '' and b[8]) or a[8] or ''
+    value = table.concat(merged, ',')
+  end
+  dargs[#dargs + 1] = field
+  dargs[#dargs + 1] = value
+end
+if #dargs > 0 then
+  redis.call('HSET', dkey, unpack(dargs))
+  if redis.call('TTL', dkey) < 0 then
+    redis.call('EXPIRE', dkey, fmt(400 * 86400)) -- renewed by the next day's first write
+  end
 end
 
 -- Sliding windows: bucket by bucket.

@@ -8,6 +8,8 @@
 -- ARGV[4]: record ttl after settling, integer seconds
 -- ARGV[5]: reclaim budget             ARGV[6]: pool the caller assumed (encoded) or ''
 -- ARGV[7]: '1' to follow a forwarding stub of a moved hold, '0' not to
+-- ARGV[8]: default plan               ARGV[9]: days of daily usage kept
+-- A release charges nothing and writes no ledger entry; it is counted in the daily usage.
 --
 -- Replies: {'released', 0, amount} | {'noop', 0, state or 'unknown'} | {'moved', 0, where}
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -19,7 +21,7 @@ end
 if v[2] == 'm' and ARGV[7] == '1' then
   return { 'moved', 0, v[5], 'record' } -- the hold moved with its tenant
 end
-local meta = redis.call('HMGET', state, 't', 'loc', 'pool')
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool', 'plan')
 local elsewhere = moved(meta[2], meta[3], ARGV[6])
 if elsewhere then
   return { 'moved', 0, elsewhere, 'tenant' }
@@ -35,4 +37,6 @@ drop_hold(tag, string.sub(state, 1, -2), ARGV[2], ARGV[3], v, pool_state ~= nil)
 redis.call('HSET', state, 't', fmt(now))
 redis.call('HSET', record, 's', 'r')
 redis.call('EXPIRE', record, ARGV[4])
+day_add(string.sub(state, 1, -2), now, 0, 0, 0, 1, 0, 0, '', meta[4] or ARGV[8],
+  tonumber(ARGV[9]))
 return { 'released', 0, fmt(num(v[1])) }

@@ -1,7 +1,7 @@
 -- RESERVE: check every limit of the tenant's plan (and of its pool), the kill switches and the
 -- feature shares, and hold the first candidate amount that fits. Decides first, then writes: a
 -- refused call changes nothing but housekeeping (reclaimed holds, dropped sliding buckets, the
--- 100% alert mark).
+-- 100% alert mark) and the refusal count of the tenant's daily usage.
 --
 -- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
 -- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
@@ -13,7 +13,8 @@
 -- ARGV[9]: record ttl after settling, integer seconds
 -- ARGV[10]: pool the caller assumed (encoded) or ''   ARGV[11]: its plan or ''
 -- ARGV[12]: '1' enforce, '0' shadow mode (decide and record, never refuse)
--- ARGV[13]: feature mode 'share' | 'cap' | ''; then features: count, (name, weight ppm) pairs
+-- ARGV[13]: feature mode 'share' | 'cap' | ''   ARGV[14]: days of daily usage kept
+-- ARGV[15]: features: count, (name, weight ppm) pairs
 -- then the tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
 -- a count, then amounts in integer nano-dollars, in order of preference.
 --
@@ -63,7 +64,7 @@ if existing[1] then
 end
 
 local mode = ARGV[13]
-local features, i = read_features(14)
+local features, i = read_features(15)
 local specs, pool_specs, candidates
 specs, i = read_specs(i)
 pool_specs, i = read_specs(i)
@@ -198,6 +199,8 @@ end
 
 local enforce = ARGV[12] == '1'
 if refusal and enforce then
+  -- A refusal is counted in the tenant's daily usage (it charges nothing).
+  day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(specs), meta[2] or ARGV[3], tonumber(ARGV[14]))
   -- Store only the 100% alert marks, so each is reported once per window.
   for _, pair in ipairs({ { state, specs }, { pool_state, pool_specs } }) do
     for _, s in ipairs(pair[2] or {}) do

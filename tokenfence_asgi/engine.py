@@ -14,9 +14,9 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -40,19 +40,29 @@ from tokenfence_asgi.errors import (
     UnknownPlan,
 )
 from tokenfence_asgi.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
+from tokenfence_asgi.ledger import (
+    LedgerKeys,
+    day_number,
+    parse_days,
+    read_stream,
+    scan_keys,
+    tag_pool,
+)
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.observe import FenceObserver, Observers
 from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.results import (
     Alert,
+    DailyUsage,
     FenceCounters,
     Reservation,
     Settlement,
     TenantStatus,
+    UsageRecord,
     WindowStatus,
 )
 from tokenfence_asgi.specs import NO_LIMITS, CompiledPlan, compile_plan
-from tokenfence_asgi.store import Store
+from tokenfence_asgi.store import STORE_ERRORS, Store
 
 __all__ = ["TokenFence"]
 
@@ -62,6 +72,7 @@ Clock = Callable[[], float]
 OnStoreError = Literal["closed", "open"]
 _MAX_TOKENS = 10**12
 _HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
+_MAX_LABEL = 200  # characters kept of a model name in the ledger
 
 
 def _utc(seconds: int) -> datetime:
@@ -97,6 +108,23 @@ def _amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
             raise InvalidAmount(f"candidate amount must be in [0, {MAX_CALL_NANOS}], got {nanos!r}")
         amounts.append(str(nanos))
     return amounts
+
+
+def _label(value: object, what: str) -> str:
+    """An optional ledger label (model, request id) as a script argument ('' for None)."""
+    if value is None:
+        return ""
+    return validate_id(value, what=what)
+
+
+def _date_range(start: date, end: date) -> tuple[int, int]:
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, date):
+            raise TypeError(f"{name} must be a date, got {type(value).__name__}")
+    first, last = day_number(start), day_number(end)
+    if last < first:
+        raise ValueError(f"end {end} is before start {start}")
+    return first, last
 
 
 def _split(reply: list[str]) -> tuple[str, list[str], list[str]]:
@@ -151,6 +179,12 @@ class TokenFence:
     ``enforce=False`` runs every plan in shadow mode. ``hold_ttl`` is the lease of a hold in
     seconds; ``record_ttl`` how long a settled reservation is remembered, so repeats are
     recognised.
+
+    Every commit that charges also writes one entry to the usage ledger (a Redis Stream per
+    tag) and adds to the tenant's daily usage, in the same script. ``ledger_retention``
+    (seconds, default 7 days) and ``ledger_maxlen`` (entries per stream, approximate, default
+    100,000) bound the ledger; None lifts a bound, ``ledger_maxlen=0`` writes no ledger at all.
+    ``usage_days`` is how many days of daily usage are kept (default 400).
     """
 
     def __init__(
@@ -172,6 +206,9 @@ class TokenFence:
         cache_size: int = 10_000,
         policy: Policy | None = None,
         approval_ttl: float = 3600,
+        ledger_retention: float | None = 7 * 86400,
+        ledger_maxlen: int | None = 100_000,
+        usage_days: int = 400,
     ) -> None:
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
         compiled: dict[str, CompiledPlan] = {}
@@ -192,6 +229,8 @@ class TokenFence:
         for name, value, low, high in (
             ("reclaim_batch", reclaim_batch, 1, 1000),
             ("cache_size", cache_size, 0, 10**7),
+            ("usage_days", usage_days, 1, 3660),
+            ("ledger_maxlen", 1 if ledger_maxlen is None else ledger_maxlen, 0, 10**9),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
@@ -203,6 +242,16 @@ class TokenFence:
         )
         hold_s = _positive("hold_ttl", hold_ttl, maximum=7 * 86400)
         record_s = _positive("record_ttl", record_ttl, maximum=90 * 86400)
+        self._ledger_retention = (
+            ""
+            if ledger_retention is None
+            else str(
+                max(1, round(_positive("ledger_retention", ledger_retention, maximum=3660 * 86400)
+                             * 1000))
+            )
+        )  # fmt: skip
+        self._ledger_maxlen = "" if ledger_maxlen is None else str(ledger_maxlen)
+        self._usage_days = str(usage_days)
         self._kill_cache_s = (
             0.0 if kill_cache_s == 0 else _positive("kill_cache_s", kill_cache_s, maximum=60)
         )
@@ -210,6 +259,7 @@ class TokenFence:
         self._plans = compiled
         self._default_plan = default_plan
         self._keys = KeySpace(prefix)
+        self._ledger_keys = LedgerKeys(prefix)
         self._clock = clock
         self._on_store_error: OnStoreError = on_store_error
         self._enforce = enforce
@@ -465,7 +515,7 @@ class TokenFence:
                 feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
                 route.location if route.location != OWN else "",
                 route.pool_plan_name if route.keys.pool_state else "",
-                "1" if enforce else "0", route.plan.mode, *route.specs(),
+                "1" if enforce else "0", route.plan.mode, self._usage_days, *route.specs(),
                 str(len(amounts)), *amounts,
             ]  # fmt: skip
 
@@ -542,13 +592,20 @@ class TokenFence:
         *,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        model: str | None = None,
+        request_id: str | None = None,
     ) -> Settlement:
         """Replace the hold with the actual ``cost`` in dollars. Idempotent.
 
         A commit after the hold's lease ran out still charges the cost and is marked late.
         A cost above the hold is charged in full (providers may bill more than estimated).
+        The commit that charges writes one usage record (see ``usage_records``): ``model`` is
+        the model actually used (default: the reservation's), ``request_id`` ties it to the
+        request; a repeat writes none.
         """
-        settlement = await self._commit(reservation, cost, input_tokens, output_tokens)
+        settlement = await self._commit(
+            reservation, cost, input_tokens, output_tokens, model, request_id
+        )
         if self._observers.items:
             self._observers.committed(reservation, settlement)
         return settlement
@@ -559,12 +616,20 @@ class TokenFence:
         cost: MoneyInput,
         input_tokens: int,
         output_tokens: int,
+        model: str | None = None,
+        request_id: str | None = None,
     ) -> Settlement:
         if not isinstance(reservation, Reservation):
             raise TypeError(f"commit needs a Reservation, got {type(reservation).__name__}")
         nanos = to_nanos(cost, rounding="half_up", field="cost")
         _tokens("input_tokens", input_tokens)
         _tokens("output_tokens", output_tokens)
+        requested = reservation.model
+        requested_arg = "" if requested is None else str(requested)[:_MAX_LABEL]
+        used_arg = _label(model, "model")
+        if used_arg == requested_arg:
+            used_arg = ""  # the ledger stores the model used only when it differs
+        request_arg = _label(request_id, "request_id")
         tenant = validate_id(reservation.tenant_id, what="tenant_id")
         rid = validate_id(reservation.id, what="reservation_id")
         tenant_enc, rid_enc = encode_id(tenant), encode_id(rid)
@@ -577,7 +642,8 @@ class TokenFence:
                 self._now_arg(), tenant_enc, rid_enc, str(nanos), self._record_ttl,
                 self._reclaim, feat_enc, str(input_tokens), str(output_tokens),
                 route.location if route.location != OWN else "", route.follow_stubs,
-                *route.plan_args(self._default_plan), *route.specs(),
+                *route.plan_args(self._default_plan), requested_arg, used_arg, request_arg,
+                self._ledger_maxlen, self._ledger_retention, self._usage_days, *route.specs(),
             ]  # fmt: skip
 
         try:
@@ -622,6 +688,7 @@ class TokenFence:
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
                 self._now_arg(), tenant_enc, rid_enc, self._record_ttl, self._reclaim,
                 route.location if route.location != OWN else "", route.follow_stubs,
+                self._default_plan, self._usage_days,
             ]  # fmt: skip
 
         try:
@@ -698,6 +765,149 @@ class TokenFence:
                 )
             )  # fmt: skip
         return tuple(windows), values
+
+    # -- usage: daily counters and the ledger --------------------------------------------------
+
+    async def usage(self, tenant_id: str, start: date, end: date) -> list[DailyUsage]:
+        """The tenant's daily usage from ``start`` to ``end`` (UTC days, inclusive), by day.
+
+        Days without any commit, refusal or release are left out. The counters are written by
+        the same scripts as the charges, so they are exact; they are kept ``usage_days``.
+        """
+        tenant = validate_id(tenant_id, what="tenant_id")
+        tenant_enc = encode_id(tenant)
+        first, last = _date_range(start, end)
+
+        def build(route: _Route) -> tuple[list[str], list[str]]:
+            keys = route.keys
+            return [keys.state, keys.base + "d"], [route.location if route.location != OWN else ""]
+
+        reply, route = await self._call("usage", tenant_enc, build)
+        return parse_days(reply[3:], tenant, route.pool, first, last)
+
+    async def daily_usage(self, start: date, end: date) -> AsyncIterator[DailyUsage]:
+        """Every tenant's daily usage from ``start`` to ``end`` (inclusive), tenant by tenant.
+
+        Scans the store (every primary of a cluster): meant for reports and admin pages, not
+        for a request path. A tenant whose move between pools is under way may be missing.
+        """
+        first, last = _date_range(start, end)
+        client = self._store.client
+        batch: list[tuple[str, str, str]] = []
+
+        async def flush() -> list[DailyUsage]:
+            pipe = client.pipeline(transaction=False)
+            for key, _, _ in batch:
+                pipe.hget(key[:-1] + "s", "loc")
+                pipe.hgetall(key)
+            try:
+                replies = await pipe.execute()
+            except STORE_ERRORS as exc:
+                raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+            out: list[DailyUsage] = []
+            for k, (_, location, tenant_enc) in enumerate(batch):
+                moved_away, flat = replies[2 * k], replies[2 * k + 1]
+                if moved_away is not None or not flat:
+                    continue  # the tenant moved on: its days are where it lives now
+                pairs = [x for item in flat.items() for x in item]
+                out += parse_days(pairs, decode_id(tenant_enc), tag_pool(location), first, last)
+            batch.clear()
+            return out
+
+        async for key in scan_keys(client, self._ledger_keys.days_pattern, "hash"):
+            parsed = self._ledger_keys.days_key(key)
+            if parsed is None:
+                continue
+            batch.append((key, *parsed))
+            if len(batch) >= 200:
+                for usage in await flush():
+                    yield usage
+        if batch:
+            for usage in await flush():
+                yield usage
+
+    async def top_spenders(self, start: date, end: date, n: int = 10) -> list[tuple[str, Decimal]]:
+        """The ``n`` tenants that spent the most from ``start`` to ``end`` (inclusive), with
+        their spend, highest first (ties by tenant id). Tenants that spent nothing are left out.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        totals: dict[str, int] = {}
+        async for day in self.daily_usage(start, end):
+            totals[day.tenant_id] = totals.get(day.tenant_id, 0) + day.cost_nanos
+        ranked = sorted((t for t in totals.items() if t[1] > 0), key=lambda t: (-t[1], t[0]))
+        return [(tenant, from_nanos(nanos)) for tenant, nanos in ranked[:n]]
+
+    async def tenants(self) -> AsyncIterator[str]:
+        """The ids of every tenant the store has state for, in no particular order.
+
+        Scans the store (every primary of a cluster); each tenant once.
+        """
+        async for key in scan_keys(self._store.client, self._ledger_keys.state_pattern, "hash"):
+            tenant = self._ledger_keys.tenant_of_state(key)
+            if tenant is None:
+                continue
+            try:
+                validate_id(tenant)
+            except InvalidId:
+                continue  # not a tenant's (the readiness probe's key)
+            yield tenant
+
+    async def ledger_streams(self) -> AsyncIterator[str]:
+        """The keys of every usage ledger stream (one per tenant on its own, one per pool)."""
+        async for key in scan_keys(self._store.client, self._ledger_keys.stream_pattern, "stream"):
+            if self._ledger_keys.stream_location(key) is not None:
+                yield key
+
+    async def read_ledger(
+        self, stream: str, after: str = "0", count: int = 1000
+    ) -> list[UsageRecord]:
+        """Up to ``count`` records of one ledger stream, oldest first, after entry id ``after``.
+
+        ``after`` is a record's ``entry_id`` (``"0"``: from the start); the exporter's cursor.
+        """
+        location = self._ledger_keys.stream_location(stream)
+        if location is None:
+            raise ValueError(f"not a ledger stream of prefix {self._keys.prefix!r}: {stream!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+            raise ValueError(f"count must be an int in [1, 100000], got {count!r}")
+        return await read_stream(self._store.client, stream, location, after, count)
+
+    async def usage_records(
+        self,
+        *,
+        tenant_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> AsyncIterator[UsageRecord]:
+        """The ledger's records (still retained), stream by stream, oldest first in each.
+
+        Optionally only one tenant's (from every stream it wrote to, pools included) and only
+        those with ``start <= timestamp < end``. Scans the store: for reports and exports.
+        """
+        tenant = None if tenant_id is None else validate_id(tenant_id, what="tenant_id")
+        own = None if tenant is None else self._keys.tenant(encode_id(tenant)).tag + "l"
+        async for stream in self.ledger_streams():
+            if (
+                tenant is not None
+                and stream != own
+                and self._ledger_keys.stream_location(stream) == OWN
+            ):
+                continue  # another tenant's own stream
+            after = "0"
+            while True:
+                records = await self.read_ledger(stream, after, 1000)
+                for record in records:
+                    if tenant is not None and record.tenant_id != tenant:
+                        continue
+                    if start is not None and record.timestamp < start:
+                        continue
+                    if end is not None and record.timestamp >= end:
+                        continue
+                    yield record
+                if len(records) < 1000:
+                    break
+                after = records[-1].entry_id
 
     # -- tool-call policy -----------------------------------------------------------------------
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from tokenfence_asgi.errors import Refused
 
 __all__ = [
     "Alert",
+    "DailyUsage",
     "FenceCounters",
     "Reservation",
     "Settlement",
     "TenantStatus",
+    "UsageRecord",
     "WindowStatus",
 ]
 
@@ -125,3 +127,57 @@ class FenceCounters:
     shadow_refusals: int = 0
     alerts: int = 0
     alert_hook_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One tenant's usage on one UTC day, from the counters the scripts keep in Redis.
+
+    ``cost`` (``Decimal`` dollars, exactly ``cost_nanos``) and ``requests`` count the commits
+    that charged; ``refusals`` the reserves refused by a budget or request limit; ``releases``
+    the holds released without charge. ``plan`` is the tenant's plan at the day's last event;
+    ``limit`` the effective "1d" cost limit of that plan at the last commit or refusal (with
+    rollover), None when the plan has none. ``pool`` is where the tenant was when read.
+    """
+
+    day: date
+    tenant_id: str
+    plan: str
+    cost: Decimal
+    cost_nanos: int
+    requests: int
+    refusals: int
+    limit: Decimal | None
+    releases: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One committed call, as written to the usage ledger by the commit that charged it.
+
+    ``id`` is the reservation id; ``model_requested`` the reservation's model, ``model`` the
+    one actually used (the same unless the commit said otherwise). ``timestamp`` is the
+    commit's time (the store's clock, or the injected one). ``late`` marks a commit after its
+    hold's lease ran out, or for an id the store no longer knew. ``stream`` and ``entry_id``
+    locate the entry in Redis (the exporter's checkpoint); ``pool`` is the pool the tenant was
+    in, None on its own.
+    """
+
+    id: str
+    tenant_id: str
+    feature: str | None
+    pool: str | None
+    model_requested: str | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    cost_nanos: int
+    timestamp: datetime
+    request_id: str | None
+    late: bool
+    stream: str
+    entry_id: str

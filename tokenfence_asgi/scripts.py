@@ -16,7 +16,16 @@ from typing import Any
 
 __all__ = ["SCRIPT_NAMES", "decode", "script_source"]
 
-SCRIPT_NAMES = ("reserve", "commit", "release", "status", "admin", "move", "approval")
+SCRIPT_NAMES = (
+    "reserve",
+    "commit",
+    "release",
+    "status",
+    "admin",
+    "move",
+    "approval",
+    "usage",
+)
 _LIB = "_lib"
 
 
