@@ -558,6 +558,8 @@ class TokenFenceCallback(CustomGuardrail):
         """Commit LiteLLM's cost of the response with its token counts (LiteLLM event)."""
         call = self._claim(kwargs)
         if call is not None:
+            if call.response is None and not call.stream:
+                call.response = response_obj
             input_tokens, output_tokens = _tokens(kwargs, response_obj)
             cost = self.prices.actual_cost(
                 call.estimate.model, response_cost=kwargs.get("response_cost"),
@@ -613,8 +615,12 @@ class TokenFenceCallback(CustomGuardrail):
                                 model=call.estimate.model,
                                 charged=str(reservation.amount))  # fmt: skip
                     cost = reservation.amount
-                await self.fence.commit(reservation, cost, input_tokens=input_tokens,
-                                        output_tokens=output_tokens)  # fmt: skip
+                answered = getattr(call.response, "model", None)
+                await self.fence.commit(
+                    reservation, cost, input_tokens=input_tokens, output_tokens=output_tokens,
+                    model=answered if isinstance(answered, str) else call.estimate.model,
+                    request_id=None if call.ctx is None else call.ctx.request_id,
+                )  # fmt: skip
         except asyncio.CancelledError:
             call.state = "open"  # let settle() try again
             raise

@@ -192,3 +192,21 @@ async def test_approval_round_trip_is_single_use(
     assert provider.calls == 4
     assert await spent(fence, "acme") == 3 * CALL_COST
     assert await spent(fence, "globex") == CALL_COST
+
+
+async def test_ledger_records_the_model_used_and_the_request_id(
+    client: httpx.AsyncClient, fence: TokenFence, provider: FakeProvider
+) -> None:
+    provider.tool_calls = ("search_docs",)
+    ok = await client.post("/agent", headers={"X-Tenant-ID": "acme", "X-Request-ID": "req-42"})
+    assert ok.status_code == 200
+    assert await spent(fence, "acme") == CALL_COST
+    records = [r async for r in fence.usage_records(tenant_id="acme")]
+    assert len(records) == 1
+    record = records[0]
+    assert record.request_id == "req-42"
+    assert record.feature == "agent"
+    assert record.model_requested == "openai/gpt-4o-mini"
+    assert record.model == "gpt-4o-mini"  # what the provider answered with
+    assert (record.input_tokens, record.output_tokens) == (1000, 200)
+    assert record.cost == CALL_COST
