@@ -36,6 +36,7 @@ __all__ = [
     "parse_days",
     "parse_entry",
     "read_stream",
+    "read_streams",
     "scan_keys",
     "tag_pool",
 ]
@@ -200,6 +201,26 @@ async def read_stream(
     except STORE_ERRORS as exc:
         raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
     return [parse_entry(stream, location, entry_id, fields) for entry_id, fields in entries]
+
+
+async def read_streams(
+    client: Any, cursors: list[tuple[str, str, str]], count: int
+) -> list[list[UsageRecord]]:
+    """``read_stream`` for many ``(stream, location, after)`` at once (one pipeline)."""
+    if not cursors:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for stream, _, after in cursors:
+        start = "-" if after in ("", "0", "0-0") else f"({after}"
+        pipe.xrange(stream, min=start, max="+", count=count)
+    try:
+        replies = await pipe.execute()
+    except STORE_ERRORS as exc:
+        raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+    return [
+        [parse_entry(stream, location, entry_id, fields) for entry_id, fields in entries]
+        for (stream, location, _), entries in zip(cursors, replies, strict=True)
+    ]
 
 
 def tag_pool(location: str) -> str | None:
