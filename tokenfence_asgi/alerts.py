@@ -10,16 +10,36 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
 from tokenfence_asgi.results import Alert, FenceCounters
 
-__all__ = ["AlertHook", "AlertHub"]
+__all__ = ["AlertHook", "AlertHub", "alert_to_dict"]
 
 log = structlog.get_logger("tokenfence_asgi")
 
 AlertHook = Callable[[Alert], Awaitable[None] | None]
+
+
+def alert_to_dict(alert: Alert) -> dict[str, Any]:
+    """An alert as JSON-ready data, ``used`` and ``limit`` as exact decimal strings.
+
+    They are dollars (``"4.000125"``) for a ``"cost"`` alert and counts (``"80"``) for a
+    ``"requests"`` alert. The webhook body and the admin API use this shape.
+    """
+    return {
+        "tenant_id": alert.tenant_id,
+        "feature": alert.feature,
+        "scope": alert.scope,
+        "pool": alert.pool,
+        "window": alert.window,
+        "metric": alert.metric,
+        "threshold": alert.threshold,
+        "used": f"{alert.used:f}",
+        "limit": f"{alert.limit:f}",
+    }
 
 
 class AlertHub:
