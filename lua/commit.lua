@@ -144,14 +144,16 @@ if ARGV[18] ~= '0' then
   local ledger = tag .. 'l'
   local entry = { 't', ARGV[2], 'id', ARGV[3], 'f', feature, 'm', ARGV[15], 'u', ARGV[16],
     'i', ARGV[8], 'o', ARGV[9], 'c', fmt(cost), 'ts', fmt(now), 'q', ARGV[17], 'l', late_flag }
+  local entry_id
   if ARGV[18] ~= '' then
-    redis.call('XADD', ledger, 'MAXLEN', '~', ARGV[18], '*', unpack(entry))
+    entry_id = redis.call('XADD', ledger, 'MAXLEN', '~', ARGV[18], '*', unpack(entry))
   else
-    redis.call('XADD', ledger, '*', unpack(entry))
+    entry_id = redis.call('XADD', ledger, '*', unpack(entry))
   end
   if ARGV[19] ~= '' then
-    local t = redis.call('TIME')
-    local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    -- Entry ids are the server's time in ms: trim those older than the retention, and let an
+    -- idle stream expire once its newest entry is that old.
+    local server_ms = tonumber(string.match(entry_id, '^(%d+)'))
     redis.call('XTRIM', ledger, 'MINID', '~', fmt(math.max(0, server_ms - tonumber(ARGV[19]))))
     redis.call('PEXPIRE', ledger, ARGV[19])
   end
