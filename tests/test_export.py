@@ -289,12 +289,22 @@ async def test_10000_calls_exporter_killed_midway_then_exactly_once(
     proc = _export_process(pg, space.url, space.prefix, batch=10, log=log)
     try:
         deadline = time.monotonic() + 60
-        while (n := await _count(pg)) < 500:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the exporter wrote nothing"
-            await asyncio.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        watch = await asyncpg.connect(pg)  # one connection: polls every few milliseconds
+        try:
+            while True:
+                try:
+                    n = await watch.fetchval("SELECT count(*) FROM ai_usage_log")
+                except asyncpg.UndefinedTableError:
+                    n = 0
+                if n >= 500:
+                    break
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the exporter wrote nothing"
+                await asyncio.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            await watch.close()
     finally:
         if proc.poll() is None:
             proc.kill()
