@@ -30,7 +30,8 @@ def serve(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    # A startup hook may load LiteLLM's price map: seconds, more on a loaded machine.
+    deadline = time.monotonic() + 60
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
