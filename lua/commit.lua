@@ -46,7 +46,7 @@ end
 if v[2] == 'm' and ARGV[11] == '1' then
   return { 'moved', 0, v[6], 'record' }
 end
-local meta = redis.call('HMGET', state, 't', 'loc', 'pool', 'plan')
+local meta = redis.call('HMGET', state, 't', 'loc', 'pool', 'plan', 'lt')
 local elsewhere = moved(meta[2], meta[3], ARGV[10])
 if elsewhere then
   if v[2] == 'x' or not v[2] then
@@ -126,15 +126,6 @@ end
 local args = charge('tenant', state, specs, tb, true)
 args[#args + 1] = 't'
 args[#args + 1] = fmt(now)
-redis.call('HSET', state, unpack(args))
-if pooled then
-  local pool_args = charge('pool', pool_state, pool_specs, tag .. 'pool:', false)
-  if #pool_args > 0 then
-    redis.call('HSET', pool_state, unpack(pool_args))
-  end
-end
-redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
-redis.call('EXPIRE', record, done_ttl)
 
 -- The usage ledger and the daily counters, atomically with the charge.
 local late_flag = late == 'late' and '1' or '0'
@@ -151,13 +142,29 @@ if ARGV[18] ~= '0' then
     entry_id = redis.call('XADD', ledger, '*', unpack(entry))
   end
   if ARGV[19] ~= '' then
-    -- Entry ids are the server's time in ms: trim those older than the retention, and let an
-    -- idle stream expire once its newest entry is that old.
+    -- Entry ids are the server's time in ms. At most once a minute per tenant (field 'lt' of
+    -- its state: the minute it last did), trim the entries older than the retention and push
+    -- the stream's expiry to a minute past the retention, so an idle stream goes away.
     local server_ms = tonumber(string.match(entry_id, '^(%d+)'))
-    redis.call('XTRIM', ledger, 'MINID', '~', fmt(math.max(0, server_ms - tonumber(ARGV[19]))))
-    redis.call('PEXPIRE', ledger, ARGV[19])
+    local minute = fmt(math.floor(server_ms / 60000))
+    if minute ~= meta[5] then
+      redis.call('XTRIM', ledger, 'MINID', '~',
+        fmt(math.max(0, server_ms - tonumber(ARGV[19]))))
+      redis.call('PEXPIRE', ledger, fmt(tonumber(ARGV[19]) + 60000))
+      args[#args + 1] = 'lt'
+      args[#args + 1] = minute
+    end
   end
 end
+redis.call('HSET', state, unpack(args))
+if pooled then
+  local pool_args = charge('pool', pool_state, pool_specs, tag .. 'pool:', false)
+  if #pool_args > 0 then
+    redis.call('HSET', pool_state, unpack(pool_args))
+  end
+end
+redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
+redis.call('EXPIRE', record, done_ttl)
 
 local reply = { 'committed', #alerts }
 for _, a in ipairs(alerts) do

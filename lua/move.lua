@@ -22,7 +22,7 @@ local tag = string.sub(holds, 1, -2)
 local tb = string.sub(state, 1, -2)
 local prefix = tenant .. '/'
 local MOVE_FIELDS = { loc = true, mv = true, mv_in = true, pool = true, dropped = true,
-  mvid = true, mvfrom = true, mvto = true }
+  mvid = true, mvfrom = true, mvto = true, lt = true } -- lt: the ledger stream's, stays
 
 local function own_holds()
   local out = {}
