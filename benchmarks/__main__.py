@@ -23,6 +23,7 @@ from benchmarks import (
     bench_policy,
     bench_scale,
     bench_script,
+    bench_service,
 )
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     results.update(asyncio.run(bench_scale.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_overspend.run(args.redis_url, quick=args.quick)))
     results.update(bench_policy.run(args.quick))
+    results.update(bench_service.run(args.quick, args.redis_url))
     report(results)
 
 

@@ -55,3 +55,16 @@ def test_scripts_avoid_what_real_redis_refuses_or_fakeredis_lacks(name: str) -> 
         r"redis\.replicate_commands",
     ):
         assert not re.search(banned, code), f"{name} uses {banned}"  # fmt: skip
+
+
+def test_every_public_name_imports() -> None:
+    """Each name in ``__all__`` resolves (the lazy ones import their module on first use)."""
+    import tokenfence_asgi
+
+    missing = [name for name in tokenfence_asgi.__all__ if not hasattr(tokenfence_asgi, name)]
+    assert missing == []
+    from tokenfence_asgi import TokenFenceMiddleware, feature, tenant_scope
+
+    assert callable(TokenFenceMiddleware)
+    assert callable(feature)
+    assert callable(tenant_scope)

@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
+from tokenfence_asgi.context import FenceContext, current_context, feature, tenant_scope
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ApprovalRequired,
@@ -21,7 +22,9 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
 from tokenfence_asgi.observe import FenceObserver
+from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
@@ -33,16 +36,30 @@ from tokenfence_asgi.results import (
 )
 
 if TYPE_CHECKING:
+    from tokenfence_asgi.admin import admin_app
     from tokenfence_asgi.litellm import TokenFenceCallback
+    from tokenfence_asgi.metrics import FenceMetrics
+    from tokenfence_asgi.service import service_app
+    from tokenfence_asgi.webhooks import WebhookSender, verify_signature
+
+# Imported on first use: LiteLLM takes seconds to import, the apps pull in more than the engine.
+_LAZY = {
+    "TokenFenceCallback": "tokenfence_asgi.litellm",
+    "admin_app": "tokenfence_asgi.admin",
+    "FenceMetrics": "tokenfence_asgi.metrics",
+    "service_app": "tokenfence_asgi.service",
+    "WebhookSender": "tokenfence_asgi.webhooks",
+    "verify_signature": "tokenfence_asgi.webhooks",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # LiteLLM takes seconds to import: only code that uses the callback pays for it.
-    if name == "TokenFenceCallback":
-        from tokenfence_asgi.litellm import TokenFenceCallback
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return TokenFenceCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 try:
@@ -59,6 +76,7 @@ __all__ = [
     "Decision",
     "FenceContext",
     "FenceCounters",
+    "FenceMetrics",
     "FenceObserver",
     "InputTooLong",
     "InvalidAmount",
@@ -82,12 +100,16 @@ __all__ = [
     "TokenFenceError",
     "TokenFenceMiddleware",
     "UnknownPlan",
+    "WebhookSender",
     "WindowStatus",
     "__version__",
+    "admin_app",
     "current_context",
     "feature",
     "load_plans",
+    "service_app",
     "sign_tenant",
     "signed_tenant_header",
     "tenant_scope",
+    "verify_signature",
 ]

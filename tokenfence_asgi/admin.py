@@ -875,14 +875,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _metrics_for(fence: TokenFence, metrics: object) -> Any:
     if metrics is False:
         return None
-    try:
-        from tokenfence_asgi.metrics import FenceMetrics
-    except ImportError:
-        if metrics is None:
-            return None
-        raise ConfigError(
-            "metrics need prometheus-client: pip install 'tokenfence-asgi[metrics]'"
-        ) from None
+    from tokenfence_asgi.metrics import FenceMetrics
+
     if metrics is None or metrics is True:
         return FenceMetrics.for_fence(fence)
     if not isinstance(metrics, FenceMetrics):

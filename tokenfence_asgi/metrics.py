@@ -1,4 +1,4 @@
-"""Prometheus metrics of a fence; needs ``prometheus-client`` (``tokenfence-asgi[metrics]``).
+"""Prometheus metrics of a fence (prometheus-client).
 
 ::
 
