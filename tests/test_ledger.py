@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import START, Backend, FakeClock
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, InvalidId, RequestLimitExceeded
+from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos
 from tokenfence_asgi.results import DailyUsage, UsageRecord
 
@@ -160,8 +160,21 @@ async def test_ids_needing_encoding(make_fence: MakeFence) -> None:
     )  # fmt: skip
     assert [t async for t in fence.tenants()] == [tenant]
     assert await fence.top_spenders(TODAY, TODAY) == [(tenant, D("0.5"))]
-    with pytest.raises(InvalidId):
-        await fence.commit(await fence.reserve(tenant, "1"), "0.5", request_id="")
+
+
+async def test_labels_never_fail_a_commit(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=PLANS, default_plan="big")
+    r = await fence.reserve("t", "1", model="m\x00odel")
+    long = "q" * 500
+    assert not (await fence.commit(r, "0.5", request_id=long, model="used\n")).duplicate
+    r2 = await fence.reserve("t", "1")
+    await fence.commit(r2, "0.5", request_id="")
+    got = {x.id: x for x in await records(fence)}
+    assert got[r.id].request_id == "q" * 200
+    assert (got[r.id].model_requested, got[r.id].model) == ("m\ufffdodel", "used\ufffd")
+    assert got[r2.id].request_id is None
+    with pytest.raises(TypeError):
+        await fence.commit(await fence.reserve("t", "1"), "0.5", request_id=7)  # type: ignore[arg-type]
 
 
 async def test_pool_members_write_to_the_pool_stream_and_usage_moves(

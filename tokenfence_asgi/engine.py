@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -111,10 +112,19 @@ def _amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
 
 
 def _label(value: object, what: str) -> str:
-    """An optional ledger label (model, request id) as a script argument ('' for None)."""
+    """An optional ledger label (model, request id) as a script argument ('' for None).
+
+    A label never fails a commit (the charge matters more): it is cut to 200 characters and
+    control characters become U+FFFD. Only a non-string is refused (a programming error).
+    """
     if value is None:
         return ""
-    return validate_id(value, what=what)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
+    text = value[:_MAX_LABEL]
+    if not text.isprintable():
+        text = "".join(c if not unicodedata.category(c).startswith("C") else "\ufffd" for c in text)
+    return text
 
 
 def _date_range(start: date, end: date) -> tuple[int, int]:
@@ -625,7 +635,7 @@ class TokenFence:
         _tokens("input_tokens", input_tokens)
         _tokens("output_tokens", output_tokens)
         requested = reservation.model
-        requested_arg = "" if requested is None else str(requested)[:_MAX_LABEL]
+        requested_arg = "" if requested is None else _label(str(requested), "model")
         used_arg = _label(model, "model")
         if used_arg == requested_arg:
             used_arg = ""  # the ledger stores the model used only when it differs
