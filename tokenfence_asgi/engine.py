@@ -10,6 +10,7 @@ round trip, once.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import unicodedata
@@ -25,6 +26,7 @@ import structlog
 from redis.asyncio import Redis, RedisCluster
 
 from tokenfence_asgi.alerts import AlertHook, AlertHub
+from tokenfence_asgi.allowance import Allowance, Owed
 from tokenfence_asgi.config import BUILTIN_PLANS, Plan
 from tokenfence_asgi.errors import (
     ApprovalRequired,
@@ -70,7 +72,7 @@ __all__ = ["TokenFence"]
 log = structlog.get_logger("tokenfence_asgi")
 
 Clock = Callable[[], float]
-OnStoreError = Literal["closed", "open"]
+OnStoreError = Literal["closed", "open", "allowance"]
 _MAX_TOKENS = 10**12
 _HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
 _MAX_LABEL = 200  # characters kept of a model name in the ledger
@@ -184,8 +186,11 @@ class TokenFence:
     neither, an embedded in-process store runs the same scripts (single process only).
     ``plans`` defaults to the built-in free / starter / pro / enterprise plans; tenants without
     an assigned plan are on ``default_plan``. ``clock`` (epoch seconds) replaces the store's
-    clock in tests and simulations. ``on_store_error="open"`` lets calls through (logged and
-    counted) when the store is unreachable; the default refuses them with ``StoreUnavailable``.
+    clock in tests and simulations. When the store is unreachable the default refuses calls with
+    ``StoreUnavailable``; ``on_store_error="open"`` lets them through (logged and counted), and
+    ``"allowance"`` lets each tenant spend up to ``outage_allowance`` dollars per fence instance
+    from a local counter, then refuses, writing that spend back when the store answers again
+    (see ``tokenfence_asgi.allowance``).
     ``enforce=False`` runs every plan in shadow mode. ``hold_ttl`` is the lease of a hold in
     seconds; ``record_ttl`` how long a settled reservation is remembered, so repeats are
     recognised.
@@ -207,6 +212,7 @@ class TokenFence:
         prefix: str = "tf",
         clock: Clock | None = None,
         on_store_error: OnStoreError = "closed",
+        outage_allowance: MoneyInput = "0.10",
         enforce: bool = True,
         hold_ttl: float = 600,
         record_ttl: float = 86400,
@@ -230,8 +236,17 @@ class TokenFence:
             compiled[plan.name] = compile_plan(plan)
         if default_plan not in compiled:
             raise UnknownPlan(default_plan, tuple(compiled))
-        if on_store_error not in ("closed", "open"):
-            raise ConfigError(f"on_store_error must be 'closed' or 'open', got {on_store_error!r}")
+        if on_store_error not in ("closed", "open", "allowance"):
+            raise ConfigError(
+                f"on_store_error must be 'closed', 'open' or 'allowance', got {on_store_error!r}"
+            )
+        try:
+            allowance_nanos = to_nanos(outage_allowance, field="outage_allowance")
+        except InvalidAmount as exc:
+            raise ConfigError(exc.message) from None
+        self._allowance = Allowance(allowance_nanos) if on_store_error == "allowance" else None
+        self._writing_back: asyncio.Task[int] | None = None
+        self._write_back_running = False
         if not isinstance(enforce, bool):
             raise ConfigError(f"enforce must be True or False, got {enforce!r}")
         if clock is not None and not callable(clock):
@@ -395,10 +410,13 @@ class TokenFence:
         if self._observers.items:
             return await self._run_observed(name, keys, args)
         try:
-            return await self._store.run(name, keys, args)
+            reply = await self._store.run(name, keys, args)
         except StoreUnavailable:
             self.counters.store_errors += 1
             raise
+        if self._allowance is not None and self._allowance.owed:
+            self._start_write_back()
+        return reply
 
     async def _run_observed(self, name: str, keys: list[str], args: list[str]) -> list[str]:
         started = time.perf_counter()
@@ -537,12 +555,17 @@ class TokenFence:
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
-            self.counters.allowed_without_store += 1
-            log.warning("reserve_allowed_without_store", tenant=tenant, feature=feat)
             plan = self._compiled(self._tenant_plans.get(tenant_enc, self._default_plan)).plan
             offered = candidates(plan) if callable(candidates) else candidates
             _amounts(offered)
             model, nanos = offered[0]
+            if self._allowance is not None and not self._allowance.take(rid, tenant, nanos):
+                self.counters.outage_allowance_refusals += 1
+                log.warning("outage_allowance_spent", tenant=tenant, feature=feat,
+                            limit_nanos=self._allowance.limit_nanos)  # fmt: skip
+                raise
+            self.counters.allowed_without_store += 1
+            log.warning("reserve_allowed_without_store", tenant=tenant, feature=feat)
             return Reservation(rid, tenant, feat, model, from_nanos(nanos), nanos,
                                plan.name, degraded=True)  # fmt: skip
         candidates = chosen_from[-1]
@@ -663,8 +686,16 @@ class TokenFence:
         except StoreUnavailable:
             if self._on_store_error == "closed":
                 raise
-            log.warning("commit_not_recorded", tenant=tenant, reservation=reservation.id)
+            if self._allowance is not None:
+                self._allowance.owe(Owed(reservation, nanos, input_tokens, output_tokens,
+                                         model, request_id))  # fmt: skip
+                log.warning("commit_owed", tenant=tenant, reservation=reservation.id,
+                            cost_nanos=nanos)  # fmt: skip
+            else:
+                log.warning("commit_not_recorded", tenant=tenant, reservation=reservation.id)
             return Settlement(reservation.id, from_nanos(nanos), recorded=False)
+        if self._allowance is not None and reservation.degraded:
+            self._allowance.forget(reservation)
         kind, raw_alerts, details = _split(reply)
         if raw_alerts:
             alerts = self._alerts_from(raw_alerts, tenant, reservation.feature, route)
@@ -689,6 +720,8 @@ class TokenFence:
         if not isinstance(reservation, Reservation):
             raise TypeError(f"release needs a Reservation, got {type(reservation).__name__}")
         if reservation.degraded:
+            if self._allowance is not None:
+                self._allowance.forget(reservation)
             return Settlement(reservation.id, Decimal(0), recorded=False)
         tenant_enc = encode_id(validate_id(reservation.tenant_id, what="tenant_id"))
         rid_enc = encode_id(validate_id(reservation.id, what="reservation_id"))
@@ -1117,7 +1150,56 @@ class TokenFence:
              "0"],
         )  # fmt: skip
 
+    # -- outage allowance ------------------------------------------------------------------------
+
+    def _start_write_back(self) -> None:
+        if not self._write_back_running:
+            self._writing_back = asyncio.get_running_loop().create_task(self.write_back())
+
+    async def write_back(self) -> int:
+        """Write the commits owed since an outage to the store; returns how many landed.
+
+        Runs by itself after the first script that reaches the store again; call it to wait
+        for it (e.g. before shutting down). Each is a commit of an id the store never saw:
+        charged once, however often it is retried. Stops at the first store error.
+        """
+        allowance = self._allowance
+        if allowance is None or self._write_back_running:
+            return 0
+        self._write_back_running = True
+        written = 0
+        try:
+            for owed in allowance.pending():
+                try:
+                    settlement = await self._commit(
+                        owed.reservation, from_nanos(owed.cost_nanos), owed.input_tokens,
+                        owed.output_tokens, owed.model, owed.request_id,
+                    )  # fmt: skip
+                except Exception:  # a bug must not keep the rest back, nor loop
+                    log.exception("write_back_failed", reservation=owed.reservation.id)
+                else:
+                    if not settlement.recorded:
+                        break  # the store is away again: still owed, tried again later
+                allowance.written(owed.reservation.id)
+                written += 1
+        finally:
+            self._write_back_running = False
+        if written:
+            self.counters.written_back += written
+            log.info("outage_spend_written_back", commits=written)
+        allowance.recovered()
+        return written
+
     async def aclose(self) -> None:
-        """Wait briefly for alert deliveries in flight; close the store if the fence opened it."""
+        """Wait briefly for alert deliveries in flight; close the store if the fence opened it.
+
+        Spend owed since an outage is written back first when the store answers; what cannot
+        be is logged (``outage_spend_lost``) with its amount.
+        """
+        if self._allowance is not None and self._allowance.owed:
+            await self.write_back()
+            if self._allowance.owed:
+                log.error("outage_spend_lost", cost_nanos=self._allowance.owed_nanos(),
+                          commits=len(self._allowance.pending()))  # fmt: skip
         await self._alerts.drain()
         await self._store.aclose()

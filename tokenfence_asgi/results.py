@@ -124,6 +124,8 @@ class FenceCounters:
 
     store_errors: int = 0
     allowed_without_store: int = 0
+    outage_allowance_refusals: int = 0
+    written_back: int = 0
     shadow_refusals: int = 0
     alerts: int = 0
     alert_hook_errors: int = 0
