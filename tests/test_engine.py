@@ -19,6 +19,7 @@ from tokenfence_asgi.errors import (
     InvalidAmount,
     InvalidId,
     RequestLimitExceeded,
+    ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
     UnknownPlan,
@@ -209,9 +210,18 @@ async def test_repeated_reservation_id_returns_the_same_hold(make_fence: MakeFen
     b = await fence.reserve("acme", "0.30", reservation_id="call-1")
     assert (a.id, a.expires_at) == (b.id, b.expires_at)
     assert await day_window(fence, "acme") == (D(0), D("0.3"), 1)
+    # A retry with a shorter candidate list cannot name the candidate that was held.
+    first = await fence.reserve_first("acme", [("a", 10**12), ("b", 10**6)], reservation_id="c-2")
+    assert first.model == "b"
+    with pytest.raises(ReservationIdConflict, match="another call") as conflict:
+        await fence.reserve_first("acme", [("a", 10**6)], reservation_id="c-2")
+    assert not conflict.value.settled
+    assert conflict.value.http_status == 409
     await fence.commit(a, "0.1")
-    with pytest.raises(InvalidId, match="already used"):
+    with pytest.raises(InvalidId, match="already used") as settled:
         await fence.reserve("acme", "0.30", reservation_id="call-1")
+    assert isinstance(settled.value, ReservationIdConflict)
+    assert settled.value.settled
 
 
 async def test_late_commit_charges_actual_cost_once(

@@ -16,6 +16,7 @@ from tokenfence_asgi.errors import (
     ModelNotAllowed,
     PolicyDenied,
     RequestLimitExceeded,
+    ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
     TenantRequired,
@@ -28,10 +29,12 @@ from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
+    DailyUsage,
     FenceCounters,
     Reservation,
     Settlement,
     TenantStatus,
+    UsageRecord,
     WindowStatus,
 )
 
@@ -73,6 +76,7 @@ __all__ = [
     "ApprovalRequired",
     "BudgetExceeded",
     "ConfigError",
+    "DailyUsage",
     "Decision",
     "FenceContext",
     "FenceCounters",
@@ -90,6 +94,7 @@ __all__ = [
     "PriceBook",
     "RequestLimitExceeded",
     "Reservation",
+    "ReservationIdConflict",
     "Settlement",
     "StoreUnavailable",
     "TenantDisabled",
@@ -100,6 +105,7 @@ __all__ = [
     "TokenFenceError",
     "TokenFenceMiddleware",
     "UnknownPlan",
+    "UsageRecord",
     "WebhookSender",
     "WindowStatus",
     "__version__",

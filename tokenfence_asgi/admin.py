@@ -620,11 +620,8 @@ class _Admin:
         return items, truncated
 
     async def switches(self) -> dict[str, Any]:
-        fields = await self.fence._global_switches()
-        return {
-            "killed": "k" in fields,
-            "killed_features": sorted(unquote(f[2:]) for f in fields if f.startswith("k:")),
-        }
+        killed, features = await self.fence.global_switches()
+        return {"killed": killed, "killed_features": list(features)}
 
     async def top(self, start: date, end: date, n: int) -> list[dict[str, Any]]:
         """The top spenders (a store scan, cached ``scan_cache_s``)."""

@@ -38,6 +38,7 @@ from tokenfence_asgi.errors import (
     PolicyDenied,
     Refused,
     RequestLimitExceeded,
+    ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
     UnknownPlan,
@@ -314,6 +315,23 @@ class TokenFence:
         """The plan of tenants that have none assigned."""
         return self._default_plan
 
+    @property
+    def record_ttl(self) -> int:
+        """Seconds a settled reservation is remembered (repeats within it are recognised)."""
+        return int(self._record_ttl)
+
+    @property
+    def hold_ttl(self) -> float:
+        """The lease of a hold, in seconds."""
+        return int(self._hold_ms) / 1000
+
+    async def global_switches(self) -> tuple[bool, tuple[str, ...]]:
+        """The fence-wide kill switches: (everything killed, killed features), at most
+        ``kill_cache_s`` old."""
+        fields = await self._global_switches()
+        features = tuple(sorted(decode_id(f[2:]) for f in fields if f.startswith("k:")))
+        return "k" in fields, features
+
     def on_alert(self, hook: AlertHook) -> AlertHook:
         """Call ``hook(alert)`` (sync or async) for every threshold alert; usable as a decorator.
 
@@ -576,6 +594,11 @@ class TokenFence:
         plan = route.plan.plan
         if kind == "ok":
             index, nanos, expires = int(details[0]) - 1, int(details[1]), int(details[2])
+            if index >= len(candidates):  # a retry of an id held for a longer candidate list
+                raise ReservationIdConflict(
+                    f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
+                    settled=False,
+                )
             shadow = None
             if len(details) > 4:
                 shadow = self._refusal(details[4:], tenant, feat, route)
@@ -593,7 +616,9 @@ class TokenFence:
             log.info("reserve_refused", tenant=tenant, feature=feat, reason="killed")
             raise TenantDisabled(tenant_id=tenant, feature=feat, scope=details[0])
         if kind == "duplicate":
-            raise InvalidId(f"reservation_id {rid!r} was already used and settled")
+            raise ReservationIdConflict(
+                f"reservation_id {rid!r} was already used and settled", settled=True
+            )
         refusal = self._refusal([kind, *details], tenant, feat, route)
         log.info("reserve_refused", tenant=tenant, feature=feat, reason=refusal.error_code)
         raise refusal

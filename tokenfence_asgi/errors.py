@@ -99,6 +99,18 @@ class InvalidId(TokenFenceError, ValueError):
     error_code = "invalid_id"
 
 
+class ReservationIdConflict(InvalidId):
+    """A ``reservation_id`` given to reserve is taken: settled already (``settled``), or held
+    for a call with other candidates. Use a new id, or repeat the first call exactly."""
+
+    status_code = 409
+    error_code = "reservation_id_conflict"
+
+    def __init__(self, message: str, *, settled: bool) -> None:
+        super().__init__(message)
+        self.settled = settled
+
+
 class ConfigError(TokenFenceError, ValueError):
     """A limit, plan, plan file or option is invalid; the message names the field and the value."""
 

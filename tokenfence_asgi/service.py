@@ -68,6 +68,7 @@ from tokenfence_asgi.errors import (
     InvalidAmount,
     InvalidId,
     ModelNotAllowed,
+    ReservationIdConflict,
     TokenFenceError,
 )
 from tokenfence_asgi.keys import MAX_ID_LENGTH, KeySpace, validate_id
@@ -712,9 +713,9 @@ class _Service:
             )
         except _NoPrice as exc:
             raise exc.problem from None
-        except InvalidId as exc:  # every id was checked above: the request id was settled
-            raise _Problem(409, "request_id_settled", exc.message, field="request_id") from None
-        except IndexError:
+        except ReservationIdConflict as exc:
+            if exc.settled:
+                raise _Problem(409, "request_id_settled", exc.message, field="request_id") from None
             # A repeated request id whose hold was made from a longer candidate list.
             raise _Problem(
                 409,
@@ -840,15 +841,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _record_ttl(fence: TokenFence) -> float:
-    """How long the fence remembers a settled reservation, in seconds.
-
-    Read from the engine's private attribute until it has a public one.
-    """
-    raw = getattr(fence, "_record_ttl", None)
-    try:
-        return float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError("cannot read the fence's record_ttl: pass token_ttl=") from None
+    """How long the fence remembers a settled reservation, in seconds."""
+    return float(fence.record_ttl)
 
 
 def service_app(
