@@ -745,3 +745,13 @@ def test_plan_input_tokens_and_price() -> None:
 def test_plan_input_tokens_and_price_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plans_from_mapping({"plans": {"p": options}})
+
+
+def test_chain_and_allow_keep_a_provider_prefix() -> None:
+    plan = Plan("p", models=["gpt-4o-mini"], downgrade={"gpt-4o": "gpt-4o-mini"})
+    assert plan.chain_for("gpt-4o") == ("gpt-4o", "gpt-4o-mini")
+    assert plan.chain_for("openai/gpt-4o") == ("openai/gpt-4o", "openai/gpt-4o-mini")
+    assert plan.chain_for("openai/o1") == ("openai/o1",)
+    assert plan.allows("openai/gpt-4o-mini")
+    assert plan.allows("gpt-4o-mini")
+    assert not plan.allows("openai/gpt-4o")

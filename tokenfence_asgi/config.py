@@ -246,6 +246,27 @@ class Plan:
                 chain.append(self.downgrade[chain[-1]])
         return tuple(chain)
 
+    def allows(self, model: str) -> bool:
+        """``model_allowed`` for ``model`` or, for ``provider/name``, for ``name`` alone."""
+        bare, prefix = _split_provider(model)
+        return self.model_allowed(model) or (prefix is not None and self.model_allowed(bare))
+
+    def chain_for(self, model: str) -> tuple[str, ...]:
+        """``downgrade_chain`` of ``model``; a ``provider/`` prefix the downgrade map does not
+        name is kept on every step (``openai/gpt-4o`` -> ``openai/gpt-4o-mini``)."""
+        if self.downgrade is None or model in self.downgrade:
+            return self.downgrade_chain(model)
+        bare, prefix = _split_provider(model)
+        if prefix is None or bare not in self.downgrade:
+            return (model,)
+        return tuple(prefix + step for step in self.downgrade_chain(bare))
+
+
+def _split_provider(model: str) -> tuple[str, str | None]:
+    """``model`` and, for ``provider/name``, the ``provider/`` prefix it carries."""
+    prefix, _, bare = model.partition("/")
+    return (bare, f"{prefix}/") if bare else (model, None)
+
 
 def _check_limits(limits: object) -> tuple[Limit, ...]:
     if not _is_sequence(limits):

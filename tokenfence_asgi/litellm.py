@@ -157,27 +157,6 @@ def _prompt_chars(messages: Sequence[object]) -> int:
     return total
 
 
-def _names(model: str) -> tuple[str, str | None]:
-    """``model`` and, for ``provider/name``, the provider prefix it carries."""
-    prefix, _, bare = model.partition("/")
-    return (bare, f"{prefix}/") if bare else (model, None)
-
-
-def _chain(plan: Plan, model: str) -> tuple[str, ...]:
-    """The plan's downgrade chain of ``model``, keeping a ``provider/`` prefix on each step."""
-    if plan.downgrade is None or model in plan.downgrade:
-        return plan.downgrade_chain(model)
-    bare, prefix = _names(model)
-    if prefix is None or bare not in plan.downgrade:
-        return (model,)
-    return tuple(prefix + step for step in plan.downgrade_chain(bare))
-
-
-def _allowed(plan: Plan, model: str) -> bool:
-    bare, prefix = _names(model)
-    return plan.model_allowed(model) or (prefix is not None and plan.model_allowed(bare))
-
-
 def tool_action(name: str) -> str:
     """The default action name of a tool: ``"tool:" + name`` (``delete_user`` ->
     ``tool:delete_user``). Pass ``tool_action=`` to the callback to map names differently, e.g.
@@ -372,11 +351,11 @@ class TokenFenceCallback(CustomGuardrail):
             if kept != kept_tools[-1]:
                 estimates.clear()  # counted with other tools
             kept_tools.append(kept)
-            chain = (model,) if positional else _chain(plan, model)
-            allowed = [m for m in chain if _allowed(plan, m)]
+            chain = (model,) if positional else plan.chain_for(model)
+            allowed = [m for m in chain if plan.allows(m)]
             if not allowed:
                 hint = ""
-                if positional and len(_chain(plan, model)) > 1:
+                if positional and len(plan.chain_for(model)) > 1:
                     hint = "; pass model= as a keyword so that it can be downgraded"
                 raise ModelNotAllowed(
                     f"model {model!r} is not allowed on plan {plan.name!r}{hint}",

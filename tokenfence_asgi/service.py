@@ -303,29 +303,6 @@ def _reserve_request(body: object) -> _ReserveRequest:
     )
 
 
-# -- plan rules (as the LiteLLM callback applies them) -----------------------------------------
-
-
-def _names(model: str) -> tuple[str, str | None]:
-    prefix, _, bare = model.partition("/")
-    return (bare, f"{prefix}/") if bare else (model, None)
-
-
-def _chain(plan: Plan, model: str) -> tuple[str, ...]:
-    """The plan's downgrade chain of ``model``, keeping a ``provider/`` prefix on each step."""
-    if plan.downgrade is None or model in plan.downgrade:
-        return plan.downgrade_chain(model)
-    bare, prefix = _names(model)
-    if prefix is None or bare not in plan.downgrade:
-        return (model,)
-    return tuple(prefix + step for step in plan.downgrade_chain(bare))
-
-
-def _allowed(plan: Plan, model: str) -> bool:
-    bare, prefix = _names(model)
-    return plan.model_allowed(model) or (prefix is not None and plan.model_allowed(bare))
-
-
 # -- reservation tokens ------------------------------------------------------------------------
 
 
@@ -671,14 +648,14 @@ class _Service:
                 )
             offered: dict[str, _Candidate] = {}
             for c in req.candidates:
-                chain = _chain(plan, c.model) if req.downgrade and c.nanos is None else (c.model,)
+                chain = plan.chain_for(c.model) if req.downgrade and c.nanos is None else (c.model,)
                 for name in chain:
                     offered.setdefault(name, c)
-            allowed = [(name, c) for name, c in offered.items() if _allowed(plan, name)]
+            allowed = [(name, c) for name, c in offered.items() if plan.allows(name)]
             if not allowed:
                 hint = ""
                 if req.downgrade and any(
-                    c.nanos is not None and any(_allowed(plan, m) for m in _chain(plan, c.model))
+                    c.nanos is not None and any(plan.allows(m) for m in plan.chain_for(c.model))
                     for c in req.candidates
                 ):
                     hint = "; send input_tokens instead of estimate so its downgrade is priced"
