@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -30,6 +31,19 @@ from benchmarks import (
 def quiet_logs() -> None:
     """Only warnings and errors from the library while measuring (refusals are expected)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+
+
+def run_alone(prog: str, measure: Callable[[str, bool], Awaitable[dict[str, Any]]]) -> None:
+    """``python -m benchmarks.<one>``: ``--quick`` and ``--redis-url``, then the report."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    args = parser.parse_args()
+    quiet_logs()
+    report(asyncio.run(measure(args.redis_url, args.quick)))
 
 
 def report(results: dict[str, Any]) -> None:

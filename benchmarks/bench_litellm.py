@@ -13,14 +13,10 @@ line. ``run`` is a coroutine function.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import statistics
 import time
 import uuid
-
-import structlog
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -95,17 +91,9 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_litellm")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    )
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    from benchmarks.__main__ import report
+    from benchmarks.__main__ import run_alone
 
-    report(asyncio.run(run(args.redis_url, quick=args.quick)))
+    run_alone("python -m benchmarks.bench_litellm", lambda url, quick: run(url, quick=quick))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ JSON line. ``run`` is a coroutine function.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import time
 import uuid
@@ -135,17 +133,9 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_overspend")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    )
-    args = parser.parse_args()
-    from benchmarks.__main__ import quiet_logs, report
+    from benchmarks.__main__ import run_alone
 
-    quiet_logs()
-    report(asyncio.run(run(args.redis_url, quick=args.quick)))
+    run_alone("python -m benchmarks.bench_overspend", lambda url, quick: run(url, quick=quick))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ line. ``run`` is a coroutine function.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 import random
 import statistics
 import time
@@ -114,17 +111,9 @@ async def run(redis_url: str, *, quick: bool, tenants: int = 100_000) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scale")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("TOKENFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    )
-    args = parser.parse_args()
-    from benchmarks.__main__ import quiet_logs, report
+    from benchmarks.__main__ import run_alone
 
-    quiet_logs()
-    report(asyncio.run(run(args.redis_url, quick=args.quick)))
+    run_alone("python -m benchmarks.bench_scale", lambda url, quick: run(url, quick=quick))
 
 
 if __name__ == "__main__":

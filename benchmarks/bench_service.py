@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import structlog
 
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
@@ -178,12 +176,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    results = run(args.quick, args.redis_url)
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(results))
+    from benchmarks.__main__ import quiet_logs, report
+
+    quiet_logs()
+    report(run(args.quick, args.redis_url))
 
 
 if __name__ == "__main__":
