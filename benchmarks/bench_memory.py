@@ -2,8 +2,9 @@
 
 A realistic plan: $5 per UTC day, $150 per calendar month, $0.50 per rolling hour, five
 features. Each tenant makes ``calls`` reserve + commit pairs spread over its features and an
-hour. Reported separately: the tenant's budget state (state hash, sliding window, holds) and
-the settled reservation records kept for ``record_ttl`` so repeats are recognised.
+hour. Reported separately: the tenant's budget state (state hash, sliding window, holds, daily
+usage counters), the settled reservation records kept for ``record_ttl`` so repeats are
+recognised, and the usage ledger's stream entries (kept ``ledger_retention``), per call.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ async def run(redis_url: str, *, tenants: int = 200, calls: int = 20) -> dict[st
             for t in range(tenants):
                 r = await fence.reserve(f"tenant-{t}", "0.002", feature=features[i % 5])
                 await fence.commit(r, "0.0015", input_tokens=900, output_tokens=150)
-        state = records = 0
+        state = records = ledger = 0
         async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             size = await client.memory_usage(key, samples=0) or 0
             if b":r:" in key:
                 records += size
+            elif await client.type(key) == b"stream":
+                ledger += size
             else:
                 state += size
     finally:
@@ -53,6 +56,7 @@ async def run(redis_url: str, *, tenants: int = 200, calls: int = 20) -> dict[st
     return {
         "redis_bytes_per_tenant": round(state / tenants),
         "record_bytes_per_call": round(records / (tenants * calls)),
+        "ledger_bytes_per_call": round(ledger / (tenants * calls)),
     }
 
 
