@@ -1,9 +1,18 @@
-"""Shared fixtures: the store backends (real Redis and the embedded store), a clock, fences.
+"""Shared fixtures: the store backends (real Redis, the embedded store, Redis Cluster), a clock,
+fences, and the hypothesis profiles.
 
-Every engine test runs on both backends. Real Redis comes from ``TOKENFENCE_TEST_REDIS_URL``,
-else 127.0.0.1:6379 when it answers, else a ``redis-server`` this session starts on a free
-loopback port (and stops). Each test uses its own key prefix and deletes its keys afterwards, so
-a shared Redis is never flushed.
+Every engine test runs on real Redis and on the embedded store; the store-facing suites
+(``CLUSTER_SUITES``, or every suite with ``TOKENFENCE_TEST_CLUSTER=all``) also run on a real
+Redis Cluster. Real Redis comes from ``TOKENFENCE_TEST_REDIS_URL``, else 127.0.0.1:6379 when it
+answers, else a ``redis-server`` this session starts on a free loopback port (and stops). The
+cluster is ``TOKENFENCE_TEST_CLUSTER_NODES`` (``host:port,...``) when given, else 3 primaries and
+3 replicas this session starts on loopback (about 3 s, once) and stops at the end; without
+``redis-server`` / ``redis-cli`` its tests are skipped, or fail when ``CI`` is set. Each test
+uses its own key prefix and deletes its keys afterwards, so a shared Redis is never flushed.
+
+Hypothesis: ``HYPOTHESIS_PROFILE=ci`` loads the "ci" profile (no deadline, failing examples
+printed as blobs) and raises the hostile-input tests to ``HOSTILE_EXAMPLES`` = 10,000 examples
+(``TOKENFENCE_HOSTILE_EXAMPLES`` overrides); the default profile runs them with 300.
 """
 
 from __future__ import annotations
@@ -22,10 +31,27 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
+from tests.reliability.servers import LocalCluster, have_redis_binaries
 from tokenfence_asgi.engine import TokenFence
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+settings.register_profile(
+    "ci", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+settings.load_profile(HYPOTHESIS_PROFILE)
+HOSTILE_EXAMPLES = int(
+    os.environ.get("TOKENFENCE_HOSTILE_EXAMPLES", 10_000 if HYPOTHESIS_PROFILE == "ci" else 300)
+)
+"""Examples of the main hostile-input tests (ids, money and names through the engine; raw
+headers through the middleware): 10,000 in the "ci" profile, the issue's figure; the costlier
+ones (plan files, cluster, LiteLLM callback, signatures) run a share of it."""
+
+# The suites that also run on Redis Cluster (every suite with TOKENFENCE_TEST_CLUSTER=all).
+CLUSTER_SUITES = frozenset({"test_engine", "test_rules", "test_ledger", "test_policy"})
 
 # 2026-03-15 12:00:00 UTC, a Sunday: the ISO week ends at midnight, the month is mid-way.
 START = datetime(2026, 3, 15, 12, 0, tzinfo=UTC).timestamp()
@@ -109,13 +135,60 @@ def prefix() -> str:
     return f"tft{uuid.uuid4().hex[:10]}"
 
 
-class Backend:
-    """Makes fences on one store; fences of one test share the store (and its budgets)."""
+class ClusterNodes:
+    """A Redis Cluster the tests can reach: its nodes, and async clients on it."""
 
-    def __init__(self, kind: str, prefix: str, url: str | None) -> None:
+    def __init__(self, nodes: list[tuple[str, int]], local: LocalCluster | None = None) -> None:
+        self.nodes = nodes
+        self.local = local
+
+    def client(self, **options: Any) -> Any:
+        """A ``redis.asyncio.RedisCluster`` (the caller closes it)."""
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        options.setdefault("socket_timeout", 2)
+        options.setdefault("socket_connect_timeout", 2)
+        startup = [ClusterNode(host, port) for host, port in self.nodes]
+        return RedisCluster(startup_nodes=startup, **options)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterNodes]:
+    """A Redis Cluster for the session: the configured one, else 3 + 3 nodes started here."""
+    configured = os.environ.get("TOKENFENCE_TEST_CLUSTER_NODES")
+    if configured:
+        nodes = []
+        for item in configured.split(","):
+            host, _, port = item.strip().rpartition(":")
+            nodes.append((host or "127.0.0.1", int(port)))
+        yield ClusterNodes(nodes)
+        return
+    if not have_redis_binaries():
+        if os.environ.get("CI"):
+            pytest.fail("no TOKENFENCE_TEST_CLUSTER_NODES and no redis-server / redis-cli")
+        pytest.skip("no TOKENFENCE_TEST_CLUSTER_NODES and no redis-server / redis-cli installed")
+    cluster = LocalCluster(masters=3, replicas=1)
+    try:
+        cluster.start()
+        yield ClusterNodes(cluster.startup_nodes(), cluster)
+    finally:
+        cluster.close()
+
+
+class Backend:
+    """Makes fences on one store; fences of one test share the store (and its budgets).
+
+    ``kind`` is ``"redis"`` (``url``), ``"embedded"`` or ``"cluster"`` (``cluster``): a
+    cluster fence gets a ``redis.asyncio.RedisCluster`` client of its own (``redis=``).
+    """
+
+    def __init__(
+        self, kind: str, prefix: str, url: str | None, cluster: ClusterNodes | None = None
+    ) -> None:
         self.kind = kind
         self.prefix = prefix
         self.url = url
+        self.cluster = cluster
         self.server = fakeredis.FakeServer() if kind == "embedded" else None
         self.fences: list[TokenFence] = []
         self.clients: list[Any] = []
@@ -124,18 +197,26 @@ class Backend:
         """A raw async client on the same store (for inspection and fault injection)."""
         if self.server is not None:
             return fakeredis.FakeAsyncRedis(server=self.server)
+        if self.cluster is not None:
+            return self.cluster.client()
         import redis.asyncio as aioredis
 
         return aioredis.Redis.from_url(self.url)
 
     def fence(self, **options: Any) -> TokenFence:
         options.setdefault("prefix", self.prefix)
-        if self.server is not None and "redis" not in options:
+        if "redis" in options or "redis_url" in options:
+            pass
+        elif self.server is not None:
             client = fakeredis.FakeAsyncRedis(server=self.server, max_connections=2**31)
             self.clients.append(client)
             options["redis"] = client
+        elif self.cluster is not None:
+            client = self.cluster.client()
+            self.clients.append(client)
+            options["redis"] = client
         else:
-            options.setdefault("redis_url", self.url)
+            options["redis_url"] = self.url
         fence = TokenFence(**options)
         self.fences.append(fence)
         return fence
@@ -145,18 +226,34 @@ class Backend:
             await fence.aclose()
         for client in self.clients:
             await client.aclose()
-        if self.url is not None:
-            client = self.client()
-            async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
-                await client.delete(key)
-            await client.aclose()
+        if self.server is None:
+            client = self.client()  # a cluster client scans every primary
+            try:
+                async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
+                    await client.delete(key)
+            finally:
+                await client.aclose()
 
 
-@pytest.fixture(params=["redis", "embedded"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``backend`` (also behind ``make_fence``): redis, embedded, and cluster for
+    the store-facing suites."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    kinds = ["redis", "embedded"]
+    suite = metafunc.module.__name__.rpartition(".")[2]
+    if suite in CLUSTER_SUITES or os.environ.get("TOKENFENCE_TEST_CLUSTER") == "all":
+        kinds.append("cluster")
+    metafunc.parametrize("backend", kinds, indirect=True)
+
+
+@pytest.fixture
 async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Backend]:
-    """Parametrizes a test over real Redis and the embedded store."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    b = Backend(request.param, prefix, url)
+    """A store to test on: real Redis, the embedded store, or Redis Cluster (``request.param``)."""
+    kind = request.param
+    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    cluster = request.getfixturevalue("redis_cluster") if kind == "cluster" else None
+    b = Backend(kind, prefix, url, cluster)
     try:
         yield b
     finally:
