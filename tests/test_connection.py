@@ -28,3 +28,12 @@ def test_bad_arguments_are_refused_like_redis_py(bad: object) -> None:
         Connection().pack_command("EVALSHA", "sha", bad)
     with pytest.raises(DataError):
         FastPackConnection().pack_command("EVALSHA", "sha", bad)
+
+
+def test_a_store_from_a_tcp_url_packs_with_hiredis() -> None:
+    from tokenfence_asgi.store import Store
+
+    tcp = Store.connect(redis_url="redis://127.0.0.1:6379/0")
+    assert tcp.client.connection_pool.connection_class is FastPackConnection
+    unix = Store.connect(redis_url="unix:///tmp/tokenfence-test.sock")
+    assert unix.client.connection_pool.connection_class is not FastPackConnection

@@ -287,3 +287,20 @@ async def test_tool_calls_are_checked_in_a_tenant_scope_and_can_be_switched_off(
 def test_bad_options(fence: TokenFence, options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TokenFenceCallback(fence, **options)
+
+
+@pytest.mark.parametrize(("trust", "charged"), [(False, "acme"), (True, "globex")])
+async def test_metadata_names_another_tenant_only_when_trusted(
+    fence: TokenFence,
+    callbacks: Callable[..., TokenFenceCallback],
+    trust: bool,
+    charged: str,
+) -> None:
+    callbacks(fence, trust_metadata_tenant=trust)
+    async with tenant_scope("acme", feature="chat"):
+        await litellm.acompletion(model="gpt-4o-mini", messages=MSGS, mock_response="ok",
+                                  metadata={"tenant_id": "globex"})  # fmt: skip
+    other = "globex" if charged == "acme" else "acme"
+    spent, _ = await used(fence, charged)
+    assert spent > 0
+    assert await used(fence, other) == (0, 0)

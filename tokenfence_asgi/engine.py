@@ -24,6 +24,7 @@ from typing import Literal
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
 
 from tokenfence_asgi.alerts import AlertHook, AlertHub
 from tokenfence_asgi.allowance import Allowance, Owed
@@ -77,6 +78,16 @@ OnStoreError = Literal["closed", "open", "allowance"]
 _MAX_TOKENS = 10**12
 _HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
 _MAX_LABEL = 200  # characters kept of a model name in the ledger
+
+
+def _script_error(exc: ResponseError) -> Exception:
+    """A script's refusal to count past 2^53 - 1 nano-dollars as a documented error."""
+    if "tokenfence: counter overflow" in str(exc):
+        return InvalidAmount(
+            "this charge would take a window's spend past $9,007,199.25, the most its counters "
+            "keep exactly; nothing was charged"
+        )
+    return exc
 
 
 def _utc(seconds: int) -> datetime:
@@ -432,6 +443,8 @@ class TokenFence:
         except StoreUnavailable:
             self.counters.store_errors += 1
             raise
+        except ResponseError as exc:
+            raise _script_error(exc) from exc
         if self._allowance is not None and self._allowance.owed:
             self._start_write_back()
         return reply
@@ -444,6 +457,8 @@ class TokenFence:
             self.counters.store_errors += 1
             self._observers.script(name, time.perf_counter() - started, False)
             raise
+        except ResponseError as exc:
+            raise _script_error(exc) from exc
         self._observers.script(name, time.perf_counter() - started, True)
         return reply
 

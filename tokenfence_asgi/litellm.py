@@ -221,7 +221,10 @@ class TokenFenceCallback(CustomGuardrail):
     """Fences LiteLLM chat calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
 
     Before each ``acompletion`` (plain or through a ``Router``) it finds the tenant (call
-    ``metadata`` ``tenant_id`` / ``feature``, else the current request or ``tenant_scope``),
+    ``metadata`` ``tenant_id`` / ``feature``, else the current request or ``tenant_scope``;
+    inside a request or scope for one tenant, a metadata ``tenant_id`` naming another is
+    ignored and logged unless ``trust_metadata_tenant=True``, so client JSON passed on to
+    LiteLLM cannot move a charge to another tenant),
     checks the plan's model allow-list, ``max_input_chars`` and ``max_input_tokens``, applies the
     tool-call policy to the tools offered, and reserves the worst-case cost in one round trip,
     on the first model of the plan's downgrade chain that is allowed and fits; the call then
@@ -259,6 +262,7 @@ class TokenFenceCallback(CustomGuardrail):
         denied_tools: DeniedTools = "remove",
         tool_action: Callable[[str], str] = tool_action,
         check_tool_calls: bool = True,
+        trust_metadata_tenant: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(fence, TokenFence):
@@ -274,6 +278,7 @@ class TokenFenceCallback(CustomGuardrail):
         self._denied_tools: DeniedTools = denied_tools
         self._tool_action = tool_action
         self._check_tool_calls = check_tool_calls
+        self._trust_metadata_tenant = trust_metadata_tenant is True
         if isinstance(prices, PriceBook):
             if default_price is not None or default_output_tokens is not None:
                 raise ConfigError("give default_price and default_output_tokens to the PriceBook")
@@ -315,6 +320,14 @@ class TokenFenceCallback(CustomGuardrail):
                 )
             tenant = ctx.require_tenant()
             feature = ctx.feature if feature is None else feature
+        elif ctx is not None and ctx.tenant_id is not None and ctx.tenant_id != tenant:
+            # Inside a request for one tenant, call metadata (maybe client-sent JSON passed on)
+            # must not move the charge to another tenant unless the app says it may.
+            if not self._trust_metadata_tenant:
+                log.warning("metadata_tenant_ignored", tenant=ctx.tenant_id,
+                            metadata_tenant=str(tenant)[:200])  # fmt: skip
+                tenant = ctx.tenant_id
+                feature = ctx.feature if feature is None else feature
         elif feature is None and ctx is not None and ctx.tenant_id == tenant:
             feature = ctx.feature
         return tenant, feature, ctx

@@ -35,9 +35,11 @@ from typing import Any, TypeVar
 import redis.exceptions as redis_errors
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from tokenfence_asgi._connection import FastPackConnection
 from tokenfence_asgi.errors import ConfigError, StoreUnavailable
 from tokenfence_asgi.scripts import SCRIPT_NAMES, decode, script_source
 
@@ -278,6 +280,8 @@ class Store:
                 socket_connect_timeout=timeout_s,
                 retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
             )
+            if pool.connection_class is Connection:  # TCP; TLS and unix sockets keep theirs
+                pool.connection_class = FastPackConnection
             return cls(Redis.from_pool(pool), owned=True, timeout_s=timeout_s)
         import fakeredis  # the embedded default; imported only when used
 

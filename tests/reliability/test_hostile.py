@@ -510,14 +510,6 @@ def test_valid_id_restates_the_documented_rule() -> None:
                 validate_id(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/Lua bug: lua/_lib.lua calendar_fields raises a Lua error ('tokenfence: counter "
-    "overflow') once a window's committed cost would pass 2^53-1 nano-dollars "
-    "($9,007,199.25); Store.run re-raises it as a raw redis ResponseError (not a "
-    "TokenFenceError, so a 500 through the middleware), the commit is not recorded and every "
-    "later commit of that tenant in that window fails the same way",
-)
 async def test_spend_past_the_counter_range_is_a_documented_error(
     make_fence: Any,
 ) -> None:
@@ -527,5 +519,7 @@ async def test_spend_past_the_counter_range_is_a_documented_error(
     holds = [await fence.reserve("t", "0.01") for _ in range(10)]
     for hold in holds[:9]:
         await fence.commit(hold, "1000000")
-    with pytest.raises(TokenFenceError):
+    with pytest.raises(TokenFenceError) as refused:
         await fence.commit(holds[9], "1000000")
+    assert refused.value.http_status == 422
+    assert "nothing was charged" in refused.value.message

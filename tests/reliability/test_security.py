@@ -6,10 +6,11 @@ tenant)`` in lower-case hex for exactly that tenant and refuses everything else 
 request is charged to its own tenant only, whatever else it sends; every admin and service
 route but the documented public ones refuses a missing or wrong token (401).
 
-Gaps, as strict xfails (each passes the day it is closed, and then must lose its marker):
-a captured signed pair can be replayed for ever (there is no timestamp or nonce), and the
-LiteLLM callback lets ``metadata["tenant_id"]`` override the request's tenant, so an app that
-forwards client JSON into ``litellm.acompletion`` lets a client spend another tenant's budget.
+Inside a request, ``metadata["tenant_id"]`` naming another tenant cannot move the charge
+(the LiteLLM callback ignores it unless ``trust_metadata_tenant=True``).
+
+A gap, as a strict xfail (it passes the day it is closed, and then must lose its marker): a
+captured signed pair can be replayed for ever (there is no timestamp or nonce).
 """
 
 from __future__ import annotations
@@ -240,13 +241,6 @@ async def test_a_refusal_shows_only_the_requesting_tenants_numbers(
     assert "victim" not in refused.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TokenFenceCallback._who trusts metadata['tenant_id'] over the request's tenant: "
-    "inside a request for one tenant, a LiteLLM call whose metadata names another tenant is "
-    "charged to that other tenant, so an app forwarding client JSON (metadata) to LiteLLM lets "
-    "a client spend any tenant's budget",
-)
 async def test_metadata_cannot_move_a_requests_charge_to_another_tenant(
     fenced_app: tuple[httpx.AsyncClient, TokenFence],
 ) -> None:
