@@ -10,8 +10,8 @@ attempt per process per window (at most 1 s), not one per request.
 
 ``TOKENFENCE_OUTAGE_S`` shortens the outage for a quick local run.
 
-``on_store_error="allowance"`` (spend a small local allowance while the store is away, written
-back after) needs an engine change and is not built yet: it has no test here.
+``on_store_error="allowance"`` (a small local allowance per tenant while the store is away,
+written back after) is tested in ``tests/test_allowance.py``.
 """
 
 from __future__ import annotations
