@@ -113,6 +113,44 @@ async def test_rollover_is_reported_by_refusals(make_fence: MakeFence, clock: Fa
     assert (w.limit, w.carried) == (D("12.5"), D("2.5"))
 
 
+async def test_a_new_tenants_first_period_carries_nothing(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    """The period before a tenant's first call was not its budget to leave unused."""
+    limits = [Limit("1d", max_cost="10", rollover=0.5), Limit("1mo", max_cost="100", rollover=1)]
+    fence = make_fence(plans=[Plan("r", limits)], default_plan="r")
+    day, month = (await fence.status("new")).windows
+    assert (day.limit, day.carried, month.limit, month.carried) == (D(10), D(0), D(100), D(0))
+    with pytest.raises(BudgetExceeded) as info:
+        await fence.reserve("new", "10.000000001")
+    assert (info.value.max_cost, info.value.carried) == (D(10), D(0))
+    await fence.commit(await fence.reserve("new", "2"), "2")
+    clock.advance(3600)
+    day, _ = (await fence.status("new")).windows
+    assert (day.limit, day.carried, day.remaining) == (D(10), D(0), D(8))
+    clock.advance(86400)  # its second day: what its first left unused carries, capped
+    day, month = (await fence.status("new")).windows
+    assert (day.limit, day.carried) == (D(15), D(5))
+    assert (month.limit, month.carried) == (D(100), D(0))  # still its first month
+    await fence.reserve("new", "15")
+
+
+async def test_a_new_pools_first_period_carries_nothing(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    pool_plan = Plan("org", [Limit("1d", max_cost="4", rollover=1)])
+    big = Plan("big", [Limit("1d", max_cost="100")])
+    fence = make_fence(plans=[big, pool_plan], default_plan="big")
+    await fence.set_pool("a", "org", plan="org")
+    with pytest.raises(BudgetExceeded) as info:
+        await fence.reserve("a", "4.01")
+    assert (info.value.scope, info.value.max_cost) == ("pool", D(4))
+    await fence.commit(await fence.reserve("a", "1"), "1")
+    clock.advance(86400)
+    (w,) = (await fence.status("a")).pool_windows
+    assert (w.limit, w.carried) == (D(7), D(3))
+
+
 # -- feature shares ----------------------------------------------------------------------------
 
 SHARED = Plan("shared", [Limit("1d", max_cost="1")], features={"chat": 0.5, "search": 0.25})

@@ -63,6 +63,11 @@ def crossed(level: int, value: int, limit: int) -> list[int]:
     return [t for t in (50, 80, 100) if t > level and value * 100 >= t * limit]
 
 
+def carried(q: int) -> int:
+    """The day's rollover after a day that spent ``q`` (-1: the tenant's first day)."""
+    return 0 if q < 0 else min(max(0, DAY - q), DAY // 2)
+
+
 @dataclass
 class Calendar:
     """A calendar window's counters: period start, cost, requests, previous cost, alert levels."""
@@ -76,10 +81,11 @@ class Calendar:
     f: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def at(self, window: str, start: int) -> Calendar:
-        """The counters as of period ``start`` (stale periods read as zero)."""
+        """The counters as of period ``start`` (stale periods read as zero; a window never
+        counted has no preceding period, q = -1)."""
         if self.p == start:
             return Calendar(self.p, self.c, self.r, self.q, self.a, self.b, dict(self.f))
-        prev = self.c if self.p == period(window, start - 1)[0] else 0
+        prev = self.c if self.p == period(window, start - 1)[0] else 0 if self.p else -1
         return Calendar(start, 0, 0, prev, 0, 0, {})
 
     def feature(self, name: str) -> int:
@@ -174,8 +180,7 @@ class Model:
             refusal = ("requests", "tenant", "1m", m_req, t.minute.resets(idx))
         elif pool is not None and pool.r + 1 > 30:
             refusal = ("requests", "pool", "1d", pool.r, day_end)
-        carried = min(max(0, DAY - day.q), DAY // 2)
-        limit = DAY + carried
+        limit = DAY + carried(day.q)
         if refusal is None:
             mine = t.held_f.get(feature, 0) if feature else 0
             reserved = sum(
@@ -255,8 +260,7 @@ class Model:
         alerts: list[tuple[Any, ...]] = []
         day = t.day.at("1d", start)
         day.c += cost
-        carried = min(max(0, DAY - day.q), DAY // 2)
-        for th in crossed(day.a, day.c, DAY + carried):
+        for th in crossed(day.a, day.c, DAY + carried(day.q)):
             alerts.append(("tenant", "1d", "cost", th))
             day.a = th
         if feature in WEIGHTS:
@@ -424,7 +428,7 @@ class RulesMachine(StoreMachine):
             m_cost, m_req = t.minute.totals()
             w_day, w_min = s.windows
             assert (to_nanos(w_day.used), w_day.requests) == (day.c, day.r), tenant
-            assert to_nanos(w_day.carried) == min(max(0, DAY - day.q), DAY // 2)
+            assert to_nanos(w_day.carried) == carried(day.q), tenant
             assert {k: to_nanos(v) for k, v in w_day.features.items()} == {
                 g: day.feature(g) for g in WEIGHTS
             }
