@@ -313,7 +313,7 @@ def test_rule_records_equal_daily_counters_equal_windows(
         try:
             for tenant, nanos, how, advance in calls:
                 clock.advance(advance)
-                r = await fence.reserve(tenant, from_nanos(nanos))
+                r = await fence.reserve(tenant, from_nanos(max(nanos, 1)))  # a hold is > $0
                 if how == "release":
                     await fence.release(r)
                     continue

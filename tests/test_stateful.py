@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from tests.conftest import START
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
+from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Reservation
 
@@ -96,6 +96,8 @@ class Model:
             self.records[rid] = "x"
 
     def reserve(self, now_ms: int, rid: str, amount: int) -> tuple[Any, ...]:
+        if amount == 0:
+            return ("invalid",)  # refused before the store is asked
         self.reclaim(now_ms)
         if rid in self.records:
             return ("existing",) if self.records[rid] == "h" else ("duplicate",)
@@ -217,7 +219,9 @@ class BudgetMachine(StoreMachine):
             outcome = self.run(self.fence.reserve(TENANT, from_nanos(amount), reservation_id=rid))
         except (BudgetExceeded, RequestLimitExceeded, ValueError) as exc:
             outcome = exc
-        if isinstance(outcome, BudgetExceeded):
+        if isinstance(outcome, InvalidAmount):
+            assert expected == ("invalid",), outcome
+        elif isinstance(outcome, BudgetExceeded):
             assert expected[0] == "budget", expected
             _, window, used, held, limit, end = expected
             e = outcome

@@ -27,7 +27,7 @@ from tests.conftest import START
 from tests.test_stateful import STATEFUL, StoreMachine, period
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
+from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Alert, Reservation
 
@@ -161,6 +161,8 @@ class Model:
     def reserve(
         self, tenant: str, rid: str, amount: int, feature: str | None, now_ms: int
     ) -> tuple[Any, list[tuple[Any, ...]]]:
+        if amount == 0:
+            return ("invalid",), []  # refused before the store is asked
         self.reclaim(tenant, now_ms)
         if rid in self.records:
             return ("duplicate",), []
@@ -346,9 +348,11 @@ class RulesMachine(StoreMachine):
         try:
             outcome = self.run(self.fence.reserve(tenant, from_nanos(amount), feature=feature,
                                                   reservation_id=rid))  # fmt: skip
-        except (BudgetExceeded, RequestLimitExceeded) as exc:
+        except (BudgetExceeded, RequestLimitExceeded, InvalidAmount) as exc:
             outcome = exc
-        if isinstance(outcome, Reservation):
+        if isinstance(outcome, InvalidAmount):
+            assert expected == ("invalid",), outcome
+        elif isinstance(outcome, Reservation):
             assert expected[0] == "ok", (expected, outcome)
             would = outcome.shadow_refusal
             assert (would is None) == (expected[1] is None), (would, expected)
