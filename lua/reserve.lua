@@ -5,6 +5,8 @@
 -- A tenant's open holds are bounded (ARGV[15], after expired ones are reclaimed): every hold is
 -- a record and a member of the tag's holds, and a $0 hold is limited by no budget, so without
 -- the bound one tenant could grow the store without end. It holds in shadow mode too.
+-- The alerts an admitted call raised are kept in its record (field 'ra') and reported again by
+-- a repeat of the call (same id), which a client sends when the first reply was lost.
 --
 -- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
 -- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
@@ -24,7 +26,8 @@
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
 --   ok:        candidate index (1-based), amount, lease expiry ms, 'new' | 'existing',
---              then for shadow mode the refusal it would have been ('requests'|'budget', ...)
+--              then for shadow mode the refusal it would have been ('requests'|'budget', ...);
+--              'existing' repeats the alerts the first call raised
 --   plan:      the tenant's stored plan (the caller assumed another; retry)
 --   pool_plan: the pool's stored plan;   moved: where the tenant lives now ('-' = own tag)
 --   killed:    'tenant' | 'feature';     duplicate: the state of the settled id
@@ -60,11 +63,22 @@ end
 local done_ttl = ARGV[9]
 reclaim(tag, now, tonumber(ARGV[8]), done_ttl, pooled)
 
--- A retried reserve with the same id gets the same hold, never a second one.
-local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i')
+-- A retried reserve with the same id gets the same hold, never a second one, and the alerts
+-- the first call raised (its reply may have been lost).
+local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i', 'ra')
 if existing[1] then
   if existing[1] == 'h' then
-    return { 'ok', 0, existing[4], existing[2], existing[3], 'existing' }
+    local reply = { 'ok', 0 }
+    if existing[5] then
+      for a in string.gmatch(existing[5], '[^;]+') do
+        reply[#reply + 1] = a
+      end
+      reply[2] = #reply - 2
+    end
+    for _, x in ipairs({ existing[4], existing[2], existing[3], 'existing' }) do
+      reply[#reply + 1] = x
+    end
+    return reply
   end
   return { 'duplicate', 0, existing[1] }
 end
@@ -300,8 +314,13 @@ if pooled then
   pool_args[#pool_args + 1] = fmt(pool_held + amount)
   redis.call('HSET', pool_state, unpack(pool_args))
 end
-redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
-  'f', feature, 'fl', fl)
+if #alerts > 0 then
+  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+    'f', feature, 'fl', fl, 'ra', table.concat(alerts, ';'))
+else
+  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+    'f', feature, 'fl', fl)
+end
 redis.call('ZADD', holds, fmt(expires), ARGV[4] .. '/' .. ARGV[5])
 
 local reply = { 'ok', #alerts }

@@ -369,6 +369,67 @@ async def test_slow_or_failing_hooks_never_delay_or_fail_a_call(make_fence: Make
     assert fence.counters.alert_hook_errors == 2
 
 
+async def test_a_retried_reserve_reports_the_alerts_its_first_call_raised(
+    make_fence: MakeFence,
+) -> None:
+    """A reserve whose reply was lost (the script ran) and that is sent again with the same
+    reservation id gets the same hold and the alerts the first run raised, marked repeated."""
+    plan = Plan("a", [Limit("1d", max_cost="1", max_requests=2)])
+    lost = make_fence(plans=[plan], default_plan="a")  # its caller never saw the reply
+    fence = make_fence(plans=[plan], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    first = await lost.reserve("t", "0.9", reservation_id="call-1")
+    retried = await fence.reserve("t", "0.9", reservation_id="call-1")
+    assert (retried.id, retried.expires_at) == (first.id, first.expires_at)
+    await fence._alerts.drain()
+    assert [(a.metric, a.threshold, a.used, a.reservation_id, a.repeated) for a in seen] == [
+        ("requests", 50, 1, "call-1", True),
+    ]
+    again = await fence.reserve("t", "0.9", reservation_id="call-1")  # at least once, each time
+    assert again.id == "call-1"
+    await fence._alerts.drain()
+    assert len(seen) == 2
+    (w,) = (await fence.status("t")).windows
+    assert (w.requests, w.held) == (1, D("0.9"))  # one hold, one request: nothing counted twice
+
+
+async def test_a_repeated_commit_reports_the_alerts_its_first_run_raised(
+    make_fence: MakeFence,
+) -> None:
+    plan = Plan("a", [Limit("1d", max_cost="1")])
+    lost = make_fence(plans=[plan], default_plan="a")
+    fence = make_fence(plans=[plan], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    r = await fence.reserve("t", "0.9", reservation_id="call-1", feature="chat")
+    assert (await lost.commit(r, "0.85")).duplicate is False
+    settled = await fence.commit(r, "0.85")
+    assert (settled.duplicate, settled.cost) == (True, D("0.85"))
+    await fence._alerts.drain()
+    assert [(a.threshold, a.used, a.feature, a.reservation_id, a.repeated) for a in seen] == [
+        (50, D("0.85"), "chat", "call-1", True),
+        (80, D("0.85"), "chat", "call-1", True),
+    ]
+    other = await fence.reserve("t", "0.1")
+    await fence.release(other)
+    assert (await fence.commit(other, "0.1")).duplicate is True  # released: no alerts to repeat
+    await fence._alerts.drain()
+    assert len(seen) == 2
+    (w,) = (await fence.status("t")).windows
+    assert w.used == D("0.85")
+
+
+async def test_first_reports_are_not_marked_repeated(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=[Plan("a", [Limit("1d", max_cost="1")])], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    r = await fence.reserve("t", "0.6", reservation_id="x")
+    await fence.commit(r, "0.6")
+    await fence._alerts.drain()
+    assert [(a.threshold, a.reservation_id, a.repeated) for a in seen] == [(50, "x", False)]
+
+
 # -- shadow mode -------------------------------------------------------------------------------
 
 

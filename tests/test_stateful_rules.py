@@ -139,6 +139,7 @@ class Model:
     pool_day: Calendar = field(default_factory=Calendar)
     holds: dict[str, Hold] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)
+    commit_alerts: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
     def pool_held(self) -> int:
         return sum(h.amount for h in self.holds.values() if self.tenants[h.tenant].in_pool)
@@ -249,8 +250,8 @@ class Model:
         self, tenant: str, rid: str, cost: int, feature: str | None, now_ms: int
     ) -> tuple[Any, list[tuple[Any, ...]]]:
         state = self.records.get(rid)
-        if state in ("c", "r"):
-            return ("duplicate",), []
+        if state in ("c", "r"):  # a repeated commit reports the alerts of the first again
+            return ("duplicate",), list(self.commit_alerts.get(rid, []))
         self.reclaim(tenant, now_ms)
         state = self.records.get(rid)
         if state == "h":
@@ -284,6 +285,7 @@ class Model:
                 pool.a = th
             self.pool_day = pool
         self.records[rid] = "c"
+        self.commit_alerts[rid] = alerts
         return ("committed", state != "h"), alerts
 
     def release(self, tenant: str, rid: str, now_ms: int) -> str:

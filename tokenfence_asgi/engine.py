@@ -487,7 +487,13 @@ class TokenFence:
         return self._switches
 
     def _alerts_from(
-        self, raw: list[str], tenant: str, feature: str | None, route: _Route
+        self,
+        raw: list[str],
+        tenant: str,
+        feature: str | None,
+        route: _Route,
+        reservation_id: str,
+        repeated: bool = False,
     ) -> list[Alert]:
         alerts = []
         for item in raw:
@@ -504,6 +510,8 @@ class TokenFence:
                     threshold=int(threshold),
                     used=from_nanos(int(used)) if money else Decimal(used),
                     limit=from_nanos(int(limit)) if money else Decimal(limit),
+                    reservation_id=reservation_id,
+                    repeated=repeated,
                 )
             )
         return alerts
@@ -526,7 +534,8 @@ class TokenFence:
         ``TenantDisabled``, ``StoreUnavailable`` (unless ``on_store_error="open"``), or
         ``InvalidAmount`` / ``InvalidId`` for bad input (``amount`` must be above $0: a hold of
         nothing limits nothing), ``TooManyOpenHolds`` when the tenant has ``max_open_holds``
-        calls in flight. A repeated ``reservation_id`` returns the same hold.
+        calls in flight. A repeated ``reservation_id`` returns the same hold (and the alerts the
+        first call raised, marked ``repeated``).
         """
         nanos = to_nanos(amount, rounding="up", field="amount")
         if nanos == 0:
@@ -618,8 +627,9 @@ class TokenFence:
         candidates = chosen_from[-1]
 
         kind, raw_alerts, details = _split(reply)
-        if raw_alerts:
-            self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route))
+        repeated = kind == "ok" and details[3] == "existing"
+        if raw_alerts and not repeated:
+            self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route, rid))
         plan = route.plan.plan
         if kind == "ok":
             index, nanos, expires = int(details[0]) - 1, int(details[1]), int(details[2])
@@ -627,6 +637,10 @@ class TokenFence:
                 raise ReservationIdConflict(
                     f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
                     settled=False,
+                )
+            if raw_alerts and repeated:  # the first call's reply may have been lost
+                self._alerts.dispatch(
+                    self._alerts_from(raw_alerts, tenant, feat, route, rid, repeated=True)
                 )
             shadow = None
             if len(details) > 4:
@@ -760,8 +774,9 @@ class TokenFence:
         if self._allowance is not None and reservation.degraded:
             self._allowance.forget(reservation)
         kind, raw_alerts, details = _split(reply)
-        if raw_alerts:
-            alerts = self._alerts_from(raw_alerts, tenant, reservation.feature, route)
+        if raw_alerts:  # a duplicate repeats the first commit's (its reply may have been lost)
+            repeated = kind == "duplicate"
+            alerts = self._alerts_from(raw_alerts, tenant, feature, route, rid, repeated)
             self._alerts.dispatch(alerts)
         if kind == "duplicate":
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
