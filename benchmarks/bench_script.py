@@ -51,7 +51,15 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
     db = int((url.path or "/0").lstrip("/") or 0)
     n = 20_000 if quick else 200_000
     prefix = f"tfbench{uuid.uuid4().hex[:8]}"
-    fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="realistic", prefix=prefix)
+    # Every call is a new hold that stays open: no bound, or the calls after the 1,000th would
+    # measure the open-holds refusal instead.
+    fence = TokenFence(
+        redis_url=redis_url,
+        plans=[PLAN],
+        default_plan="realistic",
+        prefix=prefix,
+        max_open_holds=None,
+    )
     client = fence._store.client
     captured: list[tuple[list[str], list[str]]] = []
     script = fence._store._scripts["reserve"]

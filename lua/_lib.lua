@@ -22,8 +22,9 @@
 -- Reservation states: h held, c committed, r released, x expired (lease ran out, reclaimed),
 -- m moved (its tenant moved to another tag, field 'to'; a stub that forwards settlement).
 -- Calendar counters of window W in a state hash: W..':p' period start (s), ':c' committed cost,
--- ':r' requests, ':q' cost of the preceding period (rollover), ':a' / ':b' highest cost / request
--- alert threshold already reported this period; W..':f:'..F "<period start>:<cost>" per feature.
+-- ':r' requests, ':q' cost of the preceding period (rollover; -1 when the scope had no counters
+-- then: its first period, which carries nothing), ':a' / ':b' highest cost / request alert
+-- threshold already reported this period; W..':f:'..F "<period start>:<cost>" per feature.
 
 local MAX_COUNTER = 9007199254740991
 
@@ -276,8 +277,10 @@ local function load_scope(state, wbase, specs, now_s, features)
         s.used, s.requests, s.alert, s.ralert = 0, 0, 0, 0
         if stored == period(s.window, start - 1) then
           s.prev = num(v[2])
+        elseif v[1] then
+          s.prev = 0 -- counted before and idle through the preceding period: nothing spent
         else
-          s.prev = 0
+          s.prev = -1 -- never counted: the preceding period was not the tenant's to leave unused
         end
       end
       if features then
@@ -328,9 +331,10 @@ local function load_scope(state, wbase, specs, now_s, features)
       s.resets = (idx + 1) * bucket
     end
     s.carried = 0
-    if s.max_cost >= 0 and s.kind == 'c' and s.cap > 0 then
+    if s.max_cost >= 0 and s.kind == 'c' and s.cap > 0 and s.prev >= 0 then
       -- Rollover: the unused budget of the preceding period only, capped; it never compounds
-      -- because prev is that period's own committed spend, not its effective limit.
+      -- because prev is that period's own committed spend, not its effective limit. A first
+      -- period (prev -1) carries nothing.
       s.carried = math.min(math.max(0, s.max_cost - s.prev), s.cap)
     end
     s.limit = s.max_cost + s.carried

@@ -2,7 +2,9 @@
 -- id settles it; later ones change nothing. A commit after the lease ran out still charges the
 -- actual cost (the money was spent) and is flagged late; so is one for an id the store no
 -- longer knows (its record expired, or was lost in a failover before it replicated).
--- Crossing 50%, 80% or 100% of a cost limit is reported once per window per threshold.
+-- Crossing 50%, 80% or 100% of a cost limit is reported once per window per threshold; the
+-- alerts a commit raised are kept in its record (field 'ca') and reported again by a repeat of
+-- that commit, which a client sends when the first reply was lost.
 --
 -- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
 -- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
@@ -28,7 +30,8 @@
 -- late), and adds to the tenant's daily usage TB.."d". A duplicate writes neither.
 --
 -- Replies: {'committed', A, A alerts, cost, 'late' | 'on_time', released hold}
---          {'duplicate', 0, state of the earlier settlement, cost charged then}
+--          {'duplicate', A, the alerts the earlier commit raised, state of the earlier
+--           settlement, cost charged then}
 --          {'moved', 0, where the tenant or the hold moved to ('-' = own tag), 'tenant'|'record'}
 --          {'plan' | 'pool_plan', 0, the stored plan}   the caller assumed another: retry
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -37,9 +40,18 @@ local tb = string.sub(state, 1, -2)
 local pooled = pool_state ~= nil
 
 -- A settled id stays settled, even after the tenant moved to another pool.
-local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c', 'to')
+local v = redis.call('HMGET', record, 'a', 's', 'f', 'fl', 'c', 'to', 'ca')
 if v[2] == 'c' or v[2] == 'r' then
-  return { 'duplicate', 0, v[2], v[5] or '0' }
+  local reply = { 'duplicate', 0 }
+  if v[7] then
+    for a in string.gmatch(v[7], '[^;]+') do
+      reply[#reply + 1] = a
+    end
+    reply[2] = #reply - 2
+  end
+  reply[#reply + 1] = v[2]
+  reply[#reply + 1] = v[5] or '0'
+  return reply
 end
 -- A stub forwards to where the hold moved with its tenant; it is not followed when the caller
 -- came here following the tenant itself (the hold then ran out elsewhere, see below).
@@ -163,7 +175,12 @@ if pooled then
     redis.call('HSET', pool_state, unpack(pool_args))
   end
 end
-redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
+if #alerts > 0 then
+  redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9],
+    'ca', table.concat(alerts, ';'))
+else
+  redis.call('HSET', record, 's', 'c', 'c', fmt(cost), 'l', late, 'in', ARGV[8], 'out', ARGV[9])
+end
 redis.call('EXPIRE', record, done_ttl)
 
 local reply = { 'committed', #alerts }

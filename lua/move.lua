@@ -216,8 +216,15 @@ for field, value in pairs(fields) do
         put(window .. suffix, fields[window .. suffix] or '0')
       end
     elseif theirs == mine then
-      for _, suffix in ipairs({ ':c', ':r', ':q' }) do
+      for _, suffix in ipairs({ ':c', ':r' }) do
         put(window .. suffix, fmt(num(current[window .. suffix]) + num(fields[window .. suffix])))
+      end
+      -- ':q' -1 marks a first period (no rollover): still one only if it is on both sides.
+      local q_mine, q_theirs = num(current[window .. ':q']), num(fields[window .. ':q'])
+      if q_mine < 0 and q_theirs < 0 then
+        put(window .. ':q', '-1')
+      else
+        put(window .. ':q', fmt(math.max(0, q_mine) + math.max(0, q_theirs)))
       end
       for _, suffix in ipairs({ ':a', ':b' }) do
         put(window .. suffix, fmt(math.max(num(current[window .. suffix]),

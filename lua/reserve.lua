@@ -2,6 +2,11 @@
 -- feature shares, and hold the first candidate amount that fits. Decides first, then writes: a
 -- refused call changes nothing but housekeeping (reclaimed holds, dropped sliding buckets, the
 -- 100% alert mark) and the refusal count of the tenant's daily usage.
+-- A tenant's open holds are bounded (ARGV[15], after expired ones are reclaimed): every hold is
+-- a record and a member of the tag's holds, and a $0 hold is limited by no budget, so without
+-- the bound one tenant could grow the store without end. It holds in shadow mode too.
+-- The alerts an admitted call raised are kept in its record (field 'ra') and reported again by
+-- a repeat of the call (same id), which a client sends when the first reply was lost.
 --
 -- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
 -- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
@@ -14,17 +19,21 @@
 -- ARGV[10]: pool the caller assumed (encoded) or ''   ARGV[11]: its plan or ''
 -- ARGV[12]: '1' enforce, '0' shadow mode (decide and record, never refuse)
 -- ARGV[13]: feature mode 'share' | 'cap' | ''   ARGV[14]: days of daily usage kept
--- ARGV[15]: features: count, (name, weight ppm) pairs
+-- ARGV[15]: most open holds the tenant may have, or '' for no bound
+-- ARGV[16]: features: count, (name, weight ppm) pairs
 -- then the tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
 -- a count, then amounts in integer nano-dollars, in order of preference.
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
 --   ok:        candidate index (1-based), amount, lease expiry ms, 'new' | 'existing',
---              then for shadow mode the refusal it would have been ('requests'|'budget', ...)
+--              then for shadow mode the refusal it would have been ('requests'|'budget', ...);
+--              'existing' repeats the alerts the first call raised
 --   plan:      the tenant's stored plan (the caller assumed another; retry)
 --   pool_plan: the pool's stored plan;   moved: where the tenant lives now ('-' = own tag)
 --   killed:    'tenant' | 'feature';     duplicate: the state of the settled id
 --   requests:  scope, window, requests, max requests, resets s
+--   holds:     'tenant', 'open_holds', open holds, the bound, when the tenant's earliest hold
+--              expires (ms)
 --   budget:    scope, window, used, held, effective limit, resets s, amount, carried, reason
 --              (reason: 'limit' | 'share' | 'cap')
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -54,17 +63,49 @@ end
 local done_ttl = ARGV[9]
 reclaim(tag, now, tonumber(ARGV[8]), done_ttl, pooled)
 
--- A retried reserve with the same id gets the same hold, never a second one.
-local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i')
+-- A retried reserve with the same id gets the same hold, never a second one, and the alerts
+-- the first call raised (its reply may have been lost).
+local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i', 'ra')
 if existing[1] then
   if existing[1] == 'h' then
-    return { 'ok', 0, existing[4], existing[2], existing[3], 'existing' }
+    local reply = { 'ok', 0 }
+    if existing[5] then
+      for a in string.gmatch(existing[5], '[^;]+') do
+        reply[#reply + 1] = a
+      end
+      reply[2] = #reply - 2
+    end
+    for _, x in ipairs({ existing[4], existing[2], existing[3], 'existing' }) do
+      reply[#reply + 1] = x
+    end
+    return reply
   end
   return { 'duplicate', 0, existing[1] }
 end
 
+local hf_field = 'hf:' .. feature
+local hv = redis.call('HMGET', state, 'held', hf_field, 'nh')
+local held, held_f, open = num(hv[1]), num(hv[2]), num(hv[3])
+local max_open = tonumber(ARGV[15])
+if max_open and open >= max_open then
+  -- Expired holds were reclaimed above (up to the reclaim budget, so every call at the bound
+  -- frees places while any are left). The refusal says when the earliest of the tenant's holds
+  -- expires (the tag's first 16 holds are looked at, bounded work; else one lease from now).
+  local prefix = ARGV[4] .. '/'
+  local first = now + tonumber(ARGV[7])
+  local members = redis.call('ZRANGE', holds, '0', '15', 'WITHSCORES')
+  for k = 1, #members, 2 do
+    if string.sub(members[k], 1, #prefix) == prefix then
+      first = tonumber(members[k + 1])
+      break
+    end
+  end
+  day_add(tb, now, 0, 0, 1, 0, 0, 0, '', meta[2] or ARGV[3], tonumber(ARGV[14]))
+  return { 'holds', 0, 'tenant', 'open_holds', fmt(open), fmt(max_open), fmt(first) }
+end
+
 local mode = ARGV[13]
-local features, i = read_features(15)
+local features, i = read_features(16)
 local specs, pool_specs, candidates
 specs, i = read_specs(i)
 pool_specs, i = read_specs(i)
@@ -75,9 +116,6 @@ for _, f in ipairs(features) do
   end
 end
 
-local hf_field = 'hf:' .. feature
-local hv = redis.call('HMGET', state, 'held', hf_field)
-local held, held_f = num(hv[1]), num(hv[2])
 local pool_held = 0
 if pooled then
   pool_held = num(redis.call('HGET', pool_state, 'held'))
@@ -262,7 +300,7 @@ args[#args + 1] = fmt(held + amount)
 args[#args + 1] = 't'
 args[#args + 1] = fmt(now)
 args[#args + 1] = 'nh'
-args[#args + 1] = fmt(num(redis.call('HGET', state, 'nh')) + 1)
+args[#args + 1] = fmt(open + 1)
 local fl = '0'
 if listed then
   args[#args + 1] = hf_field
@@ -276,8 +314,13 @@ if pooled then
   pool_args[#pool_args + 1] = fmt(pool_held + amount)
   redis.call('HSET', pool_state, unpack(pool_args))
 end
-redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
-  'f', feature, 'fl', fl)
+if #alerts > 0 then
+  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+    'f', feature, 'fl', fl, 'ra', table.concat(alerts, ';'))
+else
+  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+    'f', feature, 'fl', fl)
+end
 redis.call('ZADD', holds, fmt(expires), ARGV[4] .. '/' .. ARGV[5])
 
 local reply = { 'ok', #alerts }

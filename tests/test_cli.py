@@ -275,7 +275,7 @@ def test_set_plan_with_a_config_file(operator: Any, plans_file: Path) -> None:
     data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
     assert data["plan"] == "team"
     day = data["windows"][0]
-    assert (day["limit"], day["carried"]) == ("15.000000", "5.000000")  # $10 + half of yesterday
+    assert (day["limit"], day["carried"]) == ("10.000000", "0.000000")  # a first day carries 0
     # the built-in plans do not have it: said, and the default plan's limits shown
     out = operator("status", "acme").stdout
     assert "plan 'team' is not in the configured plans" in out

@@ -22,6 +22,7 @@ from tokenfence_asgi.errors import (
     ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
+    TooManyOpenHolds,
     UnknownPlan,
 )
 from tokenfence_asgi.results import Reservation
@@ -420,6 +421,121 @@ async def test_bad_amounts_are_refused_and_change_nothing(
     with pytest.raises(InvalidAmount):
         await fence.commit(r, amount)  # type: ignore[arg-type]
     assert await day_window(fence, "acme") == (D(0), D("0.01"), 1)
+
+
+@pytest.mark.parametrize("amount", ["0", 0, D("0.000"), "-0", 0.0])
+async def test_a_zero_amount_is_refused_naming_the_field(
+    make_fence: MakeFence, amount: object
+) -> None:
+    """A hold of $0 limits nothing: reserve refuses it before the store is asked."""
+    fence = make_fence(plans=PLANS, default_plan="day")
+    with pytest.raises(InvalidAmount, match=r"^amount: zero amount .*above \$0") as info:
+        await fence.reserve("acme", amount)  # type: ignore[arg-type]
+    assert (info.value.status_code, info.value.error_code) == (422, "invalid_amount")
+    s = await fence.status("acme")
+    assert (s.open_holds, s.windows[0].requests) == (0, 0)
+    await fence.reserve("acme", "0.000000001")  # the smallest amount is accepted
+    r = await fence.reserve("acme", "0.01")
+    assert (await fence.commit(r, "0")).cost == 0  # a call may still cost nothing
+
+
+async def test_open_holds_are_bounded_per_tenant(make_fence: MakeFence, clock: FakeClock) -> None:
+    fence = make_fence(plans=PLANS, default_plan="big", max_open_holds=3, hold_ttl=60)
+    first = await fence.reserve("acme", "0.01", reservation_id="first")
+    clock.advance(10)
+    held = [first, *[await fence.reserve("acme", "0.01") for _ in range(2)]]
+    with pytest.raises(TooManyOpenHolds) as info:
+        await fence.reserve("acme", "0.01")
+    err = info.value
+    assert isinstance(err, RequestLimitExceeded)  # a 429, handled like a request limit
+    assert (err.status_code, err.error_code) == (429, "ai_too_many_open_holds")
+    assert (err.requests, err.max_requests) == (3, 3)
+    assert err.resets_at == first.expires_at  # when the earliest hold's lease ends
+    assert "3 AI calls in flight" in err.message
+    assert err.to_dict()["window"] == "open_holds"
+    assert (await fence.status("acme")).open_holds == 3
+    again = await fence.reserve("acme", "0.01", reservation_id="first")  # a retry, not a 4th
+    assert again.expires_at == first.expires_at
+    await fence.reserve("other", "0.01")  # the bound is per tenant
+    await fence.release(held[1])
+    await fence.reserve("acme", "0.01")  # a settled hold frees its place
+    with pytest.raises(TooManyOpenHolds):
+        await fence.reserve("acme", "0.01")
+
+
+async def test_expired_holds_never_lock_a_tenant_out_past_their_lease(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    """A process that crashed with max_open_holds calls in flight: the next reserve after
+    their lease reclaims one first, even when it may reclaim only one per call."""
+    fence = make_fence(
+        plans=PLANS, default_plan="big", max_open_holds=4, hold_ttl=60, reclaim_batch=1
+    )
+    for _ in range(4):
+        await fence.reserve("acme", "0.5")
+    clock.advance(59)
+    with pytest.raises(TooManyOpenHolds) as info:
+        await fence.reserve("acme", "0.5")
+    assert info.value.retry_after_s(datetime.fromtimestamp(clock.now, UTC)) == 1
+    clock.advance(1)
+    r = await fence.reserve("acme", "0.5")
+    assert r.expires_at == datetime.fromtimestamp(clock.now + 60, UTC)
+    s = await fence.status("acme")  # status reclaims one more
+    assert (s.open_holds, s.held) == (3, D("1.5"))
+
+
+async def test_open_holds_bound_counts_zero_holds_and_holds_in_shadow_mode(
+    make_fence: MakeFence,
+) -> None:
+    """$0 candidates (a model priced at $0) still hold a place; shadow mode never lifts it."""
+    shadow = Plan("shadow", [Limit("1d", max_cost="0.01")], enforce=False)
+    fence = make_fence(plans=[shadow], default_plan="shadow", max_open_holds=2)
+    await fence.reserve_first("acme", [("free-model", 0)])
+    over = await fence.reserve("acme", "5")
+    assert isinstance(over.shadow_refusal, BudgetExceeded)
+    with pytest.raises(TooManyOpenHolds):
+        await fence.reserve_first("acme", [("free-model", 0)])
+
+
+async def test_pool_members_each_have_their_own_open_holds_bound(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=PLANS, default_plan="big", max_open_holds=2)
+    for tenant in ("a", "b"):
+        await fence.set_pool(tenant, "org", plan="big")
+    await fence.reserve("b", "0.01")
+    for _ in range(2):
+        await fence.reserve("a", "0.01")
+    with pytest.raises(TooManyOpenHolds) as info:
+        await fence.reserve("a", "0.01")
+    assert info.value.requests == 2
+    await fence.reserve("b", "0.01")
+    s = await fence.status("a")
+    assert (s.pool, s.open_holds) == ("org", 2)
+
+
+async def test_concurrent_reserves_never_exceed_the_open_holds_bound(
+    make_fence: MakeFence,
+) -> None:
+    fence = make_fence(plans=PLANS, default_plan="big", max_open_holds=25)
+    results = await asyncio.gather(
+        *(fence.reserve("acme", "0.01") for _ in range(120)), return_exceptions=True
+    )
+    admitted = [r for r in results if isinstance(r, Reservation)]
+    refused = [r for r in results if isinstance(r, TooManyOpenHolds)]
+    assert (len(admitted), len(refused)) == (25, 95)
+    s = await fence.status("acme")
+    assert (s.open_holds, s.held, s.windows[0].requests) == (25, D("0.25"), 25)
+    await asyncio.gather(*(fence.release(r) for r in admitted[:10]))
+    again = await asyncio.gather(
+        *(fence.reserve("acme", "0.01") for _ in range(40)), return_exceptions=True
+    )
+    assert sum(isinstance(r, Reservation) for r in again) == 10
+    assert (await fence.status("acme")).open_holds == 25
+
+
+@pytest.mark.parametrize("bound", [0, -1, True, 1.5, "10", 10**7 + 1])
+def test_a_bad_open_holds_bound_is_refused_at_configuration(bound: object) -> None:
+    with pytest.raises(ConfigError, match="max_open_holds"):
+        TokenFence(max_open_holds=bound)  # type: ignore[arg-type]
 
 
 async def test_redis_time_is_the_default_clock(make_fence: MakeFence) -> None:

@@ -97,7 +97,7 @@ async def test_usage_days_plan_and_limit_at_the_time(
     fence = make_fence(plans=PLANS, default_plan="roll")
     await fence.commit(await fence.reserve("acme", "0.30"), "0.25", input_tokens=7,
                        output_tokens=3)  # fmt: skip
-    with pytest.raises(BudgetExceeded):  # $1 a day, plus at most $0.50 carried over
+    with pytest.raises(BudgetExceeded):  # $1 a day; a first day carries nothing over
         await fence.reserve("acme", "1.30")
     clock.advance(86400)
     await fence.commit(await fence.reserve("acme", "1.20"), "1.10")
@@ -107,7 +107,7 @@ async def test_usage_days_plan_and_limit_at_the_time(
     days = await fence.usage("acme", TODAY - timedelta(days=3), TODAY + timedelta(days=3))
     assert days == [
         DailyUsage(day=TODAY, tenant_id="acme", plan="roll", cost=D("0.25"),
-                   cost_nanos=250_000_000, requests=1, refusals=1, limit=D("1.5"), releases=0,
+                   cost_nanos=250_000_000, requests=1, refusals=1, limit=D("1"), releases=0,
                    input_tokens=7, output_tokens=3),
         DailyUsage(day=TODAY + timedelta(days=1), tenant_id="acme", plan="day", cost=D("1.1"),
                    cost_nanos=1_100_000_000, requests=1, refusals=0, limit=D("1.5"),
@@ -313,7 +313,7 @@ def test_rule_records_equal_daily_counters_equal_windows(
         try:
             for tenant, nanos, how, advance in calls:
                 clock.advance(advance)
-                r = await fence.reserve(tenant, from_nanos(nanos))
+                r = await fence.reserve(tenant, from_nanos(max(nanos, 1)))  # a hold is > $0
                 if how == "release":
                     await fence.release(r)
                     continue

@@ -113,6 +113,44 @@ async def test_rollover_is_reported_by_refusals(make_fence: MakeFence, clock: Fa
     assert (w.limit, w.carried) == (D("12.5"), D("2.5"))
 
 
+async def test_a_new_tenants_first_period_carries_nothing(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    """The period before a tenant's first call was not its budget to leave unused."""
+    limits = [Limit("1d", max_cost="10", rollover=0.5), Limit("1mo", max_cost="100", rollover=1)]
+    fence = make_fence(plans=[Plan("r", limits)], default_plan="r")
+    day, month = (await fence.status("new")).windows
+    assert (day.limit, day.carried, month.limit, month.carried) == (D(10), D(0), D(100), D(0))
+    with pytest.raises(BudgetExceeded) as info:
+        await fence.reserve("new", "10.000000001")
+    assert (info.value.max_cost, info.value.carried) == (D(10), D(0))
+    await fence.commit(await fence.reserve("new", "2"), "2")
+    clock.advance(3600)
+    day, _ = (await fence.status("new")).windows
+    assert (day.limit, day.carried, day.remaining) == (D(10), D(0), D(8))
+    clock.advance(86400)  # its second day: what its first left unused carries, capped
+    day, month = (await fence.status("new")).windows
+    assert (day.limit, day.carried) == (D(15), D(5))
+    assert (month.limit, month.carried) == (D(100), D(0))  # still its first month
+    await fence.reserve("new", "15")
+
+
+async def test_a_new_pools_first_period_carries_nothing(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    pool_plan = Plan("org", [Limit("1d", max_cost="4", rollover=1)])
+    big = Plan("big", [Limit("1d", max_cost="100")])
+    fence = make_fence(plans=[big, pool_plan], default_plan="big")
+    await fence.set_pool("a", "org", plan="org")
+    with pytest.raises(BudgetExceeded) as info:
+        await fence.reserve("a", "4.01")
+    assert (info.value.scope, info.value.max_cost) == ("pool", D(4))
+    await fence.commit(await fence.reserve("a", "1"), "1")
+    clock.advance(86400)
+    (w,) = (await fence.status("a")).pool_windows
+    assert (w.limit, w.carried) == (D(7), D(3))
+
+
 # -- feature shares ----------------------------------------------------------------------------
 
 SHARED = Plan("shared", [Limit("1d", max_cost="1")], features={"chat": 0.5, "search": 0.25})
@@ -329,6 +367,67 @@ async def test_slow_or_failing_hooks_never_delay_or_fail_a_call(make_fence: Make
     await fence._alerts.drain()
     assert delivered == [50, 80]
     assert fence.counters.alert_hook_errors == 2
+
+
+async def test_a_retried_reserve_reports_the_alerts_its_first_call_raised(
+    make_fence: MakeFence,
+) -> None:
+    """A reserve whose reply was lost (the script ran) and that is sent again with the same
+    reservation id gets the same hold and the alerts the first run raised, marked repeated."""
+    plan = Plan("a", [Limit("1d", max_cost="1", max_requests=2)])
+    lost = make_fence(plans=[plan], default_plan="a")  # its caller never saw the reply
+    fence = make_fence(plans=[plan], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    first = await lost.reserve("t", "0.9", reservation_id="call-1")
+    retried = await fence.reserve("t", "0.9", reservation_id="call-1")
+    assert (retried.id, retried.expires_at) == (first.id, first.expires_at)
+    await fence._alerts.drain()
+    assert [(a.metric, a.threshold, a.used, a.reservation_id, a.repeated) for a in seen] == [
+        ("requests", 50, 1, "call-1", True),
+    ]
+    again = await fence.reserve("t", "0.9", reservation_id="call-1")  # at least once, each time
+    assert again.id == "call-1"
+    await fence._alerts.drain()
+    assert len(seen) == 2
+    (w,) = (await fence.status("t")).windows
+    assert (w.requests, w.held) == (1, D("0.9"))  # one hold, one request: nothing counted twice
+
+
+async def test_a_repeated_commit_reports_the_alerts_its_first_run_raised(
+    make_fence: MakeFence,
+) -> None:
+    plan = Plan("a", [Limit("1d", max_cost="1")])
+    lost = make_fence(plans=[plan], default_plan="a")
+    fence = make_fence(plans=[plan], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    r = await fence.reserve("t", "0.9", reservation_id="call-1", feature="chat")
+    assert (await lost.commit(r, "0.85")).duplicate is False
+    settled = await fence.commit(r, "0.85")
+    assert (settled.duplicate, settled.cost) == (True, D("0.85"))
+    await fence._alerts.drain()
+    assert [(a.threshold, a.used, a.feature, a.reservation_id, a.repeated) for a in seen] == [
+        (50, D("0.85"), "chat", "call-1", True),
+        (80, D("0.85"), "chat", "call-1", True),
+    ]
+    other = await fence.reserve("t", "0.1")
+    await fence.release(other)
+    assert (await fence.commit(other, "0.1")).duplicate is True  # released: no alerts to repeat
+    await fence._alerts.drain()
+    assert len(seen) == 2
+    (w,) = (await fence.status("t")).windows
+    assert w.used == D("0.85")
+
+
+async def test_first_reports_are_not_marked_repeated(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=[Plan("a", [Limit("1d", max_cost="1")])], default_plan="a")
+    seen: list[Alert] = []
+    fence.on_alert(seen.append)
+    r = await fence.reserve("t", "0.6", reservation_id="x")
+    await fence.commit(r, "0.6")
+    await fence._alerts.drain()
+    assert [(a.threshold, a.reservation_id, a.repeated) for a in seen] == [(50, "x", False)]
 
 
 # -- shadow mode -------------------------------------------------------------------------------

@@ -369,7 +369,7 @@ async def test_request_limit_is_a_429(make_svc: Callable[..., Svc], clock: FakeC
     ours = await svc.client.post(
         "/reserve", json={"tenant": "acme", "candidates": [{"model": "m", "estimate": "0"}]}
     )
-    theirs = await _middleware_refusal(svc.fence, clock, "0")
+    theirs = await _middleware_refusal(svc.fence, clock, "0.01")
     assert ours.status_code == theirs.status_code == 429
     assert ours.json() == theirs.json()
     assert ours.headers["ratelimit"] == theirs.headers["ratelimit"]

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from tests.conftest import START
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
+from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Reservation
 
@@ -61,6 +61,13 @@ def period(window: str, s: int) -> tuple[int, int]:
     return int(start.timestamp()), int(end.timestamp())
 
 
+def carry(limit: Limit, q: int) -> int:
+    """Rollover carried into a period whose preceding one spent ``q`` (-1: the first period)."""
+    if not limit.rollover or limit.max_cost_nanos is None or q < 0:
+        return 0
+    return min(max(0, limit.max_cost_nanos - q), int(limit.max_cost_nanos * limit.rollover))
+
+
 @dataclass
 class Model:
     """The budget rules in plain Python: windows, holds with leases, idempotent settlement."""
@@ -71,7 +78,10 @@ class Model:
     records: dict[str, str] = field(default_factory=dict)  # id -> h | c | r | x
 
     def counters(self, window: str, start: int) -> tuple[int, int, int]:
-        p, c, r, q = self.windows.get(window, (0, 0, 0, 0))
+        """Cost, requests and the preceding period's cost (-1: never counted before)."""
+        if window not in self.windows:
+            return 0, 0, -1
+        p, c, r, q = self.windows[window]
         if p == start:
             return c, r, q
         if p == period(window, start - 1)[0]:
@@ -86,6 +96,8 @@ class Model:
             self.records[rid] = "x"
 
     def reserve(self, now_ms: int, rid: str, amount: int) -> tuple[Any, ...]:
+        if amount == 0:
+            return ("invalid",)  # refused before the store is asked
         self.reclaim(now_ms)
         if rid in self.records:
             return ("existing",) if self.records[rid] == "h" else ("duplicate",)
@@ -101,10 +113,7 @@ class Model:
         for limit, _, end, c, _, q in state:
             if limit.max_cost_nanos is None:
                 continue
-            carried = 0
-            if limit.rollover:
-                cap = int(limit.max_cost_nanos * limit.rollover)
-                carried = min(max(0, limit.max_cost_nanos - q), cap)
+            carried = carry(limit, q)
             if c + self.held + amount > limit.max_cost_nanos + carried:
                 return ("budget", limit.window, c, self.held, limit.max_cost_nanos + carried, end)
         for limit, start, _, c, r, q in state:
@@ -210,7 +219,9 @@ class BudgetMachine(StoreMachine):
             outcome = self.run(self.fence.reserve(TENANT, from_nanos(amount), reservation_id=rid))
         except (BudgetExceeded, RequestLimitExceeded, ValueError) as exc:
             outcome = exc
-        if isinstance(outcome, BudgetExceeded):
+        if isinstance(outcome, InvalidAmount):
+            assert expected == ("invalid",), outcome
+        elif isinstance(outcome, BudgetExceeded):
             assert expected[0] == "budget", expected
             _, window, used, held, limit, end = expected
             e = outcome
@@ -237,10 +248,7 @@ class BudgetMachine(StoreMachine):
             if limit.max_cost_nanos is None:
                 continue
             c, _, q = after.counters(limit.window, period(limit.window, now_s)[0])
-            carried = 0
-            if limit.rollover:
-                carried = min(max(0, limit.max_cost_nanos - q), int(limit.max_cost_nanos / 2))
-            rest = min(rest, limit.max_cost_nanos + carried - c - after.held)
+            rest = min(rest, limit.max_cost_nanos + carry(limit, q) - c - after.held)
         self.reserve(max(0, min(rest + over, 10**9)), reuse=False, index=0)
 
     @precondition(lambda self: bool(self.ids))
@@ -279,9 +287,7 @@ class BudgetMachine(StoreMachine):
             c, r, q = self.model.counters(limit.window, start)
             assert (to_nanos(w.used), w.requests) == (c, r), limit.window
             assert int(w.resets_at.timestamp()) == end
-            if limit.rollover and limit.max_cost_nanos is not None:
-                carried = min(max(0, limit.max_cost_nanos - q), int(limit.max_cost_nanos / 2))
-                assert to_nanos(w.carried) == carried
+            assert to_nanos(w.carried) == carry(limit, q), limit.window
 
 
 STATEFUL = settings(

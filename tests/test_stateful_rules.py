@@ -27,7 +27,7 @@ from tests.conftest import START
 from tests.test_stateful import STATEFUL, StoreMachine, period
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded
+from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, RequestLimitExceeded
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Alert, Reservation
 
@@ -63,6 +63,11 @@ def crossed(level: int, value: int, limit: int) -> list[int]:
     return [t for t in (50, 80, 100) if t > level and value * 100 >= t * limit]
 
 
+def carried(q: int) -> int:
+    """The day's rollover after a day that spent ``q`` (-1: the tenant's first day)."""
+    return 0 if q < 0 else min(max(0, DAY - q), DAY // 2)
+
+
 @dataclass
 class Calendar:
     """A calendar window's counters: period start, cost, requests, previous cost, alert levels."""
@@ -76,10 +81,11 @@ class Calendar:
     f: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def at(self, window: str, start: int) -> Calendar:
-        """The counters as of period ``start`` (stale periods read as zero)."""
+        """The counters as of period ``start`` (stale periods read as zero; a window never
+        counted has no preceding period, q = -1)."""
         if self.p == start:
             return Calendar(self.p, self.c, self.r, self.q, self.a, self.b, dict(self.f))
-        prev = self.c if self.p == period(window, start - 1)[0] else 0
+        prev = self.c if self.p == period(window, start - 1)[0] else 0 if self.p else -1
         return Calendar(start, 0, 0, prev, 0, 0, {})
 
     def feature(self, name: str) -> int:
@@ -133,6 +139,7 @@ class Model:
     pool_day: Calendar = field(default_factory=Calendar)
     holds: dict[str, Hold] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)
+    commit_alerts: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
     def pool_held(self) -> int:
         return sum(h.amount for h in self.holds.values() if self.tenants[h.tenant].in_pool)
@@ -155,6 +162,8 @@ class Model:
     def reserve(
         self, tenant: str, rid: str, amount: int, feature: str | None, now_ms: int
     ) -> tuple[Any, list[tuple[Any, ...]]]:
+        if amount == 0:
+            return ("invalid",), []  # refused before the store is asked
         self.reclaim(tenant, now_ms)
         if rid in self.records:
             return ("duplicate",), []
@@ -174,8 +183,7 @@ class Model:
             refusal = ("requests", "tenant", "1m", m_req, t.minute.resets(idx))
         elif pool is not None and pool.r + 1 > 30:
             refusal = ("requests", "pool", "1d", pool.r, day_end)
-        carried = min(max(0, DAY - day.q), DAY // 2)
-        limit = DAY + carried
+        limit = DAY + carried(day.q)
         if refusal is None:
             mine = t.held_f.get(feature, 0) if feature else 0
             reserved = sum(
@@ -242,8 +250,8 @@ class Model:
         self, tenant: str, rid: str, cost: int, feature: str | None, now_ms: int
     ) -> tuple[Any, list[tuple[Any, ...]]]:
         state = self.records.get(rid)
-        if state in ("c", "r"):
-            return ("duplicate",), []
+        if state in ("c", "r"):  # a repeated commit reports the alerts of the first again
+            return ("duplicate",), list(self.commit_alerts.get(rid, []))
         self.reclaim(tenant, now_ms)
         state = self.records.get(rid)
         if state == "h":
@@ -255,8 +263,7 @@ class Model:
         alerts: list[tuple[Any, ...]] = []
         day = t.day.at("1d", start)
         day.c += cost
-        carried = min(max(0, DAY - day.q), DAY // 2)
-        for th in crossed(day.a, day.c, DAY + carried):
+        for th in crossed(day.a, day.c, DAY + carried(day.q)):
             alerts.append(("tenant", "1d", "cost", th))
             day.a = th
         if feature in WEIGHTS:
@@ -278,6 +285,7 @@ class Model:
                 pool.a = th
             self.pool_day = pool
         self.records[rid] = "c"
+        self.commit_alerts[rid] = alerts
         return ("committed", state != "h"), alerts
 
     def release(self, tenant: str, rid: str, now_ms: int) -> str:
@@ -342,9 +350,11 @@ class RulesMachine(StoreMachine):
         try:
             outcome = self.run(self.fence.reserve(tenant, from_nanos(amount), feature=feature,
                                                   reservation_id=rid))  # fmt: skip
-        except (BudgetExceeded, RequestLimitExceeded) as exc:
+        except (BudgetExceeded, RequestLimitExceeded, InvalidAmount) as exc:
             outcome = exc
-        if isinstance(outcome, Reservation):
+        if isinstance(outcome, InvalidAmount):
+            assert expected == ("invalid",), outcome
+        elif isinstance(outcome, Reservation):
             assert expected[0] == "ok", (expected, outcome)
             would = outcome.shadow_refusal
             assert (would is None) == (expected[1] is None), (would, expected)
@@ -424,7 +434,7 @@ class RulesMachine(StoreMachine):
             m_cost, m_req = t.minute.totals()
             w_day, w_min = s.windows
             assert (to_nanos(w_day.used), w_day.requests) == (day.c, day.r), tenant
-            assert to_nanos(w_day.carried) == min(max(0, DAY - day.q), DAY // 2)
+            assert to_nanos(w_day.carried) == carried(day.q), tenant
             assert {k: to_nanos(v) for k, v in w_day.features.items()} == {
                 g: day.feature(g) for g in WEIGHTS
             }

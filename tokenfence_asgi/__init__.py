@@ -21,6 +21,7 @@ from tokenfence_asgi.errors import (
     TenantDisabled,
     TenantRequired,
     TokenFenceError,
+    TooManyOpenHolds,
     UnknownPlan,
 )
 from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
@@ -104,6 +105,7 @@ __all__ = [
     "TokenFenceCallback",
     "TokenFenceError",
     "TokenFenceMiddleware",
+    "TooManyOpenHolds",
     "UnknownPlan",
     "UsageRecord",
     "WebhookSender",

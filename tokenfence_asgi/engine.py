@@ -42,6 +42,7 @@ from tokenfence_asgi.errors import (
     ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
+    TooManyOpenHolds,
     UnknownPlan,
 )
 from tokenfence_asgi.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
@@ -212,6 +213,11 @@ class TokenFence:
     (seconds, default 7 days) and ``ledger_maxlen`` (entries per stream, approximate, default
     100,000) bound the ledger; None lifts a bound, ``ledger_maxlen=0`` writes no ledger at all.
     ``usage_days`` is how many days of daily usage are kept (default 400).
+
+    ``max_open_holds`` bounds each tenant's calls in flight (reserved, not yet settled; default
+    1,000, ``None`` for no bound): a reserve beyond it raises ``TooManyOpenHolds`` (429), in
+    shadow mode too. Expired holds are reclaimed first, so a crashed process cannot lock a
+    tenant out for longer than ``hold_ttl``.
     """
 
     def __init__(
@@ -237,6 +243,7 @@ class TokenFence:
         ledger_retention: float | None = 7 * 86400,
         ledger_maxlen: int | None = 100_000,
         usage_days: int = 400,
+        max_open_holds: int | None = 1000,
     ) -> None:
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
         compiled: dict[str, CompiledPlan] = {}
@@ -268,6 +275,7 @@ class TokenFence:
             ("cache_size", cache_size, 0, 10**7),
             ("usage_days", usage_days, 1, 3660),
             ("ledger_maxlen", 1 if ledger_maxlen is None else ledger_maxlen, 0, 10**9),
+            ("max_open_holds", 1 if max_open_holds is None else max_open_holds, 1, 10**7),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
@@ -289,6 +297,7 @@ class TokenFence:
         )  # fmt: skip
         self._ledger_maxlen = "" if ledger_maxlen is None else str(ledger_maxlen)
         self._usage_days = str(usage_days)
+        self._max_open_holds = "" if max_open_holds is None else str(max_open_holds)
         self._kill_cache_s = (
             0.0 if kill_cache_s == 0 else _positive("kill_cache_s", kill_cache_s, maximum=60)
         )
@@ -478,7 +487,13 @@ class TokenFence:
         return self._switches
 
     def _alerts_from(
-        self, raw: list[str], tenant: str, feature: str | None, route: _Route
+        self,
+        raw: list[str],
+        tenant: str,
+        feature: str | None,
+        route: _Route,
+        reservation_id: str,
+        repeated: bool = False,
     ) -> list[Alert]:
         alerts = []
         for item in raw:
@@ -495,6 +510,8 @@ class TokenFence:
                     threshold=int(threshold),
                     used=from_nanos(int(used)) if money else Decimal(used),
                     limit=from_nanos(int(limit)) if money else Decimal(limit),
+                    reservation_id=reservation_id,
+                    repeated=repeated,
                 )
             )
         return alerts
@@ -515,10 +532,16 @@ class TokenFence:
         Checks every limit of the tenant's plan and pool, the feature shares and the kill
         switches in one atomic step. Raises ``BudgetExceeded``, ``RequestLimitExceeded``,
         ``TenantDisabled``, ``StoreUnavailable`` (unless ``on_store_error="open"``), or
-        ``InvalidAmount`` / ``InvalidId`` for bad input. A repeated ``reservation_id`` returns
-        the same hold.
+        ``InvalidAmount`` / ``InvalidId`` for bad input (``amount`` must be above $0: a hold of
+        nothing limits nothing), ``TooManyOpenHolds`` when the tenant has ``max_open_holds``
+        calls in flight. A repeated ``reservation_id`` returns the same hold (and the alerts the
+        first call raised, marked ``repeated``).
         """
         nanos = to_nanos(amount, rounding="up", field="amount")
+        if nanos == 0:
+            raise InvalidAmount(
+                f"amount: zero amount {amount!r}; reserve the call's worst-case cost, above $0"
+            )
         return await self.reserve_first(
             tenant_id, [(model, nanos)], feature=feature, reservation_id=reservation_id
         )
@@ -576,8 +599,8 @@ class TokenFence:
                 feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
                 route.location if route.location != OWN else "",
                 route.pool_plan_name if route.keys.pool_state else "",
-                "1" if enforce else "0", route.plan.mode, self._usage_days, *route.specs(),
-                str(len(amounts)), *amounts,
+                "1" if enforce else "0", route.plan.mode, self._usage_days,
+                self._max_open_holds, *route.specs(), str(len(amounts)), *amounts,
             ]  # fmt: skip
 
         try:
@@ -604,8 +627,9 @@ class TokenFence:
         candidates = chosen_from[-1]
 
         kind, raw_alerts, details = _split(reply)
-        if raw_alerts:
-            self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route))
+        repeated = kind == "ok" and details[3] == "existing"
+        if raw_alerts and not repeated:
+            self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route, rid))
         plan = route.plan.plan
         if kind == "ok":
             index, nanos, expires = int(details[0]) - 1, int(details[1]), int(details[2])
@@ -613,6 +637,10 @@ class TokenFence:
                 raise ReservationIdConflict(
                     f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
                     settled=False,
+                )
+            if raw_alerts and repeated:  # the first call's reply may have been lost
+                self._alerts.dispatch(
+                    self._alerts_from(raw_alerts, tenant, feat, route, rid, repeated=True)
                 )
             shadow = None
             if len(details) > 4:
@@ -643,6 +671,15 @@ class TokenFence:
     ) -> Refused:
         kind, scope, window = details[0], details[1], details[2]
         plan = route.pool_plan.plan if scope == "pool" else route.plan.plan
+        if kind == "holds":
+            return TooManyOpenHolds(
+                tenant_id=tenant,
+                feature=feature,
+                open_holds=int(details[3]),
+                max_open_holds=int(details[4]),
+                resets_at=datetime.fromtimestamp(int(details[5]) / 1000, UTC),
+                upgrade_url=plan.upgrade_url,
+            )
         if kind == "requests":
             return RequestLimitExceeded(
                 tenant_id=tenant, feature=feature, window=window, requests=int(details[3]),
@@ -737,8 +774,9 @@ class TokenFence:
         if self._allowance is not None and reservation.degraded:
             self._allowance.forget(reservation)
         kind, raw_alerts, details = _split(reply)
-        if raw_alerts:
-            alerts = self._alerts_from(raw_alerts, tenant, reservation.feature, route)
+        if raw_alerts:  # a duplicate repeats the first commit's (its reply may have been lost)
+            repeated = kind == "duplicate"
+            alerts = self._alerts_from(raw_alerts, tenant, feature, route, rid, repeated)
             self._alerts.dispatch(alerts)
         if kind == "duplicate":
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)

@@ -12,6 +12,7 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     ├── Refused                           a call the fence will not allow
     │   ├── BudgetExceeded                a cost limit would be exceeded (402)
     │   ├── RequestLimitExceeded          a request-count limit would be exceeded (429)
+    │   │   └── TooManyOpenHolds          the tenant has max_open_holds calls in flight (429)
     │   ├── ModelNotAllowed               the plan does not allow the model (403)
     │   ├── PolicyDenied                  a tool-call policy denies the action (403)
     │   ├── ApprovalRequired              a tool call waits for an operator's approval (403)
@@ -46,6 +47,7 @@ __all__ = [
     "TenantDisabled",
     "TenantRequired",
     "TokenFenceError",
+    "TooManyOpenHolds",
     "UnknownPlan",
 ]
 
@@ -291,6 +293,43 @@ class RequestLimitExceeded(_LimitRefusal):
             "resets_at": _time(self.resets_at),
             "upgrade_url": self.upgrade_url,
         }
+
+
+class TooManyOpenHolds(RequestLimitExceeded):
+    """The tenant has as many calls in flight (reserved, not yet committed or released) as the
+    fence's ``max_open_holds`` allows.
+
+    ``requests`` is its open holds and ``max_requests`` the bound; ``window`` is
+    ``"open_holds"``; ``resets_at`` is when the earliest of them expires if nobody settles it
+    first (its lease ends and it is reclaimed). A 429 with ``Retry-After``, like a request limit.
+    """
+
+    error_code = "ai_too_many_open_holds"
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        feature: str | None,
+        open_holds: int,
+        max_open_holds: int,
+        resets_at: datetime,
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(
+            tenant_id=tenant_id,
+            feature=feature,
+            window="open_holds",
+            requests=open_holds,
+            max_requests=max_open_holds,
+            resets_at=resets_at,
+            upgrade_url=upgrade_url,
+        )
+        self.message = (
+            f"tenant {tenant_id!r} has {open_holds} AI calls in flight, the most allowed "
+            f"({max_open_holds}); settle one (commit or release) or wait until a lease ends"
+        )
+        self.args = (self.message,)
 
 
 class ModelNotAllowed(Refused):

@@ -105,6 +105,10 @@ class Alert:
 
     ``metric`` is ``"cost"`` (``used`` and ``limit`` in ``Decimal`` dollars) or ``"requests"``
     (counts). ``scope`` is ``"tenant"`` or ``"pool"``; ``pool`` names the pool.
+    ``reservation_id`` is the call that raised it. ``repeated`` is true when a repeat of that
+    call (same reservation id: a retried reserve, a second commit) reports it again: the first
+    report may have been lost with its reply. A hook that must act once dedupes on
+    ``(reservation_id, scope, window, metric, threshold)``.
     """
 
     tenant_id: str
@@ -116,6 +120,8 @@ class Alert:
     threshold: int
     used: Decimal
     limit: Decimal
+    reservation_id: str | None = None
+    repeated: bool = False
 
 
 @dataclass(slots=True)
