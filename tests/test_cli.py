@@ -210,6 +210,8 @@ def test_plans_config_from_the_environment(plans_file: Path) -> None:
         ("[plans.x\n", "invalid TOML"),
         ('[plans.x]\nlimits = [{ window = "2d", max_cost = "1" }]\n', "plans.x.limits[0].window"),
         ("[plans.x]\ncolour = 1\n", "unknown key 'colour'"),
+        ("[plans.x]\nmax_input_chars = " + "9" * 5000, "an integer of more than 4,300 digits"),
+        ("[plans.x]\nmodels = " + "[" * 2000 + "]" * 2000, "nested too deeply"),
     ],
 )
 def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: str) -> None:
@@ -218,6 +220,7 @@ def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: s
         path.write_text(content)
     result = run("plans", "--config", str(path))
     assert result.exit_code == ExitCode.BAD_CONFIG
+    assert f"error: {path}: " in result.stderr
     assert message in result.stderr
     assert result.stdout == ""
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import pickle
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tokenfence_asgi.config import (
@@ -466,6 +468,8 @@ def test_default_feature_weights() -> None:
 
 # --- plan files --------------------------------------------------------------------------------
 
+_PLAN_KEYS_ALL = tuple(f.name for f in dataclasses.fields(Plan) if f.name != "name")
+
 VALID_TOML = """\
 [plans.free]
 models = ["gpt-4o-mini"]
@@ -567,6 +571,96 @@ def test_load_plans_names_a_missing_file(tmp_path: Path) -> None:
         load_plans(path)
     with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path))}: cannot read plan file"):
         load_plans(tmp_path)  # a directory
+
+
+def test_load_plans_names_an_integer_too_long_to_read(tmp_path: Path) -> None:
+    digits = sys.get_int_max_str_digits() + 700  # 5,000 by default
+    path = write(tmp_path, f"[plans.free]\nmodels = []\nmax_input_chars = {'9' * digits}\n")
+    expected = f"{path}: invalid TOML: an integer of more than "
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}.* digits at line 3$"):
+        load_plans(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "opening", "closing"),
+    [("models", "[", "]"), ("features", "{ a = ", "}"), ("downgrade", "[{ a = ", "}]")],
+)
+def test_load_plans_names_values_nested_too_deeply(
+    tmp_path: Path, key: str, opening: str, closing: str
+) -> None:
+    path = write(tmp_path, f"[plans.free]\n{key} = {opening * 2000}1{closing * 2000}\n")
+    expected = f"{path}: invalid TOML: arrays or inline tables nested too deeply"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_plans(path)
+
+
+def test_plans_from_mapping_names_data_nested_too_deeply() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match=r"^deep\.json: nested too deeply"):
+        plans_from_mapping({"plans": {"free": {"models": ["a", deep]}}}, source="deep.json")
+
+
+def _nested(depth: int, inner: str) -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+_DIGITS = st.sampled_from([1, 4300, 4301, 5000]) | st.integers(min_value=1, max_value=6000)
+_DEPTHS = st.sampled_from([1, 2, 300, 2000]) | st.integers(min_value=1, max_value=3000)
+_TOML_VALUES = st.one_of(
+    _DIGITS.map(lambda n: "9" * n),
+    _DIGITS.map(lambda n: "0x" + "f" * n),
+    _DEPTHS.map(lambda n: _nested(n, "1")),
+    _DEPTHS.map(lambda n: "{ a = " * n + "1" + " }" * n),
+    st.sampled_from(["1e999", "-1e999", "nan", "inf", "1_000", "0o777", "1979-05-27T07:32:00Z"]),
+    st.text(max_size=12).map(json.dumps),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=8,
+    ).map(json.dumps),
+)
+_TOML_KEYS = st.sampled_from([*_PLAN_KEYS_ALL, "typo", "a.b", '"q"', "limits[0]"])
+_HOSTILE_FILES = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    st.builds(
+        lambda lines: "[plans.free]\n" + "\n".join(f"{k} = {v}" for k, v in lines),
+        st.lists(st.tuples(_TOML_KEYS, _TOML_VALUES), max_size=4, unique_by=lambda kv: kv[0]),
+    ),
+    st.builds(  # a JSON document where TOML is expected, or a TOML table of JSON values
+        lambda value, as_json: (
+            json.dumps({"plans": {"free": value}})
+            if as_json
+            else f"[plans]\nfree = {json.dumps(value)}"
+        ),
+        st.dictionaries(_TOML_KEYS, _TOML_VALUES.map(str), max_size=3),
+        st.booleans(),
+    ),
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(content=_HOSTILE_FILES)
+def test_load_plans_raises_only_config_error_naming_the_file(
+    tmp_path_factory: pytest.TempPathFactory, content: str | bytes
+) -> None:
+    """Whatever a plan file holds, load_plans returns plans or a ConfigError naming the file."""
+    path = tmp_path_factory.mktemp("hostile") / "plans.toml"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+    else:
+        path.write_bytes(content)
+    try:
+        plans = load_plans(path)
+    except ConfigError as exc:
+        assert exc.message.startswith(f"{path}: ")  # noqa: PT017
+        event(exc.message.removeprefix(f"{path}: ")[:24])
+    else:
+        event("loaded")
+        assert plans
+        assert all(isinstance(plan, Plan) for plan in plans)
 
 
 @pytest.mark.parametrize(

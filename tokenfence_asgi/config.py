@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tomllib
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -439,22 +440,43 @@ def plans_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") -> 
         return tuple(_read_plan(name, plan, _path("plans", name)) for name, plan in plans.items())
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from exc.__cause__
+    except RecursionError:  # showing a bad value that nests deeper than the interpreter's stack
+        raise ConfigError(f"{source}: nested too deeply to read") from None
 
 
 def load_plans(path: str | os.PathLike[str]) -> tuple[Plan, ...]:
     """Read plans from a TOML file (format: see ``plans_from_mapping`` and the README).
 
     Raises ``ConfigError`` starting with the path for a missing or unreadable file, invalid TOML
-    (with tomllib's line and column) and every invalid plan.
+    (with tomllib's line and column; also an integer too long for ``int()`` and values nested
+    deeper than the parser's stack) and every invalid plan. No other exception escapes.
     """
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
-            data = tomllib.load(file)
+            text = file.read().decode()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read plan file: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 at byte {exc.start}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    except ValueError as exc:  # int() refusing a decimal integer longer than Python reads
+        raise ConfigError(f"{source}: invalid TOML: {_long_integer(text) or exc}") from None
+    except RecursionError:  # tomllib parses nested values recursively
+        raise ConfigError(
+            f"{source}: invalid TOML: arrays or inline tables nested too deeply"
+        ) from None
     return plans_from_mapping(data, source=source)
+
+
+def _long_integer(text: str) -> str | None:
+    """Where the first decimal integer too long for ``int()`` is, or None."""
+    limit = sys.get_int_max_str_digits()
+    for match in re.finditer(r"[0-9][0-9_]*", text):
+        if len(match.group().replace("_", "")) > limit:
+            line = text.count("\n", 0, match.start()) + 1
+            return f"an integer of more than {limit:,} digits at line {line}"
+    return None
