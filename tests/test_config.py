@@ -364,15 +364,13 @@ def test_plan_is_a_frozen_hashable_picklable_value() -> None:
         ({"feature_mode": "split"}, "Plan.feature_mode: expected 'share' or 'cap', got 'split'"),
         (
             {"upgrade_url": "ftp://example.com"},
-            "Plan.upgrade_url: expected an http(s):// URL of <= 2048 chars,"
-            " got 'ftp://example.com'",
+            "Plan.upgrade_url: expected a path ('/...') or an http(s):// URL of <= 2048 chars,"
+            " without spaces, control characters or backslashes, got 'ftp://example.com'",
         ),
-        ({"upgrade_url": "example.com"}, "Plan.upgrade_url: expected an http(s):// URL"),
-        ({"upgrade_url": "https://" + "x" * 2041}, "Plan.upgrade_url: expected an http(s):// URL"),
-        (
-            {"upgrade_url": 1},
-            "Plan.upgrade_url: expected an http(s):// URL of <= 2048 chars, got 1",
-        ),
+        ({"upgrade_url": "example.com"}, "Plan.upgrade_url: expected a path ('/...') or an"),
+        ({"upgrade_url": "https://" + "x" * 2041}, "Plan.upgrade_url: expected a path"),
+        ({"upgrade_url": "/" + "x" * 2048}, "Plan.upgrade_url: expected a path"),
+        ({"upgrade_url": 1}, "Plan.upgrade_url: expected a path ('/...') or an http(s):// URL"),
     ],
 )
 def test_plan_rejects(kwargs: dict[str, Any], message: str) -> None:
@@ -384,6 +382,72 @@ def test_plan_rejects(kwargs: dict[str, Any], message: str) -> None:
 def test_plan_accepts_the_longest_name_and_url() -> None:
     assert Plan("x" * 64).name == "x" * 64
     assert Plan("p", upgrade_url="https://" + "x" * 2040).upgrade_url is not None
+    assert Plan("p", upgrade_url="/" + "x" * 2047).upgrade_url is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/settings/billing",
+        "/",
+        "/billing?plan=pro&from=402#top",
+        "/réglages/facturation",
+        "/a%20b",
+        "https://example.com/upgrade",
+        "http://localhost:8000/billing",
+        "https://[::1]:8443/billing",
+        "HTTPS://Example.com/Upgrade",
+    ],
+)
+def test_plan_accepts_an_upgrade_path_or_http_url(url: str) -> None:
+    assert Plan("p", upgrade_url=url).upgrade_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "settings/billing",  # relative: resolved against whatever page shows it
+        "./billing",
+        "//evil.example/upgrade",  # scheme-relative: another host
+        "/\\evil.example/upgrade",  # browsers read a backslash as a slash: '//evil.example'
+        "\\\\evil.example",
+        "/\\/evil.example",
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "ftp://example.com",
+        "mailto:billing@example.com",
+        "https://",
+        "https:///path",
+        "https:evil.example",
+        " /settings/billing",
+        "/settings/billing ",
+        "/settings /billing",
+        "/settings\tbilling",
+        "/settings\nLocation: https://evil.example",
+        "/settings\x00",
+        "/settings\u202ebilling",  # a right-to-left override
+        "/settings\u2028billing",  # a line separator
+        "https://exa mple.com/",
+        "https://example.com/\r\n",
+        "https://example.com\\@evil.example/",
+        "https://[::1/billing",
+    ],
+)
+def test_plan_refuses_an_upgrade_url_that_is_not_a_path_or_http_url(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^Plan\.upgrade_url: expected a path \('/\.\.\.'\)"):
+        Plan("p", upgrade_url=url)
+
+
+def test_plan_file_accepts_an_upgrade_path(tmp_path: Path) -> None:
+    path = write(tmp_path, '[plans.free]\nupgrade_url = "/settings/billing"\n')
+    (plan,) = load_plans(path)
+    assert plan.upgrade_url == "/settings/billing"
+    path = write(tmp_path, '[plans.free]\nupgrade_url = "//evil.example"\n')
+    with pytest.raises(ConfigError, match=r": plans\.free\.upgrade_url: expected a path"):
+        load_plans(path)
 
 
 def test_downgrade_chain_follows_the_map() -> None:

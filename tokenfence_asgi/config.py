@@ -18,6 +18,7 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Literal, TypeGuard
+from urllib.parse import urlsplit
 
 from tokenfence_asgi.errors import ConfigError, InvalidAmount
 from tokenfence_asgi.money import MAX_LIMIT_NANOS, MoneyInput, _show, from_nanos, to_nanos
@@ -147,7 +148,8 @@ class Plan:
     ``max_input_tokens`` refuse longer prompts (tokens as the model's tokenizer counts them).
     ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
     applied as guaranteed shares (``feature_mode="share"``) or caps (``"cap"``). ``upgrade_url``
-    is shown to refused users. ``policy`` is the plan's tool-call ``Policy`` (composed with the
+    is shown to refused users: a path on the app's host (``/settings/billing``) or an http(s)
+    URL. ``policy`` is the plan's tool-call ``Policy`` (composed with the
     fence's own). ``price_per_month`` is what a tenant pays for the plan, in dollars, for margin
     reports (None: not priced). ``enforce=False`` is shadow mode: every rule is decided and
     recorded, would-be refusals are logged, counted and alerted, but calls go through.
@@ -208,12 +210,10 @@ class Plan:
             price = from_nanos(nanos)
         if not isinstance(feature_mode, str) or feature_mode not in FEATURE_MODES:
             raise _bad("Plan.feature_mode", "'share' or 'cap'", feature_mode)
-        if upgrade_url is not None and not (
-            isinstance(upgrade_url, str)
-            and upgrade_url.startswith(("http://", "https://"))
-            and len(upgrade_url) <= _MAX_URL
-        ):
-            raise _bad("Plan.upgrade_url", f"an http(s):// URL of <= {_MAX_URL} chars", upgrade_url)
+        if upgrade_url is not None and not _is_upgrade_url(upgrade_url):
+            raise _bad("Plan.upgrade_url", f"a path ('/...') or an http(s):// URL of <= {_MAX_URL}"
+                       " chars, without spaces, control characters or backslashes",
+                       upgrade_url)  # fmt: skip
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "limits", _check_limits(limits))
         object.__setattr__(self, "models", _check_models(models))
@@ -261,6 +261,28 @@ class Plan:
         if prefix is None or bare not in self.downgrade:
             return (model,)
         return tuple(prefix + step for step in self.downgrade_chain(bare))
+
+
+def _is_upgrade_url(url: object) -> bool:
+    """A path on the app's own host (``/settings/billing``) or an absolute http(s) URL.
+
+    Refused: relative and scheme-relative (``//host``) references, other schemes
+    (``javascript:``, ``data:``), and spaces, control or format characters and backslashes,
+    which browsers and header parsers read in ways that can change the target.
+    """
+    if not (isinstance(url, str) and 1 <= len(url) <= _MAX_URL) or "\\" in url:
+        return False
+    if any(unicodedata.category(char)[0] in "CZ" for char in url):
+        return False
+    if url.startswith("/"):
+        return not url.startswith("//")
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return False
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:  # an unbalanced IPv6 bracket
+        return False
 
 
 def _split_provider(model: str) -> tuple[str, str | None]:
