@@ -21,7 +21,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tokenfence_asgi.cli import COMMAND_MODULES, ExitCode, app, main, redact
+from tokenfence_asgi.cli import COMMAND_MODULES, ExitCode, app, main, open_fence, redact
+from tokenfence_asgi.config import load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.simulate import delete_prefix
 
@@ -223,6 +224,39 @@ def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: s
     assert f"error: {path}: " in result.stderr
     assert message in result.stderr
     assert result.stdout == ""
+
+
+TEAM_AND_PRO = """\
+[plans.team]
+limits = [{ window = "1d", max_cost = "10" }]
+
+[plans.pro]
+limits = [{ window = "1d", max_cost = "25" }]
+"""
+
+
+def test_the_plan_file_names_the_default_plan(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text('default_plan = "pro"\n' + TEAM_AND_PRO)
+    result = run("plans", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "tenants without a plan are on 'pro'" in result.stdout
+    assert "\npro (default)" in result.stdout
+    fence = open_fence(redis_url, "tf", path)
+    assert fence.default_plan == "pro"  # what the app's TokenFence(plans=load_plans(...)) uses
+    asyncio.run(fence.aclose())
+    assert TokenFence(plans=load_plans(path)).default_plan == "pro"
+
+
+def test_without_free_or_default_plan_the_command_says_so(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text(TEAM_AND_PRO)  # the command used to pick 'team', the library 'free'
+    expected = f"error: {path}: default_plan: not set, and no plan is named 'free'"
+    for args in (("plans",), ("set-plan", "acme", "team", "--redis-url", redis_url)):
+        result = run(*args, "--config", str(path))
+        assert result.exit_code == ExitCode.BAD_CONFIG, (args, result.output)
+        assert expected in " ".join(result.stderr.split())
+        assert 'add default_plan = "..."' in result.stderr
 
 
 # -- operator commands -----------------------------------------------------------------------

@@ -29,10 +29,12 @@ from tokenfence_asgi.config import (
     WINDOWS,
     Limit,
     Plan,
+    default_plan_for,
     load_plans,
     plans_from_mapping,
 )
-from tokenfence_asgi.errors import ConfigError, InvalidAmount
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import ConfigError, InvalidAmount, UnknownPlan
 
 # --- Limit -------------------------------------------------------------------------------------
 
@@ -727,12 +729,72 @@ def test_load_plans_raises_only_config_error_naming_the_file(
         assert all(isinstance(plan, Plan) for plan in plans)
 
 
+# --- the default plan: one rule for the library and the command -------------------------------
+
+TWO_PLANS = """\
+[plans.team]
+limits = [{ window = "1d", max_cost = "10" }]
+
+[plans.pro]
+limits = [{ window = "1d", max_cost = "25" }]
+"""
+
+
+def test_a_plan_file_names_its_default_plan(tmp_path: Path) -> None:
+    path = write(tmp_path, 'default_plan = "pro"\n' + TWO_PLANS)
+    plans = load_plans(path)
+    assert [p.name for p in plans] == ["team", "pro"]
+    assert plans.default_plan == "pro"
+    assert TokenFence(plans=plans).default_plan == "pro"
+    assert TokenFence(plans=plans, default_plan="team").default_plan == "team"  # argument wins
+    assert pickle.loads(pickle.dumps(plans)).default_plan == "pro"
+
+
+def test_without_a_named_default_free_is_the_default(tmp_path: Path) -> None:
+    plans = load_plans(write(tmp_path, TWO_PLANS + "[plans.free]\n"))
+    assert plans.default_plan is None
+    assert TokenFence(plans=plans).default_plan == "free"
+    assert TokenFence().default_plan == "free"  # the built-in plans
+    assert default_plan_for(BUILTIN_PLANS) == "free"
+
+
+def test_no_default_plan_and_no_free_plan_is_an_error_naming_default_plan(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_PLANS)
+    plans = load_plans(path)  # the file alone is fine: an app may name the default itself
+    expected = (
+        f"{path}: default_plan: not set, and no plan is named 'free' (plans: team, pro); "
+        'add default_plan = "..." at the top of the plan file or pass '
+        "TokenFence(default_plan=...)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        TokenFence(plans=plans)
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        default_plan_for(plans)
+    with pytest.raises(ConfigError, match=r"^default_plan: not set, and no plan is named 'free'"):
+        TokenFence(plans=list(plans))  # plans built in code: no file to name
+    assert TokenFence(plans=plans, default_plan="team").default_plan == "team"
+
+
+def test_an_unknown_default_plan_names_default_plan(tmp_path: Path) -> None:
+    with pytest.raises(UnknownPlan, match=r"^default_plan: unknown plan 'gold'; configured plans"):
+        TokenFence(default_plan="gold")
+    path = write(tmp_path, 'default_plan = "gold"\n' + TWO_PLANS)
+    expected = f"{path}: default_plan: expected the name of a plan in the file (team, pro), got"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)} 'gold'$"):
+        load_plans(path)
+    with pytest.raises(ConfigError, match=r": default_plan: expected the name of a plan.*got 1$"):
+        load_plans(write(tmp_path, "default_plan = 1\n" + TWO_PLANS))
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({}, "missing table 'plans'"),
         ([], "top level: expected a table, got []"),
-        ({"plans": {}, "plan": {}}, "top level: unknown key 'plan'; expected one of plans"),
+        (
+            {"plans": {}, "plan": {}},
+            "top level: unknown key 'plan'; expected one of plans, default_plan",
+        ),
         ({"plans": {}}, "plans: expected a table of at least one plan, got {}"),
         (
             {"plans": [{"name": "free"}]},

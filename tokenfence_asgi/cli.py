@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
-from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
+from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, default_plan_for, load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ConfigError,
@@ -54,6 +54,7 @@ __all__ = [
     "RedisUrlOption",
     "app",
     "check_redis_url",
+    "default_plan",
     "fail",
     "load_config",
     "main",
@@ -183,18 +184,25 @@ def load_config(config: Path | None) -> tuple[Plan, ...]:
         fail(ExitCode.BAD_CONFIG, exc.message)
 
 
+def default_plan(plans: Sequence[Plan]) -> str:
+    """The default plan of ``plans`` by the library's rule (``default_plan_for``), or exit 7."""
+    try:
+        return default_plan_for(plans)
+    except ConfigError as exc:
+        fail(ExitCode.BAD_CONFIG, exc.message)
+
+
 def open_fence(
     redis_url: str | None, prefix: str = "tf", config: Path | None = None, *, timeout_s: float = 2
 ) -> TokenFence:
     """A fence on the Redis at ``redis_url`` with the configured plans, or exit (2, 3, 7).
 
-    The default plan is ``free`` when configured, else the first plan of the file.
+    The default plan is the one ``TokenFence(plans=load_plans(config))`` has: the file's
+    ``default_plan``, else ``free``.
     """
     url = check_redis_url(redis_url)
     plans = load_config(config)
-    names = [plan.name for plan in plans]
-    default = "free" if "free" in names else names[0]
-    return TokenFence(redis_url=url, plans=plans, default_plan=default, prefix=prefix,
+    return TokenFence(redis_url=url, plans=plans, default_plan=default_plan(plans), prefix=prefix,
                       timeout_s=timeout_s)  # fmt: skip
 
 
@@ -612,7 +620,7 @@ def plans(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         print(json.dumps([_plan_dict(p) for p in configured], indent=2))
         return
     out = _out()
-    default = "free" if any(p.name == "free" for p in configured) else configured[0].name
+    default = default_plan(configured)
     source = "built-in plans" if config is None else f"plans from {config}"
     out.print(f"{len(configured)} {source}; tenants without a plan are on {default!r}.",
               markup=False)  # fmt: skip
