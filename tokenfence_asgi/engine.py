@@ -938,6 +938,15 @@ class TokenFence:
                 continue  # not a tenant's (the readiness probe's key)
             yield tenant
 
+    async def has_tenant(self, tenant_id: str) -> bool:
+        """Whether the store has state for the tenant (what ``tenants()`` lists): it reserved, or
+        was given a plan, a pool or a kill switch. ``status`` and ``revive`` create none.
+
+        One read of the tenant's own key; for operator tools that must not act on a typo.
+        """
+        tenant_enc = encode_id(validate_id(tenant_id, what="tenant_id"))
+        return bool(await self._store.hgetall(self._keys.tenant(tenant_enc).state))
+
     async def ledger_streams(self) -> AsyncIterator[str]:
         """The keys of every usage ledger stream (one per tenant on its own, one per pool)."""
         async for key in scan_keys(self._store.client, self._ledger_keys.stream_pattern, "stream"):
