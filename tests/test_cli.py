@@ -148,7 +148,7 @@ def test_console_script_and_python_m_run_the_same_command(redis_url: str, prefix
                                                                  "enterprise"]  # fmt: skip
     try:
         done = subprocess.run(
-            [str(SCRIPT), "set-plan", "acme", "pro", "--prefix", prefix],
+            [str(SCRIPT), "set-plan", "acme", "pro", "--prefix", prefix, "--create"],
             capture_output=True, text=True, timeout=60, check=False,
             env={**env, "TOKENFENCE_REDIS_URL": redis_url},
         )  # fmt: skip
@@ -252,7 +252,11 @@ def test_without_free_or_default_plan_the_command_says_so(tmp_path: Path, redis_
     path = tmp_path / "plans.toml"
     path.write_text(TEAM_AND_PRO)  # the command used to pick 'team', the library 'free'
     expected = f"error: {path}: default_plan: not set, and no plan is named 'free'"
-    for args in (("plans",), ("set-plan", "acme", "team", "--redis-url", redis_url)):
+    for args in (
+        ("plans",),
+        ("plans", "--json"),
+        ("set-plan", "acme", "team", "--redis-url", redis_url),
+    ):
         result = run(*args, "--config", str(path))
         assert result.exit_code == ExitCode.BAD_CONFIG, (args, result.output)
         assert expected in " ".join(result.stderr.split())
@@ -263,9 +267,13 @@ def test_without_free_or_default_plan_the_command_says_so(tmp_path: Path, redis_
 
 
 def test_set_plan_then_status(operator: Any, redis_url: str, prefix: str) -> None:
-    result = operator("set-plan", "acme", "pro")
+    result = operator("set-plan", "acme", "pro", "--create")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "tenant 'acme' is now on plan 'pro'"
+    assert result.stdout.strip() == "tenant 'acme' is now on plan 'pro' (a new tenant)"
+    again = operator("set-plan", "acme", "pro")  # known now: no --create needed
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "tenant 'acme' is now on plan 'pro'"
+    assert again.stderr == ""
     status = operator("status", "acme")
     assert status.exit_code == 0
     assert "acme  plan pro  AI calls enabled" in status.stdout
@@ -308,7 +316,9 @@ def test_status_shows_spend(operator: Any, redis_url: str, prefix: str) -> None:
 
 
 def test_set_plan_with_a_config_file(operator: Any, plans_file: Path) -> None:
-    assert operator("set-plan", "acme", "team", "--config", str(plans_file)).exit_code == 0
+    assert (
+        operator("set-plan", "acme", "team", "--config", str(plans_file), "--create").exit_code == 0
+    )
     data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
     assert data["plan"] == "team"
     day = data["windows"][0]
@@ -329,6 +339,118 @@ def test_unknown_plan_exits_4(operator: Any, plans_file: Path) -> None:
     assert "configured plans: free, team" in result.stderr
 
 
+def app_fence(redis_url: str, prefix: str) -> TokenFence:
+    return TokenFence(redis_url=redis_url, prefix=prefix)
+
+
+def known(redis_url: str, prefix: str, tenant: str) -> bool:
+    async def read() -> bool:
+        fence = app_fence(redis_url, prefix)
+        try:
+            return await fence.has_tenant(tenant)
+        finally:
+            await fence.aclose()
+
+    return asyncio.run(read())
+
+
+def app_reserves(redis_url: str, prefix: str, tenant: str) -> None:
+    """The app's own fence serves a call of ``tenant``: the tenant is known under ``prefix``."""
+
+    async def call() -> None:
+        fence = app_fence(redis_url, prefix)
+        try:
+            await fence.release(await fence.reserve(tenant, "0.01"))
+        finally:
+            await fence.aclose()
+
+    asyncio.run(call())
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_set_plan_under_a_prefix_with_no_tenants_is_refused_with_a_hint(
+    operator: Any, redis_url: str, prefix: str
+) -> None:
+    """The app runs under one prefix, the operator forgets --prefix: nothing changes silently."""
+    app_reserves(redis_url, prefix, "acme")
+    empty = prefix + "-other"
+    result = run("set-plan", "acme", "pro", "--redis-url", redis_url, "--prefix", empty)
+    assert result.exit_code == ExitCode.UNKNOWN_TENANT
+    message = one_line(result.stderr)
+    assert f"no tenant 'acme' under prefix '{empty}'" in message
+    assert f"prefix '{empty}' holds no tenants at all" in message
+    assert "pass the app's --prefix" in message
+    assert "--create" in message
+    assert not known(redis_url, empty, "acme")
+    assert operator("set-plan", "acme", "pro").exit_code == 0  # the right prefix: known
+
+
+def test_create_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    try:
+        options = ("--redis-url", redis_url, "--prefix", prefix)
+        result = run("set-plan", "acme", "pro", "--create", *options)
+        assert result.exit_code == 0, result.output
+        assert "(a new tenant)" in result.stdout
+        assert f"warning: prefix '{prefix}' held no tenants" in one_line(result.stderr)
+        assert known(redis_url, prefix, "acme")
+    finally:
+        asyncio.run(delete_prefix(redis_url, prefix))
+
+
+def test_kill_of_an_unknown_tenant_is_refused_as_the_admin_api_does(
+    operator: Any, redis_url: str, prefix: str
+) -> None:
+    app_reserves(redis_url, prefix, "acme")
+    for args in (
+        ("kill", "acmee"),
+        ("kill", "acmee", "--feature", "chat"),
+        ("revive", "acmee"),
+        ("status", "acmee"),
+        ("status", "acmee", "--json"),
+    ):
+        result = operator(*args)
+        assert result.exit_code == ExitCode.UNKNOWN_TENANT, (args, result.output)
+        message = one_line(result.stderr)
+        assert f"no tenant 'acmee' under prefix '{prefix}'" in message
+        assert "holds no tenants" not in message  # the prefix is in use: a typo
+        assert result.stdout == ""
+    assert "--create" in operator("kill", "acmee").stderr
+    assert "--create" not in operator("revive", "acmee").stderr
+    assert not known(redis_url, prefix, "acmee")
+    assert operator("kill", "acme").exit_code == 0  # a known tenant
+    result = operator("kill", "newcomer", "--create")  # stop a tenant before its first call
+    assert result.exit_code == 0, result.output
+    assert known(redis_url, prefix, "newcomer")
+
+
+def test_kill_all_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    try:
+        result = run("kill", "--all", "--redis-url", redis_url, "--prefix", prefix)
+        assert result.exit_code == 0, result.output
+        assert f"warning: prefix '{prefix}' holds no tenants" in one_line(result.stderr)
+        assert run("revive", "--all", "--redis-url", redis_url, "--prefix", prefix).exit_code == 0
+    finally:
+        asyncio.run(delete_prefix(redis_url, prefix))
+
+
+def test_unknown_plan_without_config_hints_at_config(operator: Any, plans_file: Path) -> None:
+    result = operator("set-plan", "acme", "platinum")
+    assert result.exit_code == ExitCode.UNKNOWN_PLAN
+    assert "pass the app's plan file with --config" in one_line(result.stderr)
+    result = operator("set-plan", "acme", "platinum", "--config", str(plans_file))
+    assert result.exit_code == ExitCode.UNKNOWN_PLAN
+    assert "--config" not in result.stderr
+
+
+def test_report_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    result = run("report", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.exit_code == 0, result.output
+    assert f"warning: prefix '{prefix}' holds no tenants" in one_line(result.stderr)
+
+
 @pytest.mark.parametrize("tenant", ["", "a\x01b", "x" * 201])
 def test_bad_tenant_id_exits_6(operator: Any, tenant: str) -> None:
     for args in (("status", tenant), ("set-plan", tenant, "pro"), ("kill", tenant)):
@@ -343,7 +465,8 @@ def test_bad_feature_id_exits_6(operator: Any) -> None:
     assert "feature must not be empty" in result.stderr
 
 
-def test_kill_and_revive_a_tenant_and_a_feature(operator: Any) -> None:
+def test_kill_and_revive_a_tenant_and_a_feature(operator: Any, redis_url: str, prefix: str) -> None:
+    app_reserves(redis_url, prefix, "acme")
     killed = operator("kill", "acme")
     assert killed.exit_code == 0
     assert killed.stdout.strip() == "AI calls are now refused for tenant 'acme'"
@@ -366,6 +489,7 @@ def test_kill_and_revive_a_tenant_and_a_feature(operator: Any) -> None:
 
 
 def test_kill_all_is_the_global_switch(operator: Any, redis_url: str, prefix: str) -> None:
+    assert operator("set-plan", "anyone", "free", "--create").exit_code == 0
     result = operator("kill", "--all")
     assert result.exit_code == 0
     assert "refused for every tenant (every instance sees it within" in result.stdout
@@ -398,7 +522,7 @@ def test_operator_commands_refuse_without_a_redis_url(args: tuple[str, ...]) -> 
 def test_redis_url_from_the_environment(redis_url: str, prefix: str) -> None:
     env = {"TOKENFENCE_REDIS_URL": redis_url, "TOKENFENCE_PREFIX": prefix}
     try:
-        assert run("set-plan", "acme", "starter", env=env).exit_code == 0
+        assert run("set-plan", "acme", "starter", "--create", env=env).exit_code == 0
         data = json.loads(run("status", "acme", "--json", env=env).stdout)
         assert data["plan"] == "starter"
     finally:

@@ -5,11 +5,12 @@
 shared Redis (``--redis-url`` or ``TOKENFENCE_REDIS_URL``) under ``--prefix`` (default ``tf``,
 as ``TokenFence``), with the plans of ``--config plans.toml`` (default: the built-in plans);
 ``plans`` shows those plans. Failures exit with a distinct code (``ExitCode``) and one line on
-stderr.
+stderr. A tenant the store has no state for is refused as a typo (as the admin API does),
+unless ``--create`` says it is new; an empty prefix is pointed out (a forgotten ``--prefix``).
 
 Other modules add commands with a ``register(app: typer.Typer)`` function: list the module in
 ``COMMAND_MODULES``. They may use ``RedisUrlOption``, ``PrefixOption``, ``ConfigOption``,
-``open_fence``, ``run_with_fence`` and ``fail`` from here.
+``open_fence``, ``run_with_fence``, ``fail``, ``warn`` and ``prefix_is_empty`` from here.
 """
 
 # No ``from __future__ import annotations``: Typer reads the commands' annotations at runtime.
@@ -44,6 +45,7 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.keys import validate_id
 from tokenfence_asgi.results import TenantStatus, WindowStatus
 
 __all__ = [
@@ -55,13 +57,16 @@ __all__ = [
     "app",
     "check_redis_url",
     "default_plan",
+    "empty_prefix_hint",
     "fail",
     "load_config",
     "main",
     "open_fence",
+    "prefix_is_empty",
     "redact",
     "run_with_fence",
     "usd",
+    "warn",
 ]
 
 T = TypeVar("T")
@@ -79,6 +84,7 @@ class ExitCode(IntEnum):
     INVALID_ID = 6  # a tenant or feature id that is empty, too long or has control characters
     BAD_CONFIG = 7  # a plan file that cannot be read or is invalid
     MISSING_EXTRA = 8  # the command needs an optional extra that is not installed
+    UNKNOWN_TENANT = 9  # the store has no state for the tenant: a typo, or not the app's --prefix
 
 
 COMMAND_MODULES: tuple[str, ...] = (  # one line per module with a register(app) function
@@ -141,6 +147,14 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+CreateOption = Annotated[
+    bool,
+    typer.Option(
+        "--create",
+        help="the tenant may be new (no state in the store yet); without it an unknown tenant "
+        "is refused, as a typo or another --prefix would be",
+    ),
+]
 
 
 def _out() -> Console:
@@ -151,6 +165,34 @@ def fail(code: ExitCode, message: str) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(int(code))
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr."""
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(message)}")
+
+
+async def prefix_is_empty(fence: TokenFence) -> bool:
+    """Whether the store holds no tenant at all under the fence's prefix (a scan that stops at
+    the first tenant): the sign of an operator command run without the app's ``--prefix``."""
+    found = fence.tenants()
+    try:
+        async for _ in found:
+            return False
+        return True
+    finally:
+        close = getattr(found, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def empty_prefix_hint(prefix: str, *, held: bool = False) -> str:
+    """What to say when ``prefix`` holds no tenants."""
+    verb = "held" if held else "holds"
+    return (
+        f"prefix {prefix!r} {verb} no tenants at all on this Redis: if the app uses another "
+        "prefix, pass the app's --prefix (as in TokenFence(prefix=...))"
+    )
 
 
 def redact(url: str) -> str:
@@ -202,8 +244,10 @@ def open_fence(
     """
     url = check_redis_url(redis_url)
     plans = load_config(config)
-    return TokenFence(redis_url=url, plans=plans, default_plan=default_plan(plans), prefix=prefix,
-                      timeout_s=timeout_s)  # fmt: skip
+    default = default_plan(plans)
+    return TokenFence(
+        redis_url=url, plans=plans, default_plan=default, prefix=prefix, timeout_s=timeout_s
+    )
 
 
 def run_with_fence(
@@ -496,7 +540,12 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """A tenant's plan, kill switches, holds, and spend in every window."""
-    result = run_with_fence(redis_url, prefix, config, lambda fence: fence.status(tenant))
+
+    async def read(fence: TokenFence) -> TenantStatus:
+        await _known_tenant(fence, tenant, prefix)
+        return await fence.status(tenant)
+
+    result = run_with_fence(redis_url, prefix, config, read)
     if as_json:
         print(json.dumps(_status_dict(result), indent=2))
         return
@@ -510,10 +559,60 @@ def set_plan(
     redis_url: RedisUrlOption = None,
     prefix: PrefixOption = "tf",
     config: ConfigOption = None,
+    create: CreateOption = False,
 ) -> None:
     """Put a tenant on a plan; every app instance honours it on its next call."""
-    run_with_fence(redis_url, prefix, config, lambda fence: fence.set_plan(tenant, plan))
-    _out().print(f"tenant {tenant!r} is now on plan {plan!r}")
+    names = [p.name for p in load_config(config)]
+    if plan not in names:
+        hint = (
+            ""
+            if config
+            else " (these are the built-in plans: pass the app's plan file with --config)"
+        )
+        fail(ExitCode.UNKNOWN_PLAN, UnknownPlan(plan, names).message + hint)
+
+    async def assign(fence: TokenFence) -> bool:
+        new = await _known_tenant(fence, tenant, prefix, create=create)
+        await fence.set_plan(tenant, plan)
+        return new
+
+    new = run_with_fence(redis_url, prefix, config, assign)
+    _out().print(f"tenant {tenant!r} is now on plan {plan!r}" + (" (a new tenant)" if new else ""))
+
+
+async def _known_tenant(
+    fence: TokenFence, tenant: str, prefix: str, *, create: bool | None = None
+) -> bool:
+    """Whether ``tenant`` is new; exit 9 when the store has no state for it, unless ``create``
+    (None: the command cannot create one). The admin API's rule: an unknown tenant is a 404."""
+    if await fence.has_tenant(tenant):
+        return False
+    empty = await prefix_is_empty(fence)
+    if create:
+        if empty:
+            warn(empty_prefix_hint(prefix, held=True))
+        return True
+    message = f"no tenant {tenant!r} under prefix {prefix!r}: it has no state and no plan assigned"
+    if create is not None:
+        message += " (pass --create for a new tenant)"
+    fail(ExitCode.UNKNOWN_TENANT, message + (f"; {empty_prefix_hint(prefix)}" if empty else ""))
+
+
+async def _switch(
+    fence: TokenFence,
+    kill: bool,
+    tenant: str | None,
+    feature: str | None,
+    prefix: str,
+    create: bool,
+) -> None:
+    if tenant is not None:
+        if feature is not None:
+            validate_id(feature, what="feature")  # a bad id is a 6 before an unknown tenant's 9
+        await _known_tenant(fence, tenant, prefix, create=create if kill else None)
+    await (fence.kill if kill else fence.revive)(tenant, feature=feature)
+    if tenant is None and await prefix_is_empty(fence):
+        warn(empty_prefix_hint(prefix))
 
 
 def _switch_target(tenant: str | None, everyone: bool) -> str | None:
@@ -546,11 +645,13 @@ def kill(
     redis_url: RedisUrlOption = None,
     prefix: PrefixOption = "tf",
     config: ConfigOption = None,
+    create: CreateOption = False,
 ) -> None:
     """Refuse AI calls: of a tenant, of one of its features, or (--all) of everyone."""
     target = _switch_target(tenant, everyone)
-    run_with_fence(redis_url, prefix, config,
-                   lambda fence: fence.kill(target, feature=feature))  # fmt: skip
+    run_with_fence(
+        redis_url, prefix, config, lambda f: _switch(f, True, target, feature, prefix, create)
+    )
     lag = (
         " (every instance sees it within its kill_cache_s, 1 s by default)"
         if target is None
@@ -570,8 +671,9 @@ def revive(
 ) -> None:
     """Undo kill, with the same arguments."""
     target = _switch_target(tenant, everyone)
-    run_with_fence(redis_url, prefix, config,
-                   lambda fence: fence.revive(target, feature=feature))  # fmt: skip
+    run_with_fence(
+        redis_url, prefix, config, lambda f: _switch(f, False, target, feature, prefix, False)
+    )
     _out().print(f"AI calls are allowed again for {_switched(target, feature)}")
 
 
@@ -616,11 +718,11 @@ def _plan_dict(plan: Plan) -> dict[str, Any]:
 def plans(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The effective plans: from --config, else the built-in ones."""
     configured = load_config(config)
+    default = default_plan(configured)  # exits 7, as the other commands, when there is none
     if as_json:
         print(json.dumps([_plan_dict(p) for p in configured], indent=2))
         return
     out = _out()
-    default = default_plan(configured)
     source = "built-in plans" if config is None else f"plans from {config}"
     out.print(f"{len(configured)} {source}; tenants without a plan are on {default!r}.",
               markup=False)  # fmt: skip
