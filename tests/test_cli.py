@@ -328,6 +328,44 @@ def test_set_plan_with_a_config_file(operator: Any, plans_file: Path) -> None:
     assert "plan 'team' is not in the configured plans" in out
 
 
+def test_status_shows_each_features_use_and_share(
+    operator: Any, redis_url: str, prefix: str, plans_file: Path
+) -> None:
+    """A share refusal is explained by the status: the unused shares kept for other features."""
+    from tokenfence_asgi.errors import BudgetExceeded
+
+    async def spend() -> str:
+        fence = TokenFence(redis_url=redis_url, prefix=prefix, plans=load_plans(plans_file))
+        try:
+            await fence.set_plan("acme", "team")
+            await fence.commit(await fence.reserve("acme", "2", feature="chat"), "1.25")
+            await fence.commit(await fence.reserve("acme", "1", feature="search"), "0.5")
+            try:
+                await fence.reserve("acme", "3.5", feature="summarize")  # no share of its own
+            except BudgetExceeded as exc:
+                return exc.reason
+            return "admitted"
+        finally:
+            await fence.aclose()
+
+    # The day's limit is $15 ($10 + $5 carried): chat is guaranteed 60% = $9, search 20% = $3,
+    # of which $7.75 + $2.50 are unused and kept for them; $1.75 is spent: summarize may use $3.
+    assert asyncio.run(spend()) == "share"
+    result = operator("status", "acme", "--config", str(plans_file))
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines()]
+    rows = {tuple(cells[:2]): cells[2:] for cells in lines if cells[:1] in (["chat"], ["search"])}
+    assert rows[("chat", "1d")] == ["$1.25", "$9.00", "60%", "$7.75"]
+    assert rows[("search", "1d")] == ["$0.50", "$3.00", "20%", "$2.50"]
+    assert rows[("chat", "1mo")] == ["$1.25", "$120.00", "60%", "$118.75"]
+    assert "share" in result.stdout
+    data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
+    assert data["feature_mode"] == "share"
+    day = data["windows"][0]
+    assert day["features"] == {"chat": "1.250000", "search": "0.500000"}
+    assert day["feature_limits"] == {"chat": "9.000000", "search": "3.000000"}
+
+
 def test_unknown_plan_exits_4(operator: Any, plans_file: Path) -> None:
     result = operator("set-plan", "acme", "platinum")
     assert result.exit_code == ExitCode.UNKNOWN_PLAN

@@ -46,7 +46,9 @@ from tokenfence_asgi.errors import (
     UnknownPlan,
 )
 from tokenfence_asgi.keys import validate_id
+from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import TenantStatus, WindowStatus
+from tokenfence_asgi.specs import PPM, compile_plan
 
 __all__ = [
     "COMMAND_MODULES",
@@ -486,24 +488,68 @@ def _money(amount: Decimal | None) -> str | None:
     return None if amount is None else f"{amount:.6f}"
 
 
-def _window_dict(w: WindowStatus) -> dict[str, Any]:
-    money = _money
+def _feature_limits(plan: Plan, w: WindowStatus) -> dict[str, Decimal]:
+    """Each listed feature's guaranteed share (or cap) of a tenant window's limit, carried
+    budget included, as the reserve script computes it: floor(limit x weight ppm / 10^6)."""
+    if w.scope != "tenant" or w.kind != "calendar" or w.limit is None:
+        return {}
+    limit_nanos = to_nanos(w.limit)
     return {
+        name: from_nanos(limit_nanos * ppm // PPM) for name, ppm in compile_plan(plan).feature_ppm
+    }
+
+
+def _window_dict(w: WindowStatus, plan: Plan) -> dict[str, Any]:
+    money = _money
+    data = {
         "window": w.window, "kind": w.kind, "scope": w.scope, "used": money(w.used),
         "held": money(w.held), "limit": money(w.limit), "remaining": money(w.remaining),
         "carried": money(w.carried), "requests": w.requests, "max_requests": w.max_requests,
         "resets_at": w.resets_at.isoformat().replace("+00:00", "Z"),
         "features": {k: money(v) for k, v in w.features.items()},
     }  # fmt: skip
+    if w.features:
+        data["feature_limits"] = {k: money(v) for k, v in _feature_limits(plan, w).items()}
+    return data
 
 
-def _status_dict(s: TenantStatus) -> dict[str, Any]:
+def _status_dict(s: TenantStatus, plan: Plan) -> dict[str, Any]:
     return {
         "tenant": s.tenant_id, "plan": s.plan, "killed": s.killed,
         "killed_features": list(s.killed_features), "held": f"{s.held:.6f}",
         "open_holds": s.open_holds, "pool": s.pool, "pool_plan": s.pool_plan,
-        "windows": [_window_dict(w) for w in (*s.windows, *s.pool_windows)],
+        "feature_mode": plan.feature_mode if plan.features else None,
+        "windows": [_window_dict(w, plan) for w in (*s.windows, *s.pool_windows)],
     }  # fmt: skip
+
+
+def _print_features(out: Console, s: TenantStatus, plan: Plan) -> None:
+    """Each feature's spend against its share (or cap) per window: what a share refusal is
+    decided on (a feature's unused share is kept for it, whoever else asks)."""
+    if not plan.features:
+        return
+    cap = plan.feature_mode == "cap"
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("feature", "window", "used", "cap" if cap else "share", "weight", "unused"):
+        left = column in ("feature", "window")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
+    for w in s.windows:
+        limits = _feature_limits(plan, w)
+        for name, weight in plan.features.items():
+            if name in limits and name in w.features:
+                used, limit = w.features[name], limits[name]
+                unused = usd(max(Decimal(0), limit - used))
+                table.add_row(
+                    escape(name), w.window, _precise(used), usd(limit), f"{weight:.0%}", unused
+                )
+    if table.row_count:
+        rule = (
+            "no feature spends past its cap"
+            if cap
+            else "past its share, a feature spends only what no other's unused share keeps"
+        )
+        out.print(f"  feature {'caps' if cap else 'shares'} ({rule}):", markup=False)
+        out.print(table)
 
 
 def _print_status(out: Console, s: TenantStatus, configured: set[str]) -> None:
@@ -539,17 +585,22 @@ def status(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A tenant's plan, kill switches, holds, and spend in every window."""
+    """A tenant's plan, kill switches, holds, spend in every window, and each feature's spend
+    against its share or cap."""
 
-    async def read(fence: TokenFence) -> TenantStatus:
+    async def read(fence: TokenFence) -> tuple[TenantStatus, Plan]:
         await _known_tenant(fence, tenant, prefix)
-        return await fence.status(tenant)
+        status = await fence.status(tenant)
+        # the plan whose limits the status shows: the default plan's when not configured here
+        return status, fence.plans.get(status.plan) or fence.plans[fence.default_plan]
 
-    result = run_with_fence(redis_url, prefix, config, read)
+    result, plan = run_with_fence(redis_url, prefix, config, read)
     if as_json:
-        print(json.dumps(_status_dict(result), indent=2))
+        print(json.dumps(_status_dict(result, plan), indent=2))
         return
-    _print_status(_out(), result, {p.name for p in load_config(config)})
+    out = _out()
+    _print_status(out, result, {p.name for p in load_config(config)})
+    _print_features(out, result, plan)
 
 
 @app.command("set-plan")
