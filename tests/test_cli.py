@@ -366,6 +366,25 @@ def test_status_shows_each_features_use_and_share(
     assert day["feature_limits"] == {"chat": "9.000000", "search": "3.000000"}
 
 
+def test_status_shows_feature_caps(operator: Any, tmp_path: Path) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text(
+        '[plans.capped]\nlimits = [{ window = "1d", max_cost = "10" },'
+        ' { window = "1h", max_cost = "1", kind = "sliding" }]\n'
+        'features = { chat = 0.25 }\nfeature_mode = "cap"\n[plans.free]\n'
+    )
+    assert operator("set-plan", "acme", "capped", "--create", "--config", str(path)).exit_code == 0
+    out = operator("status", "acme", "--config", str(path)).stdout
+    assert "feature caps (no feature spends past its cap)" in one_line(out)
+    assert "chat 1d $0.00 $2.50 25% $2.50" in one_line(out)
+    assert "chat 1h" not in one_line(out)  # sliding limits have no feature rule
+    data = json.loads(operator("status", "acme", "--config", str(path), "--json").stdout)
+    assert data["feature_mode"] == "cap"
+    assert data["windows"][0]["feature_limits"] == {"chat": "2.500000"}
+    assert "feature_limits" not in data["windows"][1]
+    assert "feature" not in operator("status", "acme").stdout  # the built-in plans: none
+
+
 def test_unknown_plan_exits_4(operator: Any, plans_file: Path) -> None:
     result = operator("set-plan", "acme", "platinum")
     assert result.exit_code == ExitCode.UNKNOWN_PLAN
