@@ -21,7 +21,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tokenfence_asgi.cli import COMMAND_MODULES, ExitCode, app, main, redact
+from tokenfence_asgi.cli import COMMAND_MODULES, ExitCode, app, main, open_fence, redact
+from tokenfence_asgi.config import load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.simulate import delete_prefix
 
@@ -147,7 +148,7 @@ def test_console_script_and_python_m_run_the_same_command(redis_url: str, prefix
                                                                  "enterprise"]  # fmt: skip
     try:
         done = subprocess.run(
-            [str(SCRIPT), "set-plan", "acme", "pro", "--prefix", prefix],
+            [str(SCRIPT), "set-plan", "acme", "pro", "--prefix", prefix, "--create"],
             capture_output=True, text=True, timeout=60, check=False,
             env={**env, "TOKENFENCE_REDIS_URL": redis_url},
         )  # fmt: skip
@@ -210,6 +211,8 @@ def test_plans_config_from_the_environment(plans_file: Path) -> None:
         ("[plans.x\n", "invalid TOML"),
         ('[plans.x]\nlimits = [{ window = "2d", max_cost = "1" }]\n', "plans.x.limits[0].window"),
         ("[plans.x]\ncolour = 1\n", "unknown key 'colour'"),
+        ("[plans.x]\nmax_input_chars = " + "9" * 5000, "an integer of more than 4,300 digits"),
+        ("[plans.x]\nmodels = " + "[" * 2000 + "]" * 2000, "nested too deeply"),
     ],
 )
 def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: str) -> None:
@@ -218,17 +221,59 @@ def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: s
         path.write_text(content)
     result = run("plans", "--config", str(path))
     assert result.exit_code == ExitCode.BAD_CONFIG
+    assert f"error: {path}: " in result.stderr
     assert message in result.stderr
     assert result.stdout == ""
+
+
+TEAM_AND_PRO = """\
+[plans.team]
+limits = [{ window = "1d", max_cost = "10" }]
+
+[plans.pro]
+limits = [{ window = "1d", max_cost = "25" }]
+"""
+
+
+def test_the_plan_file_names_the_default_plan(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text('default_plan = "pro"\n' + TEAM_AND_PRO)
+    result = run("plans", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "tenants without a plan are on 'pro'" in result.stdout
+    assert "\npro (default)" in result.stdout
+    fence = open_fence(redis_url, "tf", path)
+    assert fence.default_plan == "pro"  # what the app's TokenFence(plans=load_plans(...)) uses
+    asyncio.run(fence.aclose())
+    assert TokenFence(plans=load_plans(path)).default_plan == "pro"
+
+
+def test_without_free_or_default_plan_the_command_says_so(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text(TEAM_AND_PRO)  # the command used to pick 'team', the library 'free'
+    expected = f"error: {path}: default_plan: not set, and no plan is named 'free'"
+    for args in (
+        ("plans",),
+        ("plans", "--json"),
+        ("set-plan", "acme", "team", "--redis-url", redis_url),
+    ):
+        result = run(*args, "--config", str(path))
+        assert result.exit_code == ExitCode.BAD_CONFIG, (args, result.output)
+        assert expected in " ".join(result.stderr.split())
+        assert 'add default_plan = "..."' in result.stderr
 
 
 # -- operator commands -----------------------------------------------------------------------
 
 
 def test_set_plan_then_status(operator: Any, redis_url: str, prefix: str) -> None:
-    result = operator("set-plan", "acme", "pro")
+    result = operator("set-plan", "acme", "pro", "--create")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "tenant 'acme' is now on plan 'pro'"
+    assert result.stdout.strip() == "tenant 'acme' is now on plan 'pro' (a new tenant)"
+    again = operator("set-plan", "acme", "pro")  # known now: no --create needed
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "tenant 'acme' is now on plan 'pro'"
+    assert again.stderr == ""
     status = operator("status", "acme")
     assert status.exit_code == 0
     assert "acme  plan pro  AI calls enabled" in status.stdout
@@ -271,7 +316,9 @@ def test_status_shows_spend(operator: Any, redis_url: str, prefix: str) -> None:
 
 
 def test_set_plan_with_a_config_file(operator: Any, plans_file: Path) -> None:
-    assert operator("set-plan", "acme", "team", "--config", str(plans_file)).exit_code == 0
+    assert (
+        operator("set-plan", "acme", "team", "--config", str(plans_file), "--create").exit_code == 0
+    )
     data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
     assert data["plan"] == "team"
     day = data["windows"][0]
@@ -279,6 +326,63 @@ def test_set_plan_with_a_config_file(operator: Any, plans_file: Path) -> None:
     # the built-in plans do not have it: said, and the default plan's limits shown
     out = operator("status", "acme").stdout
     assert "plan 'team' is not in the configured plans" in out
+
+
+def test_status_shows_each_features_use_and_share(
+    operator: Any, redis_url: str, prefix: str, plans_file: Path
+) -> None:
+    """A share refusal is explained by the status: the unused shares kept for other features."""
+    from tokenfence_asgi.errors import BudgetExceeded
+
+    async def spend() -> str:
+        fence = TokenFence(redis_url=redis_url, prefix=prefix, plans=load_plans(plans_file))
+        try:
+            await fence.set_plan("acme", "team")
+            await fence.commit(await fence.reserve("acme", "2", feature="chat"), "1.25")
+            await fence.commit(await fence.reserve("acme", "1", feature="search"), "0.5")
+            try:
+                await fence.reserve("acme", "3.5", feature="summarize")  # no share of its own
+            except BudgetExceeded as exc:
+                return exc.reason
+            return "admitted"
+        finally:
+            await fence.aclose()
+
+    # The day's limit is $15 ($10 + $5 carried): chat is guaranteed 60% = $9, search 20% = $3,
+    # of which $7.75 + $2.50 are unused and kept for them; $1.75 is spent: summarize may use $3.
+    assert asyncio.run(spend()) == "share"
+    result = operator("status", "acme", "--config", str(plans_file))
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines()]
+    rows = {tuple(cells[:2]): cells[2:] for cells in lines if cells[:1] in (["chat"], ["search"])}
+    assert rows[("chat", "1d")] == ["$1.25", "$9.00", "60%", "$7.75"]
+    assert rows[("search", "1d")] == ["$0.50", "$3.00", "20%", "$2.50"]
+    assert rows[("chat", "1mo")] == ["$1.25", "$120.00", "60%", "$118.75"]
+    assert "share" in result.stdout
+    data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
+    assert data["feature_mode"] == "share"
+    day = data["windows"][0]
+    assert day["features"] == {"chat": "1.250000", "search": "0.500000"}
+    assert day["feature_limits"] == {"chat": "9.000000", "search": "3.000000"}
+
+
+def test_status_shows_feature_caps(operator: Any, tmp_path: Path) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text(
+        '[plans.capped]\nlimits = [{ window = "1d", max_cost = "10" },'
+        ' { window = "1h", max_cost = "1", kind = "sliding" }]\n'
+        'features = { chat = 0.25 }\nfeature_mode = "cap"\n[plans.free]\n'
+    )
+    assert operator("set-plan", "acme", "capped", "--create", "--config", str(path)).exit_code == 0
+    out = operator("status", "acme", "--config", str(path)).stdout
+    assert "feature caps (no feature spends past its cap)" in one_line(out)
+    assert "chat 1d $0.00 $2.50 25% $2.50" in one_line(out)
+    assert "chat 1h" not in one_line(out)  # sliding limits have no feature rule
+    data = json.loads(operator("status", "acme", "--config", str(path), "--json").stdout)
+    assert data["feature_mode"] == "cap"
+    assert data["windows"][0]["feature_limits"] == {"chat": "2.500000"}
+    assert "feature_limits" not in data["windows"][1]
+    assert "feature" not in operator("status", "acme").stdout  # the built-in plans: none
 
 
 def test_unknown_plan_exits_4(operator: Any, plans_file: Path) -> None:
@@ -290,6 +394,118 @@ def test_unknown_plan_exits_4(operator: Any, plans_file: Path) -> None:
     result = operator("set-plan", "acme", "pro", "--config", str(plans_file))
     assert result.exit_code == ExitCode.UNKNOWN_PLAN
     assert "configured plans: free, team" in result.stderr
+
+
+def app_fence(redis_url: str, prefix: str) -> TokenFence:
+    return TokenFence(redis_url=redis_url, prefix=prefix)
+
+
+def known(redis_url: str, prefix: str, tenant: str) -> bool:
+    async def read() -> bool:
+        fence = app_fence(redis_url, prefix)
+        try:
+            return await fence.has_tenant(tenant)
+        finally:
+            await fence.aclose()
+
+    return asyncio.run(read())
+
+
+def app_reserves(redis_url: str, prefix: str, tenant: str) -> None:
+    """The app's own fence serves a call of ``tenant``: the tenant is known under ``prefix``."""
+
+    async def call() -> None:
+        fence = app_fence(redis_url, prefix)
+        try:
+            await fence.release(await fence.reserve(tenant, "0.01"))
+        finally:
+            await fence.aclose()
+
+    asyncio.run(call())
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_set_plan_under_a_prefix_with_no_tenants_is_refused_with_a_hint(
+    operator: Any, redis_url: str, prefix: str
+) -> None:
+    """The app runs under one prefix, the operator forgets --prefix: nothing changes silently."""
+    app_reserves(redis_url, prefix, "acme")
+    empty = prefix + "-other"
+    result = run("set-plan", "acme", "pro", "--redis-url", redis_url, "--prefix", empty)
+    assert result.exit_code == ExitCode.UNKNOWN_TENANT
+    message = one_line(result.stderr)
+    assert f"no tenant 'acme' under prefix '{empty}'" in message
+    assert f"prefix '{empty}' holds no tenants at all" in message
+    assert "pass the app's --prefix" in message
+    assert "--create" in message
+    assert not known(redis_url, empty, "acme")
+    assert operator("set-plan", "acme", "pro").exit_code == 0  # the right prefix: known
+
+
+def test_create_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    try:
+        options = ("--redis-url", redis_url, "--prefix", prefix)
+        result = run("set-plan", "acme", "pro", "--create", *options)
+        assert result.exit_code == 0, result.output
+        assert "(a new tenant)" in result.stdout
+        assert f"warning: prefix '{prefix}' held no tenants" in one_line(result.stderr)
+        assert known(redis_url, prefix, "acme")
+    finally:
+        asyncio.run(delete_prefix(redis_url, prefix))
+
+
+def test_kill_of_an_unknown_tenant_is_refused_as_the_admin_api_does(
+    operator: Any, redis_url: str, prefix: str
+) -> None:
+    app_reserves(redis_url, prefix, "acme")
+    for args in (
+        ("kill", "acmee"),
+        ("kill", "acmee", "--feature", "chat"),
+        ("revive", "acmee"),
+        ("status", "acmee"),
+        ("status", "acmee", "--json"),
+    ):
+        result = operator(*args)
+        assert result.exit_code == ExitCode.UNKNOWN_TENANT, (args, result.output)
+        message = one_line(result.stderr)
+        assert f"no tenant 'acmee' under prefix '{prefix}'" in message
+        assert "holds no tenants" not in message  # the prefix is in use: a typo
+        assert result.stdout == ""
+    assert "--create" in operator("kill", "acmee").stderr
+    assert "--create" not in operator("revive", "acmee").stderr
+    assert not known(redis_url, prefix, "acmee")
+    assert operator("kill", "acme").exit_code == 0  # a known tenant
+    result = operator("kill", "newcomer", "--create")  # stop a tenant before its first call
+    assert result.exit_code == 0, result.output
+    assert known(redis_url, prefix, "newcomer")
+
+
+def test_kill_all_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    try:
+        result = run("kill", "--all", "--redis-url", redis_url, "--prefix", prefix)
+        assert result.exit_code == 0, result.output
+        assert f"warning: prefix '{prefix}' holds no tenants" in one_line(result.stderr)
+        assert run("revive", "--all", "--redis-url", redis_url, "--prefix", prefix).exit_code == 0
+    finally:
+        asyncio.run(delete_prefix(redis_url, prefix))
+
+
+def test_unknown_plan_without_config_hints_at_config(operator: Any, plans_file: Path) -> None:
+    result = operator("set-plan", "acme", "platinum")
+    assert result.exit_code == ExitCode.UNKNOWN_PLAN
+    assert "pass the app's plan file with --config" in one_line(result.stderr)
+    result = operator("set-plan", "acme", "platinum", "--config", str(plans_file))
+    assert result.exit_code == ExitCode.UNKNOWN_PLAN
+    assert "--config" not in result.stderr
+
+
+def test_report_under_an_empty_prefix_warns(redis_url: str, prefix: str) -> None:
+    result = run("report", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.exit_code == 0, result.output
+    assert f"warning: prefix '{prefix}' holds no tenants" in one_line(result.stderr)
 
 
 @pytest.mark.parametrize("tenant", ["", "a\x01b", "x" * 201])
@@ -306,7 +522,8 @@ def test_bad_feature_id_exits_6(operator: Any) -> None:
     assert "feature must not be empty" in result.stderr
 
 
-def test_kill_and_revive_a_tenant_and_a_feature(operator: Any) -> None:
+def test_kill_and_revive_a_tenant_and_a_feature(operator: Any, redis_url: str, prefix: str) -> None:
+    app_reserves(redis_url, prefix, "acme")
     killed = operator("kill", "acme")
     assert killed.exit_code == 0
     assert killed.stdout.strip() == "AI calls are now refused for tenant 'acme'"
@@ -329,6 +546,7 @@ def test_kill_and_revive_a_tenant_and_a_feature(operator: Any) -> None:
 
 
 def test_kill_all_is_the_global_switch(operator: Any, redis_url: str, prefix: str) -> None:
+    assert operator("set-plan", "anyone", "free", "--create").exit_code == 0
     result = operator("kill", "--all")
     assert result.exit_code == 0
     assert "refused for every tenant (every instance sees it within" in result.stdout
@@ -361,7 +579,7 @@ def test_operator_commands_refuse_without_a_redis_url(args: tuple[str, ...]) -> 
 def test_redis_url_from_the_environment(redis_url: str, prefix: str) -> None:
     env = {"TOKENFENCE_REDIS_URL": redis_url, "TOKENFENCE_PREFIX": prefix}
     try:
-        assert run("set-plan", "acme", "starter", env=env).exit_code == 0
+        assert run("set-plan", "acme", "starter", "--create", env=env).exit_code == 0
         data = json.loads(run("status", "acme", "--json", env=env).stdout)
         assert data["plan"] == "starter"
     finally:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import pickle
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tokenfence_asgi.config import (
@@ -27,10 +29,12 @@ from tokenfence_asgi.config import (
     WINDOWS,
     Limit,
     Plan,
+    default_plan_for,
     load_plans,
     plans_from_mapping,
 )
-from tokenfence_asgi.errors import ConfigError, InvalidAmount
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import ConfigError, InvalidAmount, UnknownPlan
 
 # --- Limit -------------------------------------------------------------------------------------
 
@@ -362,15 +366,13 @@ def test_plan_is_a_frozen_hashable_picklable_value() -> None:
         ({"feature_mode": "split"}, "Plan.feature_mode: expected 'share' or 'cap', got 'split'"),
         (
             {"upgrade_url": "ftp://example.com"},
-            "Plan.upgrade_url: expected an http(s):// URL of <= 2048 chars,"
-            " got 'ftp://example.com'",
+            "Plan.upgrade_url: expected a path ('/...') or an http(s):// URL of <= 2048 chars,"
+            " without spaces, control characters or backslashes, got 'ftp://example.com'",
         ),
-        ({"upgrade_url": "example.com"}, "Plan.upgrade_url: expected an http(s):// URL"),
-        ({"upgrade_url": "https://" + "x" * 2041}, "Plan.upgrade_url: expected an http(s):// URL"),
-        (
-            {"upgrade_url": 1},
-            "Plan.upgrade_url: expected an http(s):// URL of <= 2048 chars, got 1",
-        ),
+        ({"upgrade_url": "example.com"}, "Plan.upgrade_url: expected a path ('/...') or an"),
+        ({"upgrade_url": "https://" + "x" * 2041}, "Plan.upgrade_url: expected a path"),
+        ({"upgrade_url": "/" + "x" * 2048}, "Plan.upgrade_url: expected a path"),
+        ({"upgrade_url": 1}, "Plan.upgrade_url: expected a path ('/...') or an http(s):// URL"),
     ],
 )
 def test_plan_rejects(kwargs: dict[str, Any], message: str) -> None:
@@ -382,6 +384,72 @@ def test_plan_rejects(kwargs: dict[str, Any], message: str) -> None:
 def test_plan_accepts_the_longest_name_and_url() -> None:
     assert Plan("x" * 64).name == "x" * 64
     assert Plan("p", upgrade_url="https://" + "x" * 2040).upgrade_url is not None
+    assert Plan("p", upgrade_url="/" + "x" * 2047).upgrade_url is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/settings/billing",
+        "/",
+        "/billing?plan=pro&from=402#top",
+        "/réglages/facturation",
+        "/a%20b",
+        "https://example.com/upgrade",
+        "http://localhost:8000/billing",
+        "https://[::1]:8443/billing",
+        "HTTPS://Example.com/Upgrade",
+    ],
+)
+def test_plan_accepts_an_upgrade_path_or_http_url(url: str) -> None:
+    assert Plan("p", upgrade_url=url).upgrade_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "settings/billing",  # relative: resolved against whatever page shows it
+        "./billing",
+        "//evil.example/upgrade",  # scheme-relative: another host
+        "/\\evil.example/upgrade",  # browsers read a backslash as a slash: '//evil.example'
+        "\\\\evil.example",
+        "/\\/evil.example",
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "ftp://example.com",
+        "mailto:billing@example.com",
+        "https://",
+        "https:///path",
+        "https:evil.example",
+        " /settings/billing",
+        "/settings/billing ",
+        "/settings /billing",
+        "/settings\tbilling",
+        "/settings\nLocation: https://evil.example",
+        "/settings\x00",
+        "/settings\u202ebilling",  # a right-to-left override
+        "/settings\u2028billing",  # a line separator
+        "https://exa mple.com/",
+        "https://example.com/\r\n",
+        "https://example.com\\@evil.example/",
+        "https://[::1/billing",
+    ],
+)
+def test_plan_refuses_an_upgrade_url_that_is_not_a_path_or_http_url(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^Plan\.upgrade_url: expected a path \('/\.\.\.'\)"):
+        Plan("p", upgrade_url=url)
+
+
+def test_plan_file_accepts_an_upgrade_path(tmp_path: Path) -> None:
+    path = write(tmp_path, '[plans.free]\nupgrade_url = "/settings/billing"\n')
+    (plan,) = load_plans(path)
+    assert plan.upgrade_url == "/settings/billing"
+    path = write(tmp_path, '[plans.free]\nupgrade_url = "//evil.example"\n')
+    with pytest.raises(ConfigError, match=r": plans\.free\.upgrade_url: expected a path"):
+        load_plans(path)
 
 
 def test_downgrade_chain_follows_the_map() -> None:
@@ -465,6 +533,8 @@ def test_default_feature_weights() -> None:
 
 
 # --- plan files --------------------------------------------------------------------------------
+
+_PLAN_KEYS_ALL = tuple(f.name for f in dataclasses.fields(Plan) if f.name != "name")
 
 VALID_TOML = """\
 [plans.free]
@@ -569,12 +639,162 @@ def test_load_plans_names_a_missing_file(tmp_path: Path) -> None:
         load_plans(tmp_path)  # a directory
 
 
+def test_load_plans_names_an_integer_too_long_to_read(tmp_path: Path) -> None:
+    digits = sys.get_int_max_str_digits() + 700  # 5,000 by default
+    path = write(tmp_path, f"[plans.free]\nmodels = []\nmax_input_chars = {'9' * digits}\n")
+    expected = f"{path}: invalid TOML: an integer of more than "
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}.* digits at line 3$"):
+        load_plans(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "opening", "closing"),
+    [("models", "[", "]"), ("features", "{ a = ", "}"), ("downgrade", "[{ a = ", "}]")],
+)
+def test_load_plans_names_values_nested_too_deeply(
+    tmp_path: Path, key: str, opening: str, closing: str
+) -> None:
+    path = write(tmp_path, f"[plans.free]\n{key} = {opening * 2000}1{closing * 2000}\n")
+    expected = f"{path}: invalid TOML: arrays or inline tables nested too deeply"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_plans(path)
+
+
+def test_plans_from_mapping_names_data_nested_too_deeply() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match=r"^deep\.json: nested too deeply"):
+        plans_from_mapping({"plans": {"free": {"models": ["a", deep]}}}, source="deep.json")
+
+
+def _nested(depth: int, inner: str) -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+_DIGITS = st.sampled_from([1, 4300, 4301, 5000]) | st.integers(min_value=1, max_value=6000)
+_DEPTHS = st.sampled_from([1, 2, 300, 2000]) | st.integers(min_value=1, max_value=3000)
+_TOML_VALUES = st.one_of(
+    _DIGITS.map(lambda n: "9" * n),
+    _DIGITS.map(lambda n: "0x" + "f" * n),
+    _DEPTHS.map(lambda n: _nested(n, "1")),
+    _DEPTHS.map(lambda n: "{ a = " * n + "1" + " }" * n),
+    st.sampled_from(["1e999", "-1e999", "nan", "inf", "1_000", "0o777", "1979-05-27T07:32:00Z"]),
+    st.text(max_size=12).map(json.dumps),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=8,
+    ).map(json.dumps),
+)
+_TOML_KEYS = st.sampled_from([*_PLAN_KEYS_ALL, "typo", "a.b", '"q"', "limits[0]"])
+_HOSTILE_FILES = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    st.builds(
+        lambda lines: "[plans.free]\n" + "\n".join(f"{k} = {v}" for k, v in lines),
+        st.lists(st.tuples(_TOML_KEYS, _TOML_VALUES), max_size=4, unique_by=lambda kv: kv[0]),
+    ),
+    st.builds(  # a JSON document where TOML is expected, or a TOML table of JSON values
+        lambda value, as_json: (
+            json.dumps({"plans": {"free": value}})
+            if as_json
+            else f"[plans]\nfree = {json.dumps(value)}"
+        ),
+        st.dictionaries(_TOML_KEYS, _TOML_VALUES.map(str), max_size=3),
+        st.booleans(),
+    ),
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(content=_HOSTILE_FILES)
+def test_load_plans_raises_only_config_error_naming_the_file(
+    tmp_path_factory: pytest.TempPathFactory, content: str | bytes
+) -> None:
+    """Whatever a plan file holds, load_plans returns plans or a ConfigError naming the file."""
+    path = tmp_path_factory.mktemp("hostile") / "plans.toml"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+    else:
+        path.write_bytes(content)
+    try:
+        plans = load_plans(path)
+    except ConfigError as exc:
+        assert exc.message.startswith(f"{path}: ")  # noqa: PT017
+        event(exc.message.removeprefix(f"{path}: ")[:24])
+    else:
+        event("loaded")
+        assert plans
+        assert all(isinstance(plan, Plan) for plan in plans)
+
+
+# --- the default plan: one rule for the library and the command -------------------------------
+
+TWO_PLANS = """\
+[plans.team]
+limits = [{ window = "1d", max_cost = "10" }]
+
+[plans.pro]
+limits = [{ window = "1d", max_cost = "25" }]
+"""
+
+
+def test_a_plan_file_names_its_default_plan(tmp_path: Path) -> None:
+    path = write(tmp_path, 'default_plan = "pro"\n' + TWO_PLANS)
+    plans = load_plans(path)
+    assert [p.name for p in plans] == ["team", "pro"]
+    assert plans.default_plan == "pro"
+    assert TokenFence(plans=plans).default_plan == "pro"
+    assert TokenFence(plans=plans, default_plan="team").default_plan == "team"  # argument wins
+    assert pickle.loads(pickle.dumps(plans)).default_plan == "pro"
+
+
+def test_without_a_named_default_free_is_the_default(tmp_path: Path) -> None:
+    plans = load_plans(write(tmp_path, TWO_PLANS + "[plans.free]\n"))
+    assert plans.default_plan is None
+    assert TokenFence(plans=plans).default_plan == "free"
+    assert TokenFence().default_plan == "free"  # the built-in plans
+    assert default_plan_for(BUILTIN_PLANS) == "free"
+
+
+def test_no_default_plan_and_no_free_plan_is_an_error_naming_default_plan(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_PLANS)
+    plans = load_plans(path)  # the file alone is fine: an app may name the default itself
+    expected = (
+        f"{path}: default_plan: not set, and no plan is named 'free' (plans: team, pro); "
+        'add default_plan = "..." at the top of the plan file or pass '
+        "TokenFence(default_plan=...)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        TokenFence(plans=plans)
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        default_plan_for(plans)
+    with pytest.raises(ConfigError, match=r"^default_plan: not set, and no plan is named 'free'"):
+        TokenFence(plans=list(plans))  # plans built in code: no file to name
+    assert TokenFence(plans=plans, default_plan="team").default_plan == "team"
+
+
+def test_an_unknown_default_plan_names_default_plan(tmp_path: Path) -> None:
+    with pytest.raises(UnknownPlan, match=r"^default_plan: unknown plan 'gold'; configured plans"):
+        TokenFence(default_plan="gold")
+    path = write(tmp_path, 'default_plan = "gold"\n' + TWO_PLANS)
+    expected = f"{path}: default_plan: expected the name of a plan in the file (team, pro), got"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)} 'gold'$"):
+        load_plans(path)
+    with pytest.raises(ConfigError, match=r": default_plan: expected the name of a plan.*got 1$"):
+        load_plans(write(tmp_path, "default_plan = 1\n" + TWO_PLANS))
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({}, "missing table 'plans'"),
         ([], "top level: expected a table, got []"),
-        ({"plans": {}, "plan": {}}, "top level: unknown key 'plan'; expected one of plans"),
+        (
+            {"plans": {}, "plan": {}},
+            "top level: unknown key 'plan'; expected one of plans, default_plan",
+        ),
         ({"plans": {}}, "plans: expected a table of at least one plan, got {}"),
         (
             {"plans": [{"name": "free"}]},

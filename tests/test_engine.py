@@ -288,6 +288,22 @@ async def test_kill_switches(make_fence: MakeFence) -> None:
     await fence.reserve("acme", "0.01", feature="document_analysis")
 
 
+async def test_has_tenant_is_true_once_the_store_holds_state_for_it(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=PLANS, default_plan="day")
+    await fence.status("ghost")
+    await fence.revive("ghost")
+    assert not await fence.has_tenant("ghost")  # reading and reviving create nothing
+    await fence.release(await fence.reserve("caller", "0.01"))
+    await fence.set_plan("planned", "big")
+    await fence.kill("killed")
+    await fence.set_pool("pooled", "org", plan="day")
+    for tenant in ("caller", "planned", "killed", "pooled"):
+        assert await fence.has_tenant(tenant), tenant
+    assert sorted([t async for t in fence.tenants()]) == ["caller", "killed", "planned", "pooled"]
+    with pytest.raises(InvalidId):
+        await fence.has_tenant("")
+
+
 async def test_global_kill_reaches_every_instance_within_the_cache_interval(
     make_fence: MakeFence,
 ) -> None:

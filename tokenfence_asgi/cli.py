@@ -5,11 +5,12 @@
 shared Redis (``--redis-url`` or ``TOKENFENCE_REDIS_URL``) under ``--prefix`` (default ``tf``,
 as ``TokenFence``), with the plans of ``--config plans.toml`` (default: the built-in plans);
 ``plans`` shows those plans. Failures exit with a distinct code (``ExitCode``) and one line on
-stderr.
+stderr. A tenant the store has no state for is refused as a typo (as the admin API does),
+unless ``--create`` says it is new; an empty prefix is pointed out (a forgotten ``--prefix``).
 
 Other modules add commands with a ``register(app: typer.Typer)`` function: list the module in
 ``COMMAND_MODULES``. They may use ``RedisUrlOption``, ``PrefixOption``, ``ConfigOption``,
-``open_fence``, ``run_with_fence`` and ``fail`` from here.
+``open_fence``, ``run_with_fence``, ``fail``, ``warn`` and ``prefix_is_empty`` from here.
 """
 
 # No ``from __future__ import annotations``: Typer reads the commands' annotations at runtime.
@@ -35,7 +36,7 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
-from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
+from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, default_plan_for, load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ConfigError,
@@ -44,7 +45,10 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
+from tokenfence_asgi.keys import validate_id
+from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import TenantStatus, WindowStatus
+from tokenfence_asgi.specs import PPM, compile_plan
 
 __all__ = [
     "COMMAND_MODULES",
@@ -54,13 +58,17 @@ __all__ = [
     "RedisUrlOption",
     "app",
     "check_redis_url",
+    "default_plan",
+    "empty_prefix_hint",
     "fail",
     "load_config",
     "main",
     "open_fence",
+    "prefix_is_empty",
     "redact",
     "run_with_fence",
     "usd",
+    "warn",
 ]
 
 T = TypeVar("T")
@@ -78,6 +86,7 @@ class ExitCode(IntEnum):
     INVALID_ID = 6  # a tenant or feature id that is empty, too long or has control characters
     BAD_CONFIG = 7  # a plan file that cannot be read or is invalid
     MISSING_EXTRA = 8  # the command needs an optional extra that is not installed
+    UNKNOWN_TENANT = 9  # the store has no state for the tenant: a typo, or not the app's --prefix
 
 
 COMMAND_MODULES: tuple[str, ...] = (  # one line per module with a register(app) function
@@ -140,6 +149,14 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+CreateOption = Annotated[
+    bool,
+    typer.Option(
+        "--create",
+        help="the tenant may be new (no state in the store yet); without it an unknown tenant "
+        "is refused, as a typo or another --prefix would be",
+    ),
+]
 
 
 def _out() -> Console:
@@ -150,6 +167,34 @@ def fail(code: ExitCode, message: str) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(int(code))
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr."""
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(message)}")
+
+
+async def prefix_is_empty(fence: TokenFence) -> bool:
+    """Whether the store holds no tenant at all under the fence's prefix (a scan that stops at
+    the first tenant): the sign of an operator command run without the app's ``--prefix``."""
+    found = fence.tenants()
+    try:
+        async for _ in found:
+            return False
+        return True
+    finally:
+        close = getattr(found, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def empty_prefix_hint(prefix: str, *, held: bool = False) -> str:
+    """What to say when ``prefix`` holds no tenants."""
+    verb = "held" if held else "holds"
+    return (
+        f"prefix {prefix!r} {verb} no tenants at all on this Redis: if the app uses another "
+        "prefix, pass the app's --prefix (as in TokenFence(prefix=...))"
+    )
 
 
 def redact(url: str) -> str:
@@ -183,19 +228,28 @@ def load_config(config: Path | None) -> tuple[Plan, ...]:
         fail(ExitCode.BAD_CONFIG, exc.message)
 
 
+def default_plan(plans: Sequence[Plan]) -> str:
+    """The default plan of ``plans`` by the library's rule (``default_plan_for``), or exit 7."""
+    try:
+        return default_plan_for(plans)
+    except ConfigError as exc:
+        fail(ExitCode.BAD_CONFIG, exc.message)
+
+
 def open_fence(
     redis_url: str | None, prefix: str = "tf", config: Path | None = None, *, timeout_s: float = 2
 ) -> TokenFence:
     """A fence on the Redis at ``redis_url`` with the configured plans, or exit (2, 3, 7).
 
-    The default plan is ``free`` when configured, else the first plan of the file.
+    The default plan is the one ``TokenFence(plans=load_plans(config))`` has: the file's
+    ``default_plan``, else ``free``.
     """
     url = check_redis_url(redis_url)
     plans = load_config(config)
-    names = [plan.name for plan in plans]
-    default = "free" if "free" in names else names[0]
-    return TokenFence(redis_url=url, plans=plans, default_plan=default, prefix=prefix,
-                      timeout_s=timeout_s)  # fmt: skip
+    default = default_plan(plans)
+    return TokenFence(
+        redis_url=url, plans=plans, default_plan=default, prefix=prefix, timeout_s=timeout_s
+    )
 
 
 def run_with_fence(
@@ -434,24 +488,68 @@ def _money(amount: Decimal | None) -> str | None:
     return None if amount is None else f"{amount:.6f}"
 
 
-def _window_dict(w: WindowStatus) -> dict[str, Any]:
-    money = _money
+def _feature_limits(plan: Plan, w: WindowStatus) -> dict[str, Decimal]:
+    """Each listed feature's guaranteed share (or cap) of a tenant window's limit, carried
+    budget included, as the reserve script computes it: floor(limit x weight ppm / 10^6)."""
+    if w.scope != "tenant" or w.kind != "calendar" or w.limit is None:
+        return {}
+    limit_nanos = to_nanos(w.limit)
     return {
+        name: from_nanos(limit_nanos * ppm // PPM) for name, ppm in compile_plan(plan).feature_ppm
+    }
+
+
+def _window_dict(w: WindowStatus, plan: Plan) -> dict[str, Any]:
+    money = _money
+    data = {
         "window": w.window, "kind": w.kind, "scope": w.scope, "used": money(w.used),
         "held": money(w.held), "limit": money(w.limit), "remaining": money(w.remaining),
         "carried": money(w.carried), "requests": w.requests, "max_requests": w.max_requests,
         "resets_at": w.resets_at.isoformat().replace("+00:00", "Z"),
         "features": {k: money(v) for k, v in w.features.items()},
     }  # fmt: skip
+    if w.features:
+        data["feature_limits"] = {k: money(v) for k, v in _feature_limits(plan, w).items()}
+    return data
 
 
-def _status_dict(s: TenantStatus) -> dict[str, Any]:
+def _status_dict(s: TenantStatus, plan: Plan) -> dict[str, Any]:
     return {
         "tenant": s.tenant_id, "plan": s.plan, "killed": s.killed,
         "killed_features": list(s.killed_features), "held": f"{s.held:.6f}",
         "open_holds": s.open_holds, "pool": s.pool, "pool_plan": s.pool_plan,
-        "windows": [_window_dict(w) for w in (*s.windows, *s.pool_windows)],
+        "feature_mode": plan.feature_mode if plan.features else None,
+        "windows": [_window_dict(w, plan) for w in (*s.windows, *s.pool_windows)],
     }  # fmt: skip
+
+
+def _print_features(out: Console, s: TenantStatus, plan: Plan) -> None:
+    """Each feature's spend against its share (or cap) per window: what a share refusal is
+    decided on (a feature's unused share is kept for it, whoever else asks)."""
+    if not plan.features:
+        return
+    cap = plan.feature_mode == "cap"
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("feature", "window", "used", "cap" if cap else "share", "weight", "unused"):
+        left = column in ("feature", "window")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
+    for w in s.windows:
+        limits = _feature_limits(plan, w)
+        for name, weight in plan.features.items():
+            if name in limits and name in w.features:
+                used, limit = w.features[name], limits[name]
+                unused = usd(max(Decimal(0), limit - used))
+                table.add_row(
+                    escape(name), w.window, _precise(used), usd(limit), f"{weight:.0%}", unused
+                )
+    if table.row_count:
+        rule = (
+            "no feature spends past its cap"
+            if cap
+            else "past its share, a feature spends only what no other's unused share keeps"
+        )
+        out.print(f"  feature {'caps' if cap else 'shares'} ({rule}):", markup=False)
+        out.print(table)
 
 
 def _print_status(out: Console, s: TenantStatus, configured: set[str]) -> None:
@@ -487,12 +585,22 @@ def status(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A tenant's plan, kill switches, holds, and spend in every window."""
-    result = run_with_fence(redis_url, prefix, config, lambda fence: fence.status(tenant))
+    """A tenant's plan, kill switches, holds, spend in every window, and each feature's spend
+    against its share or cap."""
+
+    async def read(fence: TokenFence) -> tuple[TenantStatus, Plan]:
+        await _known_tenant(fence, tenant, prefix)
+        status = await fence.status(tenant)
+        # the plan whose limits the status shows: the default plan's when not configured here
+        return status, fence.plans.get(status.plan) or fence.plans[fence.default_plan]
+
+    result, plan = run_with_fence(redis_url, prefix, config, read)
     if as_json:
-        print(json.dumps(_status_dict(result), indent=2))
+        print(json.dumps(_status_dict(result, plan), indent=2))
         return
-    _print_status(_out(), result, {p.name for p in load_config(config)})
+    out = _out()
+    _print_status(out, result, {p.name for p in load_config(config)})
+    _print_features(out, result, plan)
 
 
 @app.command("set-plan")
@@ -502,10 +610,60 @@ def set_plan(
     redis_url: RedisUrlOption = None,
     prefix: PrefixOption = "tf",
     config: ConfigOption = None,
+    create: CreateOption = False,
 ) -> None:
     """Put a tenant on a plan; every app instance honours it on its next call."""
-    run_with_fence(redis_url, prefix, config, lambda fence: fence.set_plan(tenant, plan))
-    _out().print(f"tenant {tenant!r} is now on plan {plan!r}")
+    names = [p.name for p in load_config(config)]
+    if plan not in names:
+        hint = (
+            ""
+            if config
+            else " (these are the built-in plans: pass the app's plan file with --config)"
+        )
+        fail(ExitCode.UNKNOWN_PLAN, UnknownPlan(plan, names).message + hint)
+
+    async def assign(fence: TokenFence) -> bool:
+        new = await _known_tenant(fence, tenant, prefix, create=create)
+        await fence.set_plan(tenant, plan)
+        return new
+
+    new = run_with_fence(redis_url, prefix, config, assign)
+    _out().print(f"tenant {tenant!r} is now on plan {plan!r}" + (" (a new tenant)" if new else ""))
+
+
+async def _known_tenant(
+    fence: TokenFence, tenant: str, prefix: str, *, create: bool | None = None
+) -> bool:
+    """Whether ``tenant`` is new; exit 9 when the store has no state for it, unless ``create``
+    (None: the command cannot create one). The admin API's rule: an unknown tenant is a 404."""
+    if await fence.has_tenant(tenant):
+        return False
+    empty = await prefix_is_empty(fence)
+    if create:
+        if empty:
+            warn(empty_prefix_hint(prefix, held=True))
+        return True
+    message = f"no tenant {tenant!r} under prefix {prefix!r}: it has no state and no plan assigned"
+    if create is not None:
+        message += " (pass --create for a new tenant)"
+    fail(ExitCode.UNKNOWN_TENANT, message + (f"; {empty_prefix_hint(prefix)}" if empty else ""))
+
+
+async def _switch(
+    fence: TokenFence,
+    kill: bool,
+    tenant: str | None,
+    feature: str | None,
+    prefix: str,
+    create: bool,
+) -> None:
+    if tenant is not None:
+        if feature is not None:
+            validate_id(feature, what="feature")  # a bad id is a 6 before an unknown tenant's 9
+        await _known_tenant(fence, tenant, prefix, create=create if kill else None)
+    await (fence.kill if kill else fence.revive)(tenant, feature=feature)
+    if tenant is None and await prefix_is_empty(fence):
+        warn(empty_prefix_hint(prefix))
 
 
 def _switch_target(tenant: str | None, everyone: bool) -> str | None:
@@ -538,11 +696,13 @@ def kill(
     redis_url: RedisUrlOption = None,
     prefix: PrefixOption = "tf",
     config: ConfigOption = None,
+    create: CreateOption = False,
 ) -> None:
     """Refuse AI calls: of a tenant, of one of its features, or (--all) of everyone."""
     target = _switch_target(tenant, everyone)
-    run_with_fence(redis_url, prefix, config,
-                   lambda fence: fence.kill(target, feature=feature))  # fmt: skip
+    run_with_fence(
+        redis_url, prefix, config, lambda f: _switch(f, True, target, feature, prefix, create)
+    )
     lag = (
         " (every instance sees it within its kill_cache_s, 1 s by default)"
         if target is None
@@ -562,8 +722,9 @@ def revive(
 ) -> None:
     """Undo kill, with the same arguments."""
     target = _switch_target(tenant, everyone)
-    run_with_fence(redis_url, prefix, config,
-                   lambda fence: fence.revive(target, feature=feature))  # fmt: skip
+    run_with_fence(
+        redis_url, prefix, config, lambda f: _switch(f, False, target, feature, prefix, False)
+    )
     _out().print(f"AI calls are allowed again for {_switched(target, feature)}")
 
 
@@ -608,11 +769,11 @@ def _plan_dict(plan: Plan) -> dict[str, Any]:
 def plans(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The effective plans: from --config, else the built-in ones."""
     configured = load_config(config)
+    default = default_plan(configured)  # exits 7, as the other commands, when there is none
     if as_json:
         print(json.dumps([_plan_dict(p) for p in configured], indent=2))
         return
     out = _out()
-    default = "free" if any(p.name == "free" for p in configured) else configured[0].name
     source = "built-in plans" if config is None else f"plans from {config}"
     out.print(f"{len(configured)} {source}; tenants without a plan are on {default!r}.",
               markup=False)  # fmt: skip

@@ -132,13 +132,22 @@ def report(
         first = last.replace(day=1)
     if last < first:
         raise typer.BadParameter(f"--end {last} is before --start {first}", param_hint="--end")
-    from tokenfence_asgi.cli import load_config, run_with_fence
+    from tokenfence_asgi.cli import (
+        empty_prefix_hint,
+        load_config,
+        prefix_is_empty,
+        run_with_fence,
+        warn,
+    )
 
     plans = {p.name: p.price_per_month for p in load_config(config)}
     prices = _prices(price or [], plans)
 
     async def read(fence: TokenFence) -> list[DailyUsage]:
-        return [day async for day in fence.daily_usage(first, last)]
+        usage = [day async for day in fence.daily_usage(first, last)]
+        if not usage and await prefix_is_empty(fence):
+            warn(empty_prefix_hint(prefix))
+        return usage
 
     usage = run_with_fence(redis_url, prefix, config, read)
     result = build_report(usage, first, last, prices=prices, top=top)

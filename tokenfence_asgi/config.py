@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tomllib
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Literal, TypeGuard
+from urllib.parse import urlsplit
 
-from tokenfence_asgi.errors import ConfigError, InvalidAmount
+from tokenfence_asgi.errors import ConfigError, InvalidAmount, UnknownPlan
 from tokenfence_asgi.money import MAX_LIMIT_NANOS, MoneyInput, _show, from_nanos, to_nanos
 from tokenfence_asgi.policy import Policy, policy_from_mapping
 
@@ -34,6 +36,8 @@ __all__ = [
     "WINDOW_SECONDS",
     "Limit",
     "Plan",
+    "PlanSet",
+    "default_plan_for",
     "load_plans",
     "plans_from_mapping",
 ]
@@ -146,7 +150,8 @@ class Plan:
     ``max_input_tokens`` refuse longer prompts (tokens as the model's tokenizer counts them).
     ``features`` maps feature ids to weights (0 < w <= 1, summing to at most 1),
     applied as guaranteed shares (``feature_mode="share"``) or caps (``"cap"``). ``upgrade_url``
-    is shown to refused users. ``policy`` is the plan's tool-call ``Policy`` (composed with the
+    is shown to refused users: a path on the app's host (``/settings/billing``) or an http(s)
+    URL. ``policy`` is the plan's tool-call ``Policy`` (composed with the
     fence's own). ``price_per_month`` is what a tenant pays for the plan, in dollars, for margin
     reports (None: not priced). ``enforce=False`` is shadow mode: every rule is decided and
     recorded, would-be refusals are logged, counted and alerted, but calls go through.
@@ -207,12 +212,12 @@ class Plan:
             price = from_nanos(nanos)
         if not isinstance(feature_mode, str) or feature_mode not in FEATURE_MODES:
             raise _bad("Plan.feature_mode", "'share' or 'cap'", feature_mode)
-        if upgrade_url is not None and not (
-            isinstance(upgrade_url, str)
-            and upgrade_url.startswith(("http://", "https://"))
-            and len(upgrade_url) <= _MAX_URL
-        ):
-            raise _bad("Plan.upgrade_url", f"an http(s):// URL of <= {_MAX_URL} chars", upgrade_url)
+        if upgrade_url is not None and not _is_upgrade_url(upgrade_url):
+            expected = (
+                f"a path ('/...') or an http(s):// URL of <= {_MAX_URL} chars, without spaces,"
+                " control characters or backslashes"
+            )
+            raise _bad("Plan.upgrade_url", expected, upgrade_url)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "limits", _check_limits(limits))
         object.__setattr__(self, "models", _check_models(models))
@@ -260,6 +265,28 @@ class Plan:
         if prefix is None or bare not in self.downgrade:
             return (model,)
         return tuple(prefix + step for step in self.downgrade_chain(bare))
+
+
+def _is_upgrade_url(url: object) -> bool:
+    """A path on the app's own host (``/settings/billing``) or an absolute http(s) URL.
+
+    Refused: relative and scheme-relative (``//host``) references, other schemes
+    (``javascript:``, ``data:``), and spaces, control or format characters and backslashes,
+    which browsers and header parsers read in ways that can change the target.
+    """
+    if not (isinstance(url, str) and 1 <= len(url) <= _MAX_URL) or "\\" in url:
+        return False
+    if any(unicodedata.category(char)[0] in "CZ" for char in url):
+        return False
+    if url.startswith("/"):
+        return not url.startswith("//")
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return False
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:  # an unbalanced IPv6 bracket
+        return False
 
 
 def _split_provider(model: str) -> tuple[str, str | None]:
@@ -422,39 +449,121 @@ def _read_plan(name: Any, value: object, where: str) -> Plan:
         raise ConfigError(where + exc.message.removeprefix("Plan")) from exc.__cause__
 
 
-def plans_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") -> tuple[Plan, ...]:
-    """Build plans from parsed TOML-shaped data: ``{"plans": {"free": {...}, ...}}``.
+class PlanSet(tuple[Plan, ...]):
+    """Plans read from a file, in the file's order: a tuple of ``Plan`` (and equal to one).
+
+    ``default_plan`` is the file's ``default_plan`` key, None when the file names none;
+    ``source`` is the file, for messages. ``TokenFence(plans=...)`` takes the default from it
+    (see ``default_plan_for``). Read-only.
+    """
+
+    default_plan: str | None
+    source: str
+
+    def __new__(
+        cls, plans: Iterable[Plan] = (), default_plan: str | None = None, source: str = "<config>"
+    ) -> PlanSet:
+        self = super().__new__(cls, plans)
+        object.__setattr__(self, "default_plan", default_plan)
+        object.__setattr__(self, "source", source)
+        return self
+
+    def __getnewargs__(self) -> tuple[tuple[Plan, ...], str | None, str]:
+        return tuple(self), self.default_plan, self.source
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"PlanSet is read-only: cannot set {name!r}")
+
+
+def default_plan_for(plans: Sequence[Plan], default_plan: str | None = None) -> str:
+    """The plan of tenants that have none assigned: the one rule of the library and the CLI.
+
+    ``default_plan`` when given, else the plan file's ``default_plan`` (``plans`` from
+    ``load_plans``), else ``"free"`` when configured. Raises ``UnknownPlan`` for a
+    ``default_plan`` that is not among ``plans``, and ``ConfigError`` naming ``default_plan``
+    (and the file) when none of the three applies.
+    """
+    names = [plan.name for plan in plans]
+    if default_plan is not None:
+        if default_plan not in names:
+            raise UnknownPlan(default_plan, names, field="default_plan")
+        return default_plan
+    declared = getattr(plans, "default_plan", None)
+    if declared is not None:
+        return str(declared)  # checked against the file's plans when read
+    if "free" in names:
+        return "free"
+    source = getattr(plans, "source", None)
+    raise ConfigError(
+        ("" if source is None else f"{source}: ")
+        + f"default_plan: not set, and no plan is named 'free' (plans: {', '.join(names)}); "
+        'add default_plan = "..." at the top of the plan file or pass '
+        "TokenFence(default_plan=...)"
+    )
+
+
+def plans_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") -> PlanSet:
+    """Build plans from parsed TOML-shaped data: ``{"plans": {"free": {...}, ...}}``, with an
+    optional top-level ``"default_plan"`` naming one of them.
 
     Plans keep the order of the table. Unknown keys at any level, wrong types and invalid values
     raise ``ConfigError`` with a message that starts with ``source`` and names the location, e.g.
     ``plans.toml: plans.free.limits[0].max_cost: negative amount '-1'``.
     """
     try:
-        top = _table(data, "top level", ("plans",))
+        top = _table(data, "top level", ("plans", "default_plan"))
         if "plans" not in top:
             raise ConfigError("missing table 'plans'")
         plans = top["plans"]
         if not isinstance(plans, Mapping) or not plans:
             raise ConfigError(f"plans: expected a table of at least one plan, got {_show(plans)}")
-        return tuple(_read_plan(name, plan, _path("plans", name)) for name, plan in plans.items())
+        read = [_read_plan(name, plan, _path("plans", name)) for name, plan in plans.items()]
+        default = top.get("default_plan")
+        names = [plan.name for plan in read]
+        if "default_plan" in top and default not in names:
+            expected = f"the name of a plan in the file ({', '.join(names)})"
+            raise _bad("default_plan", expected, default)
+        return PlanSet(read, default, source)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from exc.__cause__
+    except RecursionError:  # showing a bad value that nests deeper than the interpreter's stack
+        raise ConfigError(f"{source}: nested too deeply to read") from None
 
 
-def load_plans(path: str | os.PathLike[str]) -> tuple[Plan, ...]:
-    """Read plans from a TOML file (format: see ``plans_from_mapping`` and the README).
+def load_plans(path: str | os.PathLike[str]) -> PlanSet:
+    """Read plans from a TOML file (format: see ``plans_from_mapping`` and the README), with
+    the file's ``default_plan`` when it names one.
 
     Raises ``ConfigError`` starting with the path for a missing or unreadable file, invalid TOML
-    (with tomllib's line and column) and every invalid plan.
+    (with tomllib's line and column; also an integer too long for ``int()`` and values nested
+    deeper than the parser's stack) and every invalid plan. No other exception escapes.
     """
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
-            data = tomllib.load(file)
+            text = file.read().decode()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read plan file: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 at byte {exc.start}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    except ValueError as exc:  # int() refusing a decimal integer longer than Python reads
+        raise ConfigError(f"{source}: invalid TOML: {_long_integer(text) or exc}") from None
+    except RecursionError:  # tomllib parses nested values recursively
+        raise ConfigError(
+            f"{source}: invalid TOML: arrays or inline tables nested too deeply"
+        ) from None
     return plans_from_mapping(data, source=source)
+
+
+def _long_integer(text: str) -> str | None:
+    """Where the first decimal integer too long for ``int()`` is, or None."""
+    limit = sys.get_int_max_str_digits()
+    for match in re.finditer(r"[0-9][0-9_]*", text):
+        if len(match.group().replace("_", "")) > limit:
+            line = text.count("\n", 0, match.start()) + 1
+            return f"an integer of more than {limit:,} digits at line {line}"
+    return None

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from tokenfence_asgi.alerts import AlertHook, AlertHub
 from tokenfence_asgi.allowance import Allowance, Owed
-from tokenfence_asgi.config import BUILTIN_PLANS, Plan
+from tokenfence_asgi.config import BUILTIN_PLANS, Plan, PlanSet, default_plan_for
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
@@ -206,7 +206,8 @@ class TokenFence:
     (see ``tokenfence_asgi.allowance``).
     ``enforce=False`` runs every plan in shadow mode. ``hold_ttl`` is the lease of a hold in
     seconds; ``record_ttl`` how long a settled reservation is remembered, so repeats are
-    recognised.
+    recognised. Without ``default_plan``, the default is the plan file's own ``default_plan``
+    (plans from ``load_plans``), else ``"free"``, else a ``ConfigError`` naming ``default_plan``.
 
     Every commit that charges also writes one entry to the usage ledger (a Redis Stream per
     tag) and adds to the tenant's daily usage, in the same script. ``ledger_retention``
@@ -226,7 +227,7 @@ class TokenFence:
         redis_url: str | None = None,
         redis: Redis | RedisCluster | None = None,
         plans: Sequence[Plan] | None = None,
-        default_plan: str = "free",
+        default_plan: str | None = None,
         prefix: str = "tf",
         clock: Clock | None = None,
         on_store_error: OnStoreError = "closed",
@@ -253,8 +254,9 @@ class TokenFence:
             if plan.name in compiled:
                 raise ConfigError(f"plans: duplicate plan name {plan.name!r}")
             compiled[plan.name] = compile_plan(plan)
-        if default_plan not in compiled:
-            raise UnknownPlan(default_plan, tuple(compiled))
+        # A PlanSet carries its file's default_plan; any other sequence was read into plan_list.
+        named = plans if isinstance(plans, PlanSet) else plan_list
+        default_plan = default_plan_for(named, default_plan)
         if on_store_error not in ("closed", "open", "allowance"):
             raise ConfigError(
                 f"on_store_error must be 'closed', 'open' or 'allowance', got {on_store_error!r}"
@@ -973,6 +975,15 @@ class TokenFence:
             except InvalidId:
                 continue  # not a tenant's (the readiness probe's key)
             yield tenant
+
+    async def has_tenant(self, tenant_id: str) -> bool:
+        """Whether the store has state for the tenant (what ``tenants()`` lists): it reserved, or
+        was given a plan, a pool or a kill switch. ``status`` and ``revive`` create none.
+
+        One read of the tenant's own key; for operator tools that must not act on a typo.
+        """
+        tenant_enc = encode_id(validate_id(tenant_id, what="tenant_id"))
+        return bool(await self._store.hgetall(self._keys.tenant(tenant_enc).state))
 
     async def ledger_streams(self) -> AsyncIterator[str]:
         """The keys of every usage ledger stream (one per tenant on its own, one per pool)."""

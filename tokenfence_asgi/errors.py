@@ -125,8 +125,13 @@ class UnknownPlan(ConfigError):
     status_code = 404
     error_code = "unknown_plan"
 
-    def __init__(self, name: str, known: list[str] | tuple[str, ...]) -> None:
-        super().__init__(f"unknown plan {name!r}; configured plans: {', '.join(sorted(known))}")
+    def __init__(
+        self, name: str, known: list[str] | tuple[str, ...], *, field: str | None = None
+    ) -> None:
+        where = "" if field is None else f"{field}: "
+        super().__init__(
+            f"{where}unknown plan {name!r}; configured plans: {', '.join(sorted(known))}"
+        )
         self.name = name
 
 
