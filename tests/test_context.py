@@ -10,7 +10,13 @@ from decimal import Decimal
 import pytest
 import structlog
 
-from tokenfence_asgi.context import FenceContext, current_context, feature, tenant_scope
+from tokenfence_asgi.context import (
+    FenceContext,
+    current_context,
+    feature,
+    misplaced_feature,
+    tenant_scope,
+)
 from tokenfence_asgi.errors import InvalidId, TenantRequired
 from tokenfence_asgi.results import Reservation
 
@@ -134,6 +140,23 @@ def test_feature_outside_any_scope_is_anonymous() -> None:
     with pytest.raises(TenantRequired):
         ctx.require_tenant()
     assert current_context() is None
+
+
+def test_the_function_a_feature_wrapped_is_marked_so_a_misplaced_one_can_be_found() -> None:
+    def endpoint() -> None: ...
+
+    async def stream() -> AsyncIterator[int]:
+        yield 1
+
+    wrapper = feature("chat")(endpoint)
+    assert misplaced_feature(endpoint) == "chat"  # a route holding this one lost the feature
+    assert misplaced_feature(wrapper) is None  # a route holding the wrapper has it
+    again = feature("search")(wrapper)  # stacked: the outer wrapper is the one to register
+    assert (misplaced_feature(wrapper), misplaced_feature(again)) == ("search", None)
+    assert misplaced_feature(feature("chat")(stream)) is None
+    assert misplaced_feature(stream) == "chat"
+    assert misplaced_feature(print) is None  # nothing to mark on a builtin, and no error
+    assert feature("chat")(print) is not print
 
 
 async def test_feature_inside_a_thread() -> None:

@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import anyio
 import httpx
 import pytest
 import structlog
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,19 +25,27 @@ from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, _free_port
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.context import current_context, feature, tenant_scope
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
     InputTooLong,
+    InvalidId,
+    RequestLimitExceeded,
     StoreUnavailable,
     TenantDisabled,
+    TenantRequired,
     TokenFenceError,
 )
-from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
+from tokenfence_asgi.middleware import (
+    TenantResolver,
+    TokenFenceMiddleware,
+    sign_tenant,
+    signed_tenant_header,
+)
 from tokenfence_asgi.responses import limit_headers
 
 MakeFence = Callable[..., TokenFence]
@@ -218,7 +227,7 @@ async def test_other_fence_errors_map_to_their_status(
     async with client(fenced([Route("/", endpoint)], fence), **{"X-Tenant-ID": "acme"}) as c:
         r = await c.get("/")
     assert (r.status_code, r.json()["error"]) == (status, code)
-    assert r.json()["message"] == error.message
+    assert r.json()["message"] == error.to_dict()["message"]
     assert "retry-after" not in r.headers
     assert "ratelimit" not in r.headers
     assert len(r.headers["x-request-id"]) == 32
@@ -240,15 +249,124 @@ async def test_other_exceptions_and_config_errors_propagate(fence: TokenFence) -
             await c.get("/bug")
 
 
+async def test_a_store_outage_503_keeps_the_stores_address_out_of_the_body() -> None:
+    port = _free_port()  # nothing listens here: the client gets "Error 111 connecting to ..."
+    fence = TokenFence(redis_url=f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with client(fastapi_app(fence), **{"X-Tenant-ID": "acme"}) as c:
+                r = await c.post("/spend", params={"amount": "0.01"})
+    finally:
+        await fence.aclose()
+    assert r.status_code == 503
+    assert r.json() == {
+        "error": "ai_budget_unavailable",
+        "message": "the AI budget service is unavailable; try again shortly",
+    }
+    assert str(port) not in r.text
+    assert "127.0.0.1" not in r.text
+    # the operator still gets the detail, in the log line of the response
+    [line] = [e for e in logs if e["event"] == "fence_error_response"]
+    assert (line["status"], line["log_level"]) == (503, "warning")
+    assert f"127.0.0.1:{port}" in line["detail"]
+
+
+def task_group_app(fence: TokenFence) -> Starlette:
+    """Endpoints that make the same fenced call bare and inside anyio task groups."""
+
+    async def spend(done: anyio.Event | None = None) -> None:
+        ctx = current_context()
+        assert ctx is not None
+        try:
+            await fence.reserve(ctx.require_tenant(), "0.04", feature="chat")
+        finally:
+            if done is not None:
+                done.set()
+
+    async def bare(request: Request) -> Response:
+        await spend()
+        return PlainTextResponse("ok")
+
+    async def grouped(request: Request) -> Response:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spend)
+        return PlainTextResponse("ok")
+
+    async def nested(request: Request) -> Response:
+        async def inner() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(spend)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inner)
+        return PlainTextResponse("ok")
+
+    async def mixed(request: Request) -> Response:
+        done = anyio.Event()
+
+        async def bug() -> None:
+            with anyio.CancelScope(shield=True):  # fails too, after the refusal
+                await done.wait()
+            raise KeyError("not ours")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spend, done)
+            tg.start_soon(bug)
+        return PlainTextResponse("ok")
+
+    async def ordered(request: Request) -> Response:
+        limit = RequestLimitExceeded(
+            tenant_id="acme", feature=None, window="1d", requests=3, max_requests=3,
+            resets_at=datetime(2026, 3, 16, tzinfo=UTC),
+        )  # fmt: skip
+        raise ExceptionGroup("two refusals", [ExceptionGroup("inner", [limit]), budget_error()])
+
+    async def with_a_bug(request: Request) -> Response:
+        raise ExceptionGroup("a refusal and a bug", [budget_error(), ConfigError("bad plan")])
+
+    routes = [Route(f"/{f.__name__}", f) for f in (bare, grouped, nested, mixed, ordered)]
+    return fenced([*routes, Route("/with_a_bug", with_a_bug)], fence)
+
+
+async def test_a_fence_error_inside_a_task_group_is_answered_as_the_bare_error(
+    make_fence: MakeFence, clock: FakeClock
+) -> None:
+    fence = make_fence(plans=[TINY], default_plan="tiny")
+    await fence.commit(await fence.reserve("acme", "0.03"), "0.03")
+    app = task_group_app(fence)
+    async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "r-tg"}) as c:
+        bare = await c.get("/bare")
+        assert (bare.status_code, bare.json()["error"]) == (402, "ai_budget_exceeded")
+        for path in ("/grouped", "/nested"):
+            r = await c.get(path)
+            assert (r.status_code, r.json()) == (402, bare.json()), path
+            assert r.headers["ratelimit"] == bare.headers["ratelimit"]
+            assert r.headers["x-request-id"] == "r-tg"
+        # only refusals in the group: the first of them, depth first
+        assert (await c.get("/ordered")).json()["error"] == "ai_request_limit_exceeded"
+    # a group that also holds another exception is a bug: it propagates whole (a 500)
+    async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+        for path, other in (("/mixed", KeyError), ("/with_a_bug", ConfigError)):
+            with pytest.raises(ExceptionGroup) as raised:
+                await c.get(path)
+            assert raised.group_contains(BudgetExceeded)
+            assert raised.group_contains(other)
+
+
 @frameworks
 async def test_missing_tenant_is_a_401(make_app: Callable[..., ASGIApp], fence: TokenFence) -> None:
     async with client(make_app(fence), **{"X-Request-ID": "r-401"}) as c:
         r = await c.get("/ctx")
         empty = await c.get("/ctx", headers={"X-Tenant-ID": ""})
     assert r.status_code == 401
-    assert r.json() == {"error": "tenant_required", "message": r.json()["message"]}
+    assert r.json() == {
+        "error": "tenant_required",
+        "message": "a tenant id is required for this request: send it in the X-Tenant-ID header",
+        "header": "X-Tenant-ID",
+    }
     assert r.headers["x-request-id"] == "r-401"
     assert empty.status_code == 401
+    assert empty.json()["header"] == "X-Tenant-ID"
 
 
 @frameworks
@@ -338,7 +456,10 @@ async def test_callable_resolvers_sync_and_async(fence: TokenFence) -> None:
 async def test_custom_tenant_header(fence: TokenFence) -> None:
     async with client(fastapi_app(fence, tenant="X-Org")) as c:
         assert (await c.get("/ctx", headers={"X-Org": "o2"})).json()["tenant"] == "o2"
-        assert (await c.get("/ctx", headers={"X-Tenant-ID": "o2"})).status_code == 401
+        refused = await c.get("/ctx", headers={"X-Tenant-ID": "o2"})
+    assert refused.status_code == 401
+    assert refused.json()["header"] == "X-Org"  # the 401 names the header it wanted
+    assert "X-Org" in refused.json()["message"]
 
 
 async def test_signed_tenant_header(fence: TokenFence) -> None:
@@ -351,16 +472,79 @@ async def test_signed_tenant_header(fence: TokenFence) -> None:
             r = await c.get("/ctx", headers=headers)
             assert (r.status_code, r.json()["error"]) == (401, "tenant_required")
             assert "signature" in r.json()["message"]
+            assert r.json()["header"] == "X-Tenant-Signature"
         # no tenant header at all: anonymous, because this app allows it
         assert (await c.get("/ctx")).json()["tenant"] is None
+    async with client(fastapi_app(fence, tenant=signed_tenant_header(SECRET))) as c:
+        r = await c.get("/ctx")
+    assert (r.status_code, r.json()["header"]) == (401, "X-Tenant-ID")  # the header it wanted
 
 
-def test_signing_needs_a_real_secret() -> None:
+async def test_signed_tenant_header_expires_and_carries_the_nonce(fence: TokenFence) -> None:
+    clock = FakeClock(1_773_576_000)
+    seen: list[object] = []
+
+    async def endpoint(request: Request) -> JSONResponse:
+        seen.append(getattr(request.state, "tenant_nonce", None))
+        return JSONResponse(ctx_dict())
+
+    resolver = signed_tenant_header(SECRET, max_age_s=30, clock_skew_s=2, clock=clock)
+    app = Starlette(routes=[Route("/", endpoint)])
+    app.add_middleware(TokenFenceMiddleware, fence=fence, tenant=resolver)
+    now = int(clock())
+    nonce = "a-nonce-of-the-gateway"
+
+    async def status(issued_at: int, **options: Any) -> int:
+        value = sign_tenant(SECRET, "acme", issued_at=issued_at, **options)
+        async with client(app, **{"X-Tenant-ID": "acme", "X-Tenant-Signature": value}) as c:
+            return (await c.get("/")).status_code
+
+    assert await status(now - 32) == 200  # 30 s of age plus 2 s of skew
+    assert await status(now - 33) == 401
+    assert await status(now + 2) == 200  # the gateway's clock a little ahead
+    assert await status(now + 3) == 401
+    assert await status(now, nonce=nonce) == 200
+    assert seen == [None, None, nonce]
+    strict = signed_tenant_header(SECRET, require_nonce=True, clock=clock)
+    app = Starlette(routes=[Route("/", endpoint)])
+    app.add_middleware(TokenFenceMiddleware, fence=fence, tenant=strict)
+    assert await status(now) == 401
+    assert await status(now, nonce=nonce) == 200
+
+
+def test_signing_needs_a_real_secret_and_sane_options() -> None:
     with pytest.raises(ConfigError):
         signed_tenant_header("short")
     with pytest.raises(ConfigError):
         sign_tenant(b"", "acme")
-    assert sign_tenant(SECRET, "acme") == sign_tenant(SECRET.encode(), "acme")
+    assert sign_tenant(SECRET, "acme", issued_at=7) == sign_tenant(
+        SECRET.encode(), "acme", issued_at=7
+    )
+    for options in (
+        {"max_age_s": 0},
+        {"max_age_s": float("inf")},
+        {"max_age_s": 86401},
+        {"clock_skew_s": -1},
+        {"clock_skew_s": 301},
+        {"require_nonce": "yes"},
+        {"clock": 5},
+        {"signature_header": "X-Tenant-ID"},
+    ):
+        with pytest.raises(ConfigError):
+            signed_tenant_header(SECRET, **options)
+    bad_options: list[dict[str, Any]] = [
+        {"issued_at": -1},
+        {"issued_at": 10**11},  # past what the app reads (year 5138)
+        {"issued_at": 1.5},
+        {"issued_at": True},
+        {"nonce": "short"},
+        {"nonce": "has a space in it, 16+"},
+    ]
+    for bad in bad_options:
+        with pytest.raises(ConfigError):
+            sign_tenant(SECRET, "acme", **bad)
+    with pytest.raises(InvalidId):  # a tenant the app would refuse is not signed
+        sign_tenant(SECRET, "ac\x00me")
 
 
 def test_bad_options_are_config_errors(fence: TokenFence) -> None:
@@ -373,6 +557,230 @@ def test_bad_options_are_config_errors(fence: TokenFence) -> None:
     ):
         with pytest.raises(ConfigError):
             TokenFenceMiddleware(app, **options)
+
+
+# -- exclude_paths -----------------------------------------------------------------------------
+
+
+async def test_excluded_paths_get_no_tenant_check_and_cannot_spend(fence: TokenFence) -> None:
+    excluded = ["/plain", "/docs", "/openapi.json/", "/spend"]
+    app = fastapi_app(fence, exclude_paths=excluded)
+    async with client(app, **{"X-Request-ID": "r-ex"}) as c:
+        plain = await c.get("/plain")
+        assert plain.status_code == 200
+        assert (plain.json()["tenant"], plain.json()["request_id"]) == (None, "r-ex")
+        assert (await c.get("/docs")).status_code == 200
+        assert (await c.get("/openapi.json")).status_code == 200
+        # an excluded path is anonymous, even with a tenant header: a fenced call is refused
+        for headers in ({}, {"X-Tenant-ID": "acme"}):
+            spend = await c.post("/spend", params={"amount": "0.01"}, headers=headers)
+            assert (spend.status_code, spend.json()["error"]) == (401, "tenant_required")
+        # segment-wise: neither a longer name nor another path is excluded
+        for path in ("/ctx", "/plainx", "/plain-ish", "/docsx", "/", "/Plain"):
+            assert (await c.get(path)).status_code == 401, path
+        assert (await c.get("/plain/")).status_code != 401  # below /plain: excluded
+    assert (await fence.status("acme")).windows[0].held == 0
+
+
+async def test_excluded_paths_skip_the_resolver_and_honour_root_path(fence: TokenFence) -> None:
+    asked: list[str] = []
+
+    def resolve(scope: Scope) -> str | None:
+        asked.append(scope["path"])
+        return "acme"
+
+    app = starlette_app(fence, tenant=resolve, exclude_paths=["/plain"])
+    assert (await call_asgi(app, "/plain", []))[0]["status"] == 200
+    assert asked == []
+    assert (await call_asgi(app, "/ctx", []))[0]["status"] == 200
+    assert asked == ["/ctx"]
+    # mounted under /api by a proxy or a parent app: paths are matched below the root path
+    messages = await call_asgi(app, "/api/plain", [], root_path="/api")
+    assert messages[0]["status"] == 200
+    assert asked == ["/ctx"]
+    await call_asgi(app, "/api/ctx", [], root_path="/api")
+    assert asked == ["/ctx", "/api/ctx"]
+
+
+async def test_admin_app_mounted_beside_the_middleware(fence: TokenFence) -> None:
+    from tokenfence_asgi.admin import admin_app
+
+    token = "admin-token-0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    for options, status in (({}, 401), ({"exclude_paths": ["/admin"]}, 200)):
+        app = fastapi_app(fence, **options)
+        app.mount("/admin", admin_app(fence, token=token, metrics=False))
+        async with client(app) as c:
+            r = await c.get("/admin/api/tenants", headers=auth)
+            assert r.status_code == status, (options, r.text)
+            assert (await c.get("/administrator")).status_code == 401
+
+
+def test_excluded_websocket_paths(fence: TokenFence) -> None:
+    app = websocket_app(fence, websocket=True, exclude_paths=["/ws"])
+    with TestClient(app) as tc, tc.websocket_connect("/ws", headers={"X-Request-ID": "w"}) as ws:
+        assert ws.receive_json() == [None, "w"]
+
+
+@pytest.mark.parametrize("paths", ["/admin", 5, ["admin"], ["/"], ["//"], [None], [""]])
+def test_bad_exclude_paths_are_config_errors(fence: TokenFence, paths: Any) -> None:
+    with pytest.raises(ConfigError, match="exclude_paths"):
+        TokenFenceMiddleware(Starlette(), fence=fence, exclude_paths=paths)
+
+
+# -- a resolver that raises, and a tenant from a FastAPI dependency ----------------------------
+
+
+async def test_a_resolver_that_raises_is_a_json_500_and_a_log_line(fence: TokenFence) -> None:
+    async def from_db(scope: Scope) -> str | None:
+        raise RuntimeError("db password=hunter2 rejected")
+
+    resolvers: list[TenantResolver] = [lambda scope: scope["state"]["org_id"], from_db]
+    for resolver in resolvers:
+        app = starlette_app(fence, tenant=resolver)
+        with structlog.testing.capture_logs() as logs:
+            async with client(app, **{"X-Request-ID": "r-500"}) as c:
+                r = await c.get("/ctx")
+        assert r.status_code == 500
+        assert r.json() == {
+            "error": "tenant_resolver_failed",
+            "message": "the tenant of this request could not be resolved",
+        }
+        assert r.headers["x-request-id"] == "r-500"
+        assert "hunter2" not in r.text
+        [line] = [e for e in logs if e["event"] == "tenant_resolver_failed"]
+        assert (line["log_level"], line["exc_info"], line["request_id"]) == ("error", True, "r-500")
+
+
+async def test_a_resolver_may_refuse_with_its_own_401(fence: TokenFence) -> None:
+    def resolve(scope: Scope) -> str | None:
+        raise TenantRequired("log in to use AI features")
+
+    async with client(starlette_app(fence, tenant=resolve)) as c:
+        r = await c.get("/ctx")
+    assert (r.status_code, r.json()["message"]) == (401, "log in to use AI features")
+
+
+async def test_the_readme_resolver_reads_state_an_outer_auth_middleware_set(
+    fence: TokenFence,
+) -> None:
+    class Auth:  # stands for the app's own auth middleware
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            if dict(scope["headers"]).get(b"authorization") == b"Bearer key-of-org-7":
+                scope.setdefault("state", {})["org_id"] = "org-7"
+            await self.app(scope, receive, send)
+
+    app = fastapi_app(fence, tenant=lambda scope: scope.get("state", {}).get("org_id"))
+    app.add_middleware(Auth)  # added last, so it runs first
+    async with client(app) as c:
+        ok = await c.get("/ctx", headers={"Authorization": "Bearer key-of-org-7"})
+        assert (ok.json()["tenant"], ok.json()["feature"]) == ("org-7", "chat")
+        assert (await c.get("/ctx")).status_code == 401
+
+
+async def org_of(authorization: Annotated[str, Header()] = "") -> str:
+    """The app's usual auth: the organisation of a verified API key (here a fixed table)."""
+    org = {"Bearer key-of-acme": "acme", "Bearer key-of-globex": "globex"}.get(authorization)
+    if org is None:
+        raise HTTPException(401, "unknown API key")
+    return org
+
+
+async def fenced_org(org: Annotated[str, Depends(org_of)]) -> AsyncIterator[str]:
+    """Charge the request's LLM calls to its organisation (an async dependency: a sync one
+    would set the context in a worker thread, invisible to the endpoint)."""
+    async with tenant_scope(org):
+        yield org
+
+
+async def test_a_tenant_from_a_fastapi_dependency(make_fence: MakeFence) -> None:
+    fence = make_fence(plans=[TINY], default_plan="tiny")
+    app = FastAPI()
+    app.add_middleware(TokenFenceMiddleware, fence=fence, allow_anonymous=True)
+
+    @app.post("/chat")
+    @feature("chat")
+    async def chat(org: Annotated[str, Depends(fenced_org)]) -> dict[str, Any]:
+        ctx = current_context()
+        assert ctx is not None
+        r = await fence.reserve(ctx.require_tenant(), "0.02", feature=ctx.feature)
+        await fence.commit(r, "0.02")
+        return ctx_dict()
+
+    @app.post("/unauthenticated")
+    async def unauthenticated() -> dict[str, str]:
+        ctx = current_context()
+        assert ctx is not None
+        await fence.reserve(ctx.require_tenant(), "0.02")
+        return {}
+
+    async with client(app, **{"X-Request-ID": "r-dep"}) as c:
+        r = await c.post("/chat", headers={"Authorization": "Bearer key-of-acme"})
+        assert r.status_code == 200
+        assert r.json()["log"] == {"tenant": "acme", "feature": "chat", "request_id": "r-dep"}
+        assert (await c.post("/chat", headers={"Authorization": "Bearer key-of-acme"})).is_success
+        refused = await c.post("/chat", headers={"Authorization": "Bearer key-of-acme"})
+        assert (refused.status_code, refused.json()["error"]) == (402, "ai_budget_exceeded")
+        assert (await c.post("/chat", headers={"Authorization": "Bearer nope"})).status_code == 401
+        anonymous = await c.post("/unauthenticated")
+        assert (anonymous.status_code, anonymous.json()["error"]) == (401, "tenant_required")
+    assert (await fence.status("acme")).windows[0].used == Decimal("0.04")
+    assert (await fence.status("globex")).windows[0].used == 0
+
+
+# -- @feature above the route decorator --------------------------------------------------------
+
+
+async def test_feature_above_the_route_decorator_is_reported_once(fence: TokenFence) -> None:
+    app = FastAPI()
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+
+    @feature("chat")  # wrong: wraps what @app.get already registered
+    @app.get("/above")
+    async def above() -> dict[str, Any]:
+        return ctx_dict()
+
+    @app.get("/below")
+    @feature("chat")
+    async def below() -> dict[str, Any]:
+        return ctx_dict()
+
+    def sync_endpoint(request: Request) -> JSONResponse:
+        return JSONResponse(ctx_dict())
+
+    app.router.routes.append(Route("/starlette", sync_endpoint))
+    feature("search")(sync_endpoint)  # wrapped after the route took the function
+
+    with structlog.testing.capture_logs() as logs:
+        async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+            for _ in range(2):
+                assert (await c.get("/above")).json()["feature"] is None
+                assert (await c.get("/below")).json()["feature"] == "chat"
+                assert (await c.get("/starlette")).json()["feature"] is None
+    misplaced = [e for e in logs if e["event"] == "feature_decorator_misplaced"]
+    assert [(e["endpoint"], e["feature"]) for e in misplaced] == [
+        ("test_feature_above_the_route_decorator_is_reported_once.<locals>.above", "chat"),
+        ("test_feature_above_the_route_decorator_is_reported_once.<locals>.sync_endpoint",
+         "search"),
+    ]  # fmt: skip
+    assert all(e["log_level"] == "warning" for e in misplaced)
+
+
+async def test_an_unhashable_endpoint_is_served_unchanged(fence: TokenFence) -> None:
+    class Endpoint:  # an ASGI app object defining __eq__ and hence no __hash__
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            await PlainTextResponse("ok")(scope, receive, send)
+
+    app = Starlette(routes=[Route("/", Endpoint())])
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    async with client(app, **{"X-Tenant-ID": "acme"}) as c:
+        assert (await c.get("/")).text == "ok"
 
 
 # -- request id --------------------------------------------------------------------------------
@@ -759,13 +1167,17 @@ def fenced(routes: list[Route], fence: TokenFence) -> Starlette:
 
 
 async def call_asgi(
-    app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]], spec_version: str = "2.4"
+    app: ASGIApp,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    spec_version: str = "2.4",
+    root_path: str = "",
 ) -> list[Message]:
     """Run one GET through ``app`` with raw headers; return every message it sent."""
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version},
         "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
-        "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "raw_path": path.encode(), "query_string": b"", "root_path": root_path, "headers": headers,
         "client": ("127.0.0.1", 12345), "server": ("test", 80), "state": {},
     }  # fmt: skip
     messages: list[Message] = []

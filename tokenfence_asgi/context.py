@@ -14,6 +14,7 @@ structlog configuration includes ``structlog.contextvars.merge_contextvars``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -33,6 +34,7 @@ __all__ = [
     "TenantScope",
     "current_context",
     "feature",
+    "misplaced_feature",
     "pop_context",
     "push_context",
     "settle_context",
@@ -211,7 +213,13 @@ def feature(name: str) -> Callable[[F], F]:
     function's signature (``functools.wraps``), so FastAPI dependency injection and the OpenAPI
     schema are unchanged; a sync endpoint run in FastAPI's or Starlette's threadpool sets the
     feature inside the thread. Outside any request the feature is set on an anonymous context.
-    Put ``@feature`` below the route decorator. Raises ``InvalidId`` for a bad ``name``.
+    Raises ``InvalidId`` for a bad ``name``.
+
+    Put ``@feature`` below the route decorator: a route decorator (``@app.get``) registers the
+    function it is given, so a ``@feature`` above it wraps a function the route never calls,
+    and no feature is recorded. No decorator can undo that registration; instead the original
+    function is marked (``misplaced_feature``) and ``TokenFenceMiddleware`` logs
+    ``feature_decorator_misplaced`` the first time such an endpoint serves a request.
 
     A ``StreamingResponse`` body runs after the endpoint returned: if it makes LLM calls,
     decorate its generator too (``@feature("chat")`` on the ``async def`` generator).
@@ -219,33 +227,56 @@ def feature(name: str) -> Callable[[F], F]:
     validate_id(name, what="feature")
 
     def decorate(func: F) -> F:
-        if inspect.isasyncgenfunction(func):
-            return cast("F", _wrap_async_generator(func, name))
-        if inspect.isgeneratorfunction(func):
-            return cast("F", _wrap_generator(func, name))
-        if inspect.iscoroutinefunction(func):
+        wrapper = _wrap(func, name)
+        # functools.wraps copied func's attributes: a mark from an earlier @feature is not ours
+        wrapper.__dict__.pop(_WRAPPED_BY_FEATURE, None)
+        with contextlib.suppress(AttributeError, TypeError):  # a callable without attributes
+            setattr(func, _WRAPPED_BY_FEATURE, name)
+        return cast("F", wrapper)
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = _push_feature(name)
-                try:
-                    return await func(*args, **kwargs)
-                finally:
-                    pop_context(token)
+    return decorate
 
-            return cast("F", async_wrapper)
+
+_WRAPPED_BY_FEATURE = "__tokenfence_feature__"
+
+
+def misplaced_feature(endpoint: object) -> str | None:
+    """The feature name of a ``@feature`` that wrapped ``endpoint`` without replacing it.
+
+    Called with the function a route actually calls (Starlette puts it in ``scope["endpoint"]``):
+    when ``@feature`` wrapped that very function, its wrapper is not what the route runs, so
+    the feature is lost (``@feature`` above the route decorator). ``None`` otherwise.
+    """
+    name = getattr(endpoint, _WRAPPED_BY_FEATURE, None)
+    return name if isinstance(name, str) else None
+
+
+def _wrap(func: Callable[..., Any], name: str) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(func):
+        return _wrap_async_generator(func, name)
+    if inspect.isgeneratorfunction(func):
+        return _wrap_generator(func, name)
+    if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             token = _push_feature(name)
             try:
-                return func(*args, **kwargs)
+                return await func(*args, **kwargs)
             finally:
                 pop_context(token)
 
-        return cast("F", sync_wrapper)
+        return async_wrapper
 
-    return decorate
+    @functools.wraps(func)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _push_feature(name)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            pop_context(token)
+
+    return sync_wrapper
 
 
 def _wrap_async_generator(

@@ -136,13 +136,28 @@ class UnknownPlan(ConfigError):
 
 
 class TenantRequired(TokenFenceError):
-    """A fenced call was made without a tenant (no header, no context, no metadata)."""
+    """A fenced call was made without a tenant (no header, no context, no metadata).
+
+    ``header`` names the request header the tenant was expected in, when it comes from one;
+    the body then carries it as ``header`` and the default message says to send it.
+    """
 
     status_code = 401
     error_code = "tenant_required"
 
-    def __init__(self, message: str = "a tenant id is required for this request") -> None:
+    def __init__(self, message: str | None = None, *, header: str | None = None) -> None:
+        if message is None:
+            message = "a tenant id is required for this request"
+            if header is not None:
+                message += f": send it in the {header} header"
         super().__init__(message)
+        self.header = header
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.header is not None:
+            body["header"] = self.header
+        return body
 
 
 class Refused(TokenFenceError):
@@ -445,7 +460,15 @@ class Contended(TokenFenceError):
 
 
 class StoreUnavailable(TokenFenceError):
-    """The budget store (Redis) could not be reached in time; the call is refused (fail closed)."""
+    """The budget store (Redis) could not be reached in time; the call is refused (fail closed).
+
+    ``message`` carries the detail (host, port, the client's error) for logs and operators;
+    the HTTP body (``to_dict()``) does not, so no infrastructure reaches an end user.
+    """
 
     status_code = 503
     error_code = "ai_budget_unavailable"
+    public_message: ClassVar[str] = "the AI budget service is unavailable; try again shortly"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.error_code, "message": self.public_message}

@@ -5,13 +5,12 @@ the tenant, takes or makes a request id, sets the ``FenceContext`` for the reque
 request id on the response, and turns a ``TokenFenceError`` raised inside into its JSON error
 response. It makes no call to the store: budgets are checked when an LLM call is made.
 
-Also here: ``signed_tenant_header`` and ``sign_tenant``, for a tenant header that a gateway signs.
+``signed_tenant_header`` and ``sign_tenant`` (for a tenant header that a gateway signs) live in
+``tenant_header`` and are importable from here too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,13 +22,32 @@ import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenfence_asgi.context import FenceContext, pop_context, push_context, settle_context
+from tokenfence_asgi.context import (
+    FenceContext,
+    misplaced_feature,
+    pop_context,
+    push_context,
+    settle_context,
+)
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import ConfigError, InvalidId, TenantRequired, TokenFenceError
-from tokenfence_asgi.keys import MAX_ID_LENGTH, validate_id
+from tokenfence_asgi.keys import validate_id
 from tokenfence_asgi.responses import FenceErrorResponse
+from tokenfence_asgi.tenant_header import (
+    SignedTenantHeader,
+    decode_tenant,
+    header_name,
+    sign_tenant,
+    signed_tenant_header,
+)
 
-__all__ = ["TenantResolver", "TokenFenceMiddleware", "sign_tenant", "signed_tenant_header"]
+__all__ = [
+    "SignedTenantHeader",
+    "TenantResolver",
+    "TokenFenceMiddleware",
+    "sign_tenant",
+    "signed_tenant_header",
+]
 
 log = structlog.get_logger("tokenfence_asgi")
 
@@ -37,38 +55,6 @@ TenantResolver: TypeAlias = Callable[[Scope], str | Awaitable[str | None] | None
 """Finds the tenant of a request from its ASGI scope; sync or async; ``None`` when there is none."""
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_PRINTABLE_ID = re.compile(rb"[ -~]{1,%d}" % MAX_ID_LENGTH)
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_MIN_SECRET_BYTES = 16
-
-
-def _header_name(name: object, option: str) -> bytes:
-    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        raise ConfigError(f"{option} must be an HTTP header name, got {name!r}")
-    return name.lower().encode("ascii")
-
-
-def _single_header(scope: Scope, name: bytes) -> bytes | None:
-    """The value of header ``name``; raises ``InvalidId`` when it is sent more than once."""
-    found = None
-    for key, value in scope["headers"]:
-        if key == name:
-            if found is not None:
-                raise InvalidId(f"the {name.decode()} header was sent more than once")
-            found = value
-    return found
-
-
-def _decode_tenant(raw: bytes | None, header: bytes) -> str | None:
-    if not raw:
-        return None
-    if _PRINTABLE_ID.fullmatch(raw):  # the common case, accepted by validate_id, checked faster
-        return raw.decode("ascii")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidId(f"the {header.decode()} header is not valid UTF-8") from None
-    return validate_id(text, what="tenant_id")
 
 
 def _with_header(
@@ -81,6 +67,54 @@ def _with_header(
             return result
     result.append((name, value))
     return result
+
+
+def _exclude_prefixes(paths: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(paths, str) or not isinstance(paths, Iterable):
+        raise ConfigError(f"exclude_paths must be a list of paths, got {paths!r}")
+    prefixes = []
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
+            raise ConfigError(
+                f"exclude_paths: each must be a path below the root such as '/admin', got {path!r}"
+            )
+        prefixes.append(path.rstrip("/"))
+    return tuple(prefixes)
+
+
+def _route_path(scope: Scope) -> str:
+    # The path the app's router matches (as Starlette's get_route_path): without the root_path
+    # a proxy or a parent app mounted this one under.
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
+
+
+def _fence_error(exc: Exception) -> TokenFenceError | None:
+    """The fence error to answer ``exc`` with, or ``None`` when it must propagate.
+
+    A ``TokenFenceError`` other than a bug (status 500) is answered. So is an ``ExceptionGroup``
+    (an anyio or asyncio task group in the app) whose leaves are all such errors: the first
+    leaf, depth first, in the group's order. A group holding anything else (a ``KeyError`` or a
+    ``ConfigError`` beside a refusal) propagates whole: it is a bug to surface, not a refusal.
+    """
+    if isinstance(exc, TokenFenceError):
+        return None if exc.http_status == 500 else exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    first: TokenFenceError | None = None
+    stack: list[BaseException] = [exc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(reversed(item.exceptions))
+        elif isinstance(item, TokenFenceError) and item.http_status != 500:
+            first = first or item
+        else:
+            return None
+    return first
 
 
 class TokenFenceMiddleware:
@@ -97,8 +131,18 @@ class TokenFenceMiddleware:
       reach the app directly can otherwise spend any tenant's budget. Use
       ``signed_tenant_header`` when the hop between gateway and app is not trusted.
     - No tenant: 401 ``tenant_required``, unless ``allow_anonymous`` (for apps whose anonymous
-      requests make no LLM call; a fenced call there still raises ``TenantRequired``). An
-      invalid tenant id (control characters, too long, sent twice): 400 ``invalid_tenant``.
+      requests make no LLM call; a fenced call there still raises ``TenantRequired``). The body
+      names the header it wanted when the tenant comes from one: the ``tenant`` header, or a
+      resolver's ``header`` attribute (``signed_tenant_header`` has one). An invalid tenant id
+      (control characters, too long, sent twice): 400 ``invalid_tenant``. A resolver that raises
+      ``TenantRequired`` gives its 401; one that raises anything else is a bug in it: logged as
+      ``tenant_resolver_failed`` with the traceback, answered 500 ``tenant_resolver_failed``
+      (JSON, no detail in the body).
+    - ``exclude_paths`` (e.g. ``["/admin", "/docs", "/openapi.json", "/health"]``): requests
+      whose path is one of these or below it, segment-wise (``"/admin"`` covers ``/admin`` and
+      ``/admin/x``, not ``/administrator``), are not asked for a tenant and the resolver is not
+      called. They run as anonymous requests (``current_context().tenant_id is None``), so a
+      fenced call made there is still refused with ``TenantRequired``.
     - The request id is the ``request_id_header`` value (default ``X-Request-ID``) when it is
       1-128 characters of ``[A-Za-z0-9._:-]``, else 32 new random hex digits (like
       ``uuid4().hex``); it is echoed on every response, error responses included, unless the
@@ -106,10 +150,16 @@ class TokenFenceMiddleware:
     - ``current_context()`` returns the request's ``FenceContext``; ``tenant``, ``feature`` and
       ``request_id`` are bound in ``structlog.contextvars`` for the request.
     - A ``TokenFenceError`` raised inside becomes its JSON response (see ``responses``) when no
-      response has started. Once one has (streaming), the error is logged as
-      ``fence_error_after_response_start`` and the body is ended cleanly; there is never a
-      second response start. ``ConfigError`` (a bug, status 500) and every other exception
+      response has started; so does an ``ExceptionGroup`` made only of them (a task group in the
+      endpoint), answered as its first. Once a response has started (streaming), the error is
+      logged as ``fence_error_after_response_start`` and the body is ended cleanly; there is
+      never a second response start. A 503's body says only that the budget service is
+      unavailable; the store's address and error are logged (``fence_error_response``).
+      ``ConfigError`` (a bug, status 500), every other exception, and a group that holds one
       propagate unchanged.
+    - An endpoint that ``@feature`` was applied to after the route decorator had registered it
+      (``@feature`` above ``@app.get``: the route keeps the undecorated function) is logged
+      once as ``feature_decorator_misplaced``.
 
     Lifespan scopes pass through untouched; so do websockets unless ``websocket=True``, which
     resolves their tenant too (a missing or invalid one closes the socket with code 1008).
@@ -124,6 +174,7 @@ class TokenFenceMiddleware:
         fence: TokenFence,
         tenant: str | TenantResolver = "X-Tenant-ID",
         allow_anonymous: bool = False,
+        exclude_paths: Iterable[str] = (),
         request_id_header: str | None = "X-Request-ID",
         websocket: bool = False,
         clock: Callable[[], float] | None = None,
@@ -135,19 +186,24 @@ class TokenFenceMiddleware:
         self._tenant_header: bytes | None = None
         self._resolver: TenantResolver | None = None
         if isinstance(tenant, str):
-            self._tenant_header = _header_name(tenant, "tenant")
+            self._tenant_header = header_name(tenant, "tenant")
+            self._wanted_header: str | None = tenant
         elif callable(tenant):
             self._resolver = tenant
+            wanted = getattr(tenant, "header", None)  # e.g. a SignedTenantHeader
+            self._wanted_header = wanted if isinstance(wanted, str) else None
         else:
             raise ConfigError(f"tenant must be a header name or a callable, got {tenant!r}")
         self._allow_anonymous = allow_anonymous
+        self._excluded = _exclude_prefixes(exclude_paths)
         self._request_id_header = (
-            None if request_id_header is None else _header_name(request_id_header, "request_id")
+            None if request_id_header is None else header_name(request_id_header, "request_id")
         )
         if self._request_id_header is not None and self._request_id_header == self._tenant_header:
             raise ConfigError("tenant and request_id_header must be different headers")
         self._websocket = websocket
         self._clock = clock
+        self._endpoints_seen: set[object] = set()
 
     def _read_headers(self, scope: Scope) -> tuple[str, list[bytes]]:
         # One pass over the headers: the request id and, in header mode, the tenant's values.
@@ -168,18 +224,51 @@ class TokenFenceMiddleware:
         header = self._tenant_header or b""
         if len(values) > 1:  # e.g. a gateway that appends its value to the client's
             raise InvalidId(f"the {header.decode()} header was sent more than once")
-        return _decode_tenant(values[0] if values else None, header)
+        return decode_tenant(values[0] if values else None, header)
 
-    async def _tenant(self, scope: Scope, values: list[bytes]) -> str | None:
-        if self._resolver is None:
-            return self._header_tenant(values)
-        found = self._resolver(scope)
+    async def _resolved(self, resolver: TenantResolver, scope: Scope) -> str | None:
+        found = resolver(scope)
         if inspect.isawaitable(found):
             found = await found
-        return None if found is None else validate_id(found, what="tenant_id")
+        tenant = None if found is None else validate_id(found, what="tenant_id")
+        if tenant is None and not self._allow_anonymous:
+            raise TenantRequired(header=self._wanted_header)
+        return tenant
+
+    def _from_header(self, values: list[bytes]) -> str | None:
+        tenant = self._header_tenant(values)
+        if tenant is None and not self._allow_anonymous:
+            raise TenantRequired(header=self._wanted_header)
+        return tenant
+
+    def _is_excluded(self, scope: Scope) -> bool:
+        path = _route_path(scope)
+        for prefix in self._excluded:
+            if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] in ("", "/"):
+                return True
+        return False
 
     def _now(self) -> datetime | None:
         return None if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
+
+    def _check_endpoint(self, endpoint: object) -> None:
+        """Log an endpoint whose ``@feature`` is above its route decorator (first sight only)."""
+        try:
+            if endpoint in self._endpoints_seen:
+                return
+            if len(self._endpoints_seen) < 10_000:  # endpoints are few; never grow unbounded
+                self._endpoints_seen.add(endpoint)
+            name = misplaced_feature(endpoint)
+        except Exception:  # an odd endpoint object (unhashable, a raising __getattr__)
+            return
+        if name is not None:
+            log.warning(
+                "feature_decorator_misplaced",
+                endpoint=getattr(endpoint, "__qualname__", repr(endpoint)),
+                feature=name,
+                detail="@feature is above the route decorator, so the route calls the "
+                "undecorated function and its calls get no feature; put @feature below it",
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -192,12 +281,12 @@ class TokenFenceMiddleware:
         request_id, tenant_values = self._read_headers(scope)
         echo = self._request_id_header
         try:
-            if self._resolver is None:  # header mode: no coroutine to create and await
-                tenant = self._header_tenant(tenant_values)
+            if self._excluded and self._is_excluded(scope):
+                tenant = None  # no tenant asked for, none taken: an anonymous request
+            elif self._resolver is None:  # header mode: no coroutine to create and await
+                tenant = self._from_header(tenant_values)
             else:
-                tenant = await self._tenant(scope, tenant_values)
-            if tenant is None and not self._allow_anonymous:
-                raise TenantRequired()
+                tenant = await self._resolved(self._resolver, scope)
         except InvalidId as exc:
             log.info("tenant_invalid", request_id=request_id, detail=exc.message)
             response = FenceErrorResponse(exc, status_code=400, error_code="invalid_tenant")
@@ -208,6 +297,14 @@ class TokenFenceMiddleware:
                 raise
             log.info("tenant_refused", request_id=request_id, error=exc.error_code)
             response = FenceErrorResponse(exc, now=self._now())
+            await self._reply(response, request_id, scope, receive, send)
+            return
+        except Exception:
+            log.exception("tenant_resolver_failed", request_id=request_id)
+            failed = TokenFenceError("the tenant of this request could not be resolved")
+            response = FenceErrorResponse(
+                failed, status_code=500, error_code="tenant_resolver_failed"
+            )
             await self._reply(response, request_id, scope, receive, send)
             return
 
@@ -230,16 +327,27 @@ class TokenFenceMiddleware:
         token = push_context(ctx)
         try:
             await self.app(scope, receive, send_wrapper)
-        except TokenFenceError as exc:
-            if exc.http_status == 500:
+        except Exception as raised:
+            error = _fence_error(raised)
+            if error is None:
                 raise
             if not response_started:
-                log.info("fence_error_response", status=exc.http_status, error=exc.error_code)
-                response = FenceErrorResponse(exc, now=self._now())
+                if error.http_status >= 500:  # the detail (a store's address) is for the log only
+                    log.warning(
+                        "fence_error_response",
+                        status=error.http_status,
+                        error=error.error_code,
+                        detail=error.message,
+                    )
+                else:
+                    log.info(
+                        "fence_error_response", status=error.http_status, error=error.error_code
+                    )
+                response = FenceErrorResponse(error, now=self._now())
                 await self._reply(response, request_id, scope, receive, send)
             else:
                 log.warning(
-                    "fence_error_after_response_start", error=exc.error_code, detail=exc.message
+                    "fence_error_after_response_start", error=error.error_code, detail=error.message
                 )
                 if not response_complete:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -255,6 +363,10 @@ class TokenFenceMiddleware:
                     )
             finally:
                 pop_context(token)
+                # Starlette's router puts the endpoint it matched in the request's scope.
+                endpoint = scope.get("endpoint")
+                if endpoint is not None:
+                    self._check_endpoint(endpoint)
 
     async def _reply(
         self,
@@ -271,9 +383,12 @@ class TokenFenceMiddleware:
     async def _ws(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id, tenant_values = self._read_headers(scope)
         try:
-            tenant = await self._tenant(scope, tenant_values)
-            if tenant is None and not self._allow_anonymous:
-                raise TenantRequired()
+            if self._excluded and self._is_excluded(scope):
+                tenant = None
+            elif self._resolver is None:
+                tenant = self._from_header(tenant_values)
+            else:
+                tenant = await self._resolved(self._resolver, scope)
         except (InvalidId, TenantRequired) as exc:
             log.info("websocket_tenant_refused", request_id=request_id, detail=exc.message)
             await send({"type": "websocket.close", "code": 1008, "reason": exc.error_code})
@@ -283,49 +398,3 @@ class TokenFenceMiddleware:
             await self.app(scope, receive, send)
         finally:
             pop_context(token)
-
-
-def sign_tenant(secret: str | bytes, tenant_id: str) -> str:
-    """The signature a gateway puts in the signature header: HMAC-SHA256 hex of the tenant id.
-
-    ``secret`` is shared by the gateway and the app (at least 16 bytes, from a secret store).
-    """
-    return hmac.new(_secret(secret), tenant_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def _secret(secret: str | bytes) -> bytes:
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    if not isinstance(key, bytes) or len(key) < _MIN_SECRET_BYTES:
-        raise ConfigError(f"secret must be at least {_MIN_SECRET_BYTES} bytes")
-    return key
-
-
-def signed_tenant_header(
-    secret: str | bytes,
-    *,
-    header: str = "X-Tenant-ID",
-    signature_header: str = "X-Tenant-Signature",
-) -> Callable[[Scope], str | None]:
-    """A ``tenant=`` resolver that trusts the tenant header only with a valid signature.
-
-    The gateway sends ``header: <tenant id>`` and ``signature_header: sign_tenant(secret, id)``;
-    the signature is compared in constant time. No tenant header: ``None`` (401, or anonymous
-    if allowed). A missing or wrong signature raises ``TenantRequired`` (401) even when
-    anonymous requests are allowed. The signature never expires, so a captured pair can be
-    replayed: keep it between gateway and app, never in front of clients.
-    """
-    key = _secret(secret)
-    tenant_name = _header_name(header, "header")
-    signature_name = _header_name(signature_header, "signature_header")
-
-    def resolve(scope: Scope) -> str | None:
-        tenant = _decode_tenant(_single_header(scope, tenant_name), tenant_name)
-        if tenant is None:
-            return None
-        signature = _single_header(scope, signature_name) or b""
-        expected = hmac.new(key, tenant.encode("utf-8"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode("ascii"), signature):
-            raise TenantRequired(f"the {header} header has a missing or invalid signature")
-        return tenant
-
-    return resolve

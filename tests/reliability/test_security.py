@@ -1,29 +1,35 @@
 """Security: the signed tenant header, tenant isolation through the middleware and the LiteLLM
 callback, and the bearer tokens of the admin and service apps.
 
-What exists and is checked: ``signed_tenant_header`` accepts exactly ``HMAC-SHA256(secret,
-tenant)`` in lower-case hex for exactly that tenant and refuses everything else (401); a
+What exists and is checked: ``signed_tenant_header`` accepts exactly ``t=<time>[,n=<nonce>],s=``
+``HMAC-SHA256(secret, tenant, time, nonce)`` in lower-case hex, spelt canonically, for exactly
+that tenant and time, and refuses everything else (401); a
 request is charged to its own tenant only, whatever else it sends; every admin and service
 route but the documented public ones refuses a missing or wrong token (401).
 
 Inside a request, ``metadata["tenant_id"]`` naming another tenant cannot move the charge
 (the LiteLLM callback ignores it unless ``trust_metadata_tenant=True``).
 
-A gap, as a strict xfail (it passes the day it is closed, and then must lose its marker): a
-captured signed pair can be replayed for ever (there is no timestamp or nonce).
+A signed pair carries its issue time: a captured one is refused once older than ``max_age_s``
+(plus the clock-skew allowance), and cannot be re-stamped; an app that checks the signed nonce
+(the documented recipe, with the app's own Redis) refuses even the first replay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from decimal import Decimal
+from typing import Any, Literal
 
 import httpx
 import pytest
+import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -31,14 +37,21 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Scope
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from tests.conftest import HOSTILE_EXAMPLES
+from tests.conftest import HOSTILE_EXAMPLES, FakeClock
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
+from tokenfence_asgi.errors import TenantRequired
+from tokenfence_asgi.middleware import (
+    TenantResolver,
+    TokenFenceMiddleware,
+    sign_tenant,
+    signed_tenant_header,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -58,7 +71,10 @@ PROPERTY = settings(
 # -- the signed tenant header --------------------------------------------------------------
 
 
-def _signed_app(fence: TokenFence) -> Starlette:
+NOW = 1_773_576_000  # 2026-03-15 12:00 UTC, the gateway's and the app's clock
+
+
+def _signed_app(fence: TokenFence, resolver: TenantResolver) -> Starlette:
     async def whoami(request: Request) -> JSONResponse:
         ctx = current_context()
         assert ctx is not None
@@ -66,16 +82,19 @@ def _signed_app(fence: TokenFence) -> Starlette:
 
     return Starlette(
         routes=[Route("/", whoami)],
-        middleware=[
-            Middleware(TokenFenceMiddleware, fence=fence, tenant=signed_tenant_header(SECRET))
-        ],
+        middleware=[Middleware(TokenFenceMiddleware, fence=fence, tenant=resolver)],
     )
 
 
-@pytest.fixture
-def signed_client() -> Iterator[Callable[[list[tuple[str, bytes]]], httpx.Response]]:
+Send = Callable[[list[tuple[str, bytes]]], httpx.Response]
+
+
+@contextlib.contextmanager
+def _serving(
+    resolver: TenantResolver, *, closing: Callable[[], Coroutine[Any, Any, object]] | None = None
+) -> Iterator[Send]:
     fence = TokenFence(plans=[OPEN], default_plan="open")
-    transport = httpx.ASGITransport(app=_signed_app(fence))
+    transport = httpx.ASGITransport(app=_signed_app(fence, resolver))
     with asyncio.Runner() as runner:
         client = httpx.AsyncClient(transport=transport, base_url="http://app")
 
@@ -83,41 +102,71 @@ def signed_client() -> Iterator[Callable[[list[tuple[str, bytes]]], httpx.Respon
             return runner.run(client.get("/", headers=headers))
 
         yield send
+        if closing is not None:
+            runner.run(closing())
         runner.run(client.aclose())
         runner.run(fence.aclose())
 
 
-def test_sign_tenant_is_hmac_sha256_hex_of_the_tenant() -> None:
-    expected = hmac.new(SECRET.encode(), b"acme", hashlib.sha256).hexdigest()
-    assert sign_tenant(SECRET, "acme") == expected
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def signed_client(clock: FakeClock) -> Iterator[Send]:
+    with _serving(signed_tenant_header(SECRET, max_age_s=60, clock_skew_s=5, clock=clock)) as send:
+        yield send
+
+
+def _mac(tenant: str, issued_at: int, nonce: str = "") -> str:
+    message = f"tokenfence-tenant-v1\n{tenant}\n{issued_at}\n{nonce}".encode()
+    return hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+
+
+def test_sign_tenant_is_hmac_sha256_hex_of_the_tenant_time_and_nonce() -> None:
+    assert sign_tenant(SECRET, "acme", issued_at=NOW) == f"t={NOW},s={_mac('acme', NOW)}"
+    nonce = "n0nce-of-22-chars_abcd"
+    assert sign_tenant(SECRET, "acme", issued_at=NOW, nonce=nonce) == (
+        f"t={NOW},n={nonce},s={_mac('acme', NOW, nonce)}"
+    )
 
 
 @PROPERTY
 @given(tenant=TENANTS, other=TENANTS, junk=st.binary(max_size=80))
 def test_only_the_exact_signature_of_the_exact_tenant_is_accepted(
-    signed_client: Callable[[list[tuple[str, bytes]]], httpx.Response],
-    tenant: str,
-    other: str,
-    junk: bytes,
+    signed_client: Send, tenant: str, other: str, junk: bytes
 ) -> None:
     raw = tenant.encode()
-    good = sign_tenant(SECRET, tenant).encode()
+    good = sign_tenant(SECRET, tenant, issued_at=NOW).encode()
+    mac = good.rsplit(b"s=", 1)[1]
     ok = signed_client([("X-Tenant-ID", raw), ("X-Tenant-Signature", good)])
     assert (ok.status_code, ok.json()) == (200, {"tenant": tenant})
-    forged = [
-        [("X-Tenant-ID", raw)],  # no signature
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", b"")],
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", junk)],
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", good.upper())],
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", good[:-1])],
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", good + b"0")],
-        [("X-Tenant-ID", raw), ("X-Tenant-Signature", b" " + good)],
-        [("X-Tenant-ID", raw),
-         ("X-Tenant-Signature", sign_tenant("another-secret-of-16+bytes", tenant).encode())],
-    ]  # fmt: skip
+    bare_hmac = hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest().encode()
+    signatures = [
+        b"",
+        junk,
+        good.upper(),
+        good[:-1],
+        good + b"0",
+        b" " + good,
+        good + b" ",
+        good.replace(b",", b", "),
+        good.replace(b"t=", b"t=0"),  # a leading zero: same number, not the canonical spelling
+        good.replace(b"t=", b"t=+"),
+        good.replace(b"s=", b"s=" + mac[:1].upper())[: len(good)],
+        b"s=" + mac + b",t=" + str(NOW).encode(),  # the fields reordered
+        good + b",n=extra-nonce-not-signed",
+        good.replace(b",s=", b",n=extra-nonce-not-signed,s="),  # a nonce the MAC does not cover
+        bare_hmac,  # the old, never-expiring format
+        f"t={NOW + 1},s={mac.decode()}".encode(),  # a MAC moved to another time
+        sign_tenant("another-secret-of-16+bytes", tenant, issued_at=NOW).encode(),
+    ]
+    forged = [[("X-Tenant-ID", raw)]]  # no signature
+    forged += [[("X-Tenant-ID", raw), ("X-Tenant-Signature", sig)] for sig in signatures]
     if other != tenant:  # a valid signature, of someone else
-        forged.append([("X-Tenant-ID", raw),
-                       ("X-Tenant-Signature", sign_tenant(SECRET, other).encode())])  # fmt: skip
+        other_sig = sign_tenant(SECRET, other, issued_at=NOW).encode()
+        forged.append([("X-Tenant-ID", raw), ("X-Tenant-Signature", other_sig)])
         forged.append([("X-Tenant-ID", other.encode()), ("X-Tenant-Signature", good)])
     for headers in forged:
         if headers[-1][1] == good and headers[0][1] == raw:
@@ -131,21 +180,48 @@ def test_only_the_exact_signature_of_the_exact_tenant_is_accepted(
     assert twice.status_code == 400  # a signature header sent twice is refused, not merged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="signed_tenant_header has no replay protection: the signature covers only the "
-    "tenant id (no timestamp, no nonce), so a captured (tenant, signature) pair is valid "
-    "for ever, as its docstring says",
-)
 def test_a_replayed_signed_header_is_refused(
-    signed_client: Callable[[list[tuple[str, bytes]]], httpx.Response],
+    signed_client: Send, clock: FakeClock, redis_url: str, prefix: str
 ) -> None:
-    headers = [
-        ("X-Tenant-ID", b"acme"),
-        ("X-Tenant-Signature", sign_tenant(SECRET, "acme").encode()),
-    ]
-    assert signed_client(headers).status_code == 200
-    assert signed_client(headers).status_code == 401  # the same pair, captured and replayed
+    """A captured pair stops working when it expires; with the documented nonce check in the
+    app's resolver, the first replay is refused already."""
+    signature = sign_tenant(SECRET, "acme", issued_at=NOW).encode()
+    captured = [("X-Tenant-ID", b"acme"), ("X-Tenant-Signature", signature)]
+    assert signed_client(captured).status_code == 200
+    clock.advance(65)  # max_age_s 60 + clock_skew_s 5: still accepted
+    assert signed_client(captured).status_code == 200
+    clock.advance(1)
+    late = signed_client(captured)  # the same pair, captured and replayed after it expired
+    assert (late.status_code, late.json()["header"]) == (401, "X-Tenant-Signature")
+    assert "expired" in late.json()["message"]
+    # Re-stamping the captured MAC with a fresh time does not revive it.
+    mac = captured[1][1].decode().rsplit("s=", 1)[1]
+    restamped = [captured[0], ("X-Tenant-Signature", f"t={int(clock())},s={mac}".encode())]
+    assert signed_client(restamped).status_code == 401
+    # Issued in the future beyond the skew (a gateway clock far ahead): refused too.
+    ahead = sign_tenant(SECRET, "acme", issued_at=int(clock()) + 6).encode()
+    assert signed_client([captured[0], ("X-Tenant-Signature", ahead)]).status_code == 401
+
+    # Single use: the app records each verified nonce in its Redis for the signature's lifetime.
+    store = redis.asyncio.Redis.from_url(redis_url)
+    signed = signed_tenant_header(SECRET, require_nonce=True, clock=clock)
+
+    async def once(scope: Scope) -> str | None:
+        tenant = signed(scope)
+        key = f"{prefix}:nonce:{scope['state']['tenant_nonce']}"
+        if tenant is not None and not await store.set(key, 1, nx=True, ex=60 + 2 * 5):
+            raise TenantRequired("this tenant signature was used already")
+        return tenant
+
+    fresh = sign_tenant(SECRET, "acme", issued_at=int(clock()), nonce=secrets.token_urlsafe(16))
+    with _serving(once, closing=store.aclose) as send:
+        headers = [captured[0], ("X-Tenant-Signature", fresh.encode())]
+        assert send(headers).status_code == 200
+        replayed = send(headers)  # the same pair, captured and replayed at once
+        assert replayed.status_code == 401
+        assert replayed.json()["message"] == "this tenant signature was used already"
+        without = sign_tenant(SECRET, "acme", issued_at=int(clock()))
+        assert send([captured[0], ("X-Tenant-Signature", without.encode())]).status_code == 401
 
 
 # -- tenant isolation through the middleware and the LiteLLM callback -----------------------
@@ -249,6 +325,48 @@ async def test_metadata_cannot_move_a_requests_charge_to_another_tenant(
     response = await client.post("/chat", headers={"X-Tenant-ID": "attacker"}, json=forged)
     assert response.status_code in (200, 400, 401, 403)
     assert await _spent(fence, "victim") == (0, 0)
+
+
+@pytest.mark.parametrize("unscoped", ["refuse", "allow"])
+async def test_an_excluded_path_cannot_make_a_fenced_call(
+    make_fence: Callable[..., TokenFence], unscoped: Literal["refuse", "allow"]
+) -> None:
+    """``exclude_paths`` lifts the tenant check, never the fence: a LiteLLM call made under an
+    excluded path is refused (401), even with ``unscoped="allow"`` and a tenant header sent."""
+    import litellm
+
+    from tokenfence_asgi.litellm import TokenFenceCallback
+
+    fence = make_fence(plans=[OPEN], default_plan="open", clock=None)
+    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+    callback = TokenFenceCallback(fence, unscoped=unscoped)
+    litellm.callbacks = [callback]
+
+    async def chat(request: Request) -> JSONResponse:
+        await litellm.acompletion(model="gpt-4o-mini", messages=MSGS, mock_response="hi")
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[
+            Route("/public/chat", chat, methods=["POST"]),
+            Route("/chat", chat, methods=["POST"]),
+        ],
+        middleware=[Middleware(TokenFenceMiddleware, fence=fence, exclude_paths=["/public"])],
+    )
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for headers in ({}, {"X-Tenant-ID": "victim"}):
+                r = await client.post("/public/chat", headers=headers)
+                assert (r.status_code, r.json()["error"]) == (401, "tenant_required")
+            ok = await client.post("/chat", headers={"X-Tenant-ID": "acme"})
+            assert ok.status_code == 200
+    finally:
+        callback.close()
+        for name, value in saved.items():
+            setattr(litellm, name, value)
+    assert await _spent(fence, "victim") == (0, 0)
+    assert (await _spent(fence, "acme"))[0] > 0
 
 
 # -- bearer tokens of the admin and service apps -------------------------------------------
