@@ -70,6 +70,13 @@ ROUTES = [
     ("POST", "/api/tenants/acme/kill"),
     ("POST", "/api/tenants/acme/revive"),
     ("PUT", "/api/pools/org/plan"),
+    ("GET", "/api/tenant?id=acme"),
+    ("GET", "/api/tenant/usage?id=acme"),
+    ("PUT", "/api/tenant/plan?id=acme"),
+    ("PUT", "/api/tenant/pool?id=acme"),
+    ("POST", "/api/tenant/kill?id=acme"),
+    ("POST", "/api/tenant/revive?id=acme"),
+    ("PUT", "/api/pool/plan?id=org"),
     ("GET", "/api/switches"),
     ("POST", "/api/kill"),
     ("POST", "/api/revive"),
@@ -407,6 +414,77 @@ async def test_ids_with_slashes_and_percent_signs(
         usage = await api.get(path + "/usage", headers=AUTH)
         assert usage.json()["tenant_id"] == tenant
     assert not (await fence.status("org")).killed
+
+
+async def test_every_tenant_route_also_takes_the_id_as_a_query_parameter(
+    fence: TokenFence, api: httpx.AsyncClient
+) -> None:
+    for tenant in ("..", ".", "org/acme", "50%off", "a+b &id=x#y", "ünï"):
+        await spend(fence, tenant, "1")
+        q = f"?id={quote(tenant, safe='')}"
+        shown = await api.get(f"/api/tenant{q}", headers=AUTH)
+        assert (shown.status_code, shown.json()["tenant_id"]) == (200, tenant)
+        usage = await api.get(f"/api/tenant/usage{q}&start=2026-03-01", headers=AUTH)
+        assert (usage.json()["tenant_id"], usage.json()["days"][0]["cost"]) == (tenant, "1")
+        killed = await api.post(f"/api/tenant/kill{q}", headers=AUTH, json={})
+        assert (killed.json()["tenant_id"], killed.json()["tenant_killed"]) == (tenant, True)
+        assert (await fence.global_switches())[0] is False
+        assert (await fence.status(tenant)).killed
+        revived = await api.post(f"/api/tenant/revive{q}", headers=AUTH, json={})
+        assert revived.json()["killed"] is False
+        plan = await api.put(f"/api/tenant/plan{q}", headers=AUTH, json={"plan": "pro"})
+        assert (await fence.status(tenant)).plan == "pro" == plan.json()["plan"]
+    body = {"pool": "..", "plan": "team"}
+    pooled = await api.put("/api/tenant/pool?id=..", headers=AUTH, json=body)
+    assert (pooled.json()["pool"], pooled.json()["pool_plan"]) == ("..", "team")
+    pool_plan = await api.put("/api/pool/plan?id=..", headers=AUTH, json={"plan": "pro"})
+    assert pool_plan.json() == {"pool": "..", "plan": "pro"}
+    assert (await fence.status("..")).pool_plan == "pro"
+    assert not (await fence.status("acme")).killed
+    for query, error in (
+        ("", "invalid_query"),
+        ("?id=a&id=b", "invalid_query"),
+        ("?id=", "invalid_id"),
+        ("?id=%01", "invalid_id"),
+    ):
+        response = await api.get(f"/api/tenant{query}", headers=AUTH)
+        assert (response.status_code, response.json()["error"]) == (422, error), query
+    unknown = await api.post("/api/tenant/kill?id=nobody", headers=AUTH)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_tenant")
+
+
+DOT_ROUTES = [
+    ("GET", "/api/tenants/{}"),
+    ("GET", "/api/tenants/{}/usage"),
+    ("PUT", "/api/tenants/{}/plan"),
+    ("PUT", "/api/tenants/{}/pool"),
+    ("POST", "/api/tenants/{}/kill"),
+    ("POST", "/api/tenants/{}/revive"),
+    ("PUT", "/api/pools/{}/plan"),
+]
+
+
+async def test_dot_ids_are_never_read_from_a_path(
+    fence: TokenFence, api: httpx.AsyncClient
+) -> None:
+    """``.`` and ``..`` (also as ``%2E``) are refused as path segments: a client resolves them
+    as relative steps, so whether one arrives intact depends on the client (422, not a kill)."""
+    for tenant in (".", ".."):
+        await spend(fence, tenant, "1")
+    for segment in ("%2E", "%2e", "%2E%2E", ".%2e", "%2e."):
+        for method, path in DOT_ROUTES:
+            response = await api.request(
+                method, path.format(segment), headers=AUTH, json={"plan": "pro"}
+            )
+            assert response.status_code == 422, (method, path, segment)
+            body = response.json()
+            assert body["error"] == "invalid_id"
+            assert "cannot be a URL path segment" in body["message"]
+            assert "?id=" in body["message"]
+    for tenant in (".", ".."):
+        status = await fence.status(tenant)
+        assert (status.killed, status.plan, status.pool) == (False, "basic", None)
+    assert (await fence.global_switches())[0] is False
 
 
 async def test_approve_and_deny(make_fence: Callable[..., TokenFence]) -> None:

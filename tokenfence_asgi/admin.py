@@ -18,7 +18,10 @@ would add): anything else gets 403. A read-only app (with or without a token) re
 change with 403.
 
 Routes, relative to where the app is mounted (``{tenant}`` and ``{pool}`` percent-encoded, so
-an id may contain ``/``)::
+an id may contain ``/``). Every ``/api/tenants/{tenant}...`` route is also served as
+``/api/tenant...?id=<tenant>`` (and ``/api/pools/{pool}/plan`` as ``/api/pool/plan?id=``): the
+only form for the ids ``.`` and ``..``, which clients resolve as relative path steps and which
+are therefore refused (422) as path segments::
 
     GET  /                              the dashboard
     GET  /api/info                      plans, default plan, read-only, what is available
@@ -116,6 +119,8 @@ _PAGE_HEADERS = {
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip", b"x-forwarded-host")
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_DOT_SEGMENTS = (".", "..")
+_QUERY_ROUTES = {"tenant": "/api/tenant", "pool": "/api/pool"}
 
 
 # -- recent activity -------------------------------------------------------------------------
@@ -339,7 +344,26 @@ async def _body(request: Request, allowed: dict[str, tuple[type, ...]]) -> dict[
 
 
 def _path_id(request: Request, name: str, what: str) -> str:
-    value = unquote(request.path_params[name])
+    """The id named by the route: its ``{name}`` path segment, or on the ``?id=`` routes (which
+    have no such segment) the one ``id`` query parameter."""
+    if name in request.path_params:
+        value = unquote(request.path_params[name])
+        if value in _DOT_SEGMENTS:
+            # A browser, httpx or curl resolves "." and ".." (also as %2E) as relative path
+            # steps: /api/tenants/../kill is sent as /api/kill, the global switch. Whether such
+            # a segment arrives intact depends on the client and any proxy, so it is never
+            # read from a path.
+            raise _Problem(
+                422,
+                "invalid_id",
+                f"{what} {value!r} cannot be a URL path segment (clients resolve it as a"
+                f" relative path); give it as ?id= on the {_QUERY_ROUTES[name]} routes",
+            )
+    else:
+        values = request.query_params.getlist("id")
+        if len(values) != 1:
+            raise _Problem(422, "invalid_query", f"id (the {what}) is required, once: ?id=<{what}>")
+        value = values[0]
     try:
         return validate_id(value, what=what)
     except InvalidId as exc:
@@ -810,11 +834,14 @@ class _Admin:
         self.audit(request, "set_pool_plan", pool=pool, plan=plan)
         return JSONResponse({"pool": pool, "plan": plan})
 
-    async def switch(self, request: Request) -> Response:
+    async def tenant_switch(self, request: Request) -> Response:
+        return await self.switch(request, _path_id(request, "tenant", "tenant_id"))
+
+    async def global_switch(self, request: Request) -> Response:
+        return await self.switch(request, None)
+
+    async def switch(self, request: Request, tenant: str | None) -> Response:
         kill = request.url.path.endswith("/kill")
-        tenant = None
-        if "tenant" in request.path_params:
-            tenant = _path_id(request, "tenant", "tenant_id")
         data = await _body(request, {"feature": (str, type(None))})
         feature = _field_id(data, "feature", "feature")
         if tenant is not None:
@@ -948,7 +975,6 @@ def admin_app(
         top_days=top_days,
         scan_cache_s=float(scan_cache_s),
     )
-    t = "/api/tenants/{tenant}"
     routes = [
         Route("/", admin.page, methods=["GET"]),
         Route("/dashboard.js", admin.page, methods=["GET"]),
@@ -956,16 +982,24 @@ def admin_app(
         Route("/api/info", _answering(admin.info), methods=["GET"]),
         Route("/api/overview", _answering(admin.overview), methods=["GET"]),
         Route("/api/tenants", _answering(admin.tenants), methods=["GET"]),
-        Route(t, _answering(admin.tenant), methods=["GET"]),
-        Route(t + "/usage", _answering(admin.usage), methods=["GET"]),
-        Route(t + "/plan", _answering(admin.set_plan), methods=["PUT"]),
-        Route(t + "/pool", _answering(admin.set_pool), methods=["PUT"]),
-        Route(t + "/kill", _answering(admin.switch), methods=["POST"]),
-        Route(t + "/revive", _answering(admin.switch), methods=["POST"]),
+    ]
+    # Each tenant route twice: the id as a path segment, or (for any id, and the only way for
+    # "." and "..") as ?id= on /api/tenant..., which is what the dashboard sends.
+    for t in ("/api/tenants/{tenant}", "/api/tenant"):
+        routes += [
+            Route(t, _answering(admin.tenant), methods=["GET"]),
+            Route(t + "/usage", _answering(admin.usage), methods=["GET"]),
+            Route(t + "/plan", _answering(admin.set_plan), methods=["PUT"]),
+            Route(t + "/pool", _answering(admin.set_pool), methods=["PUT"]),
+            Route(t + "/kill", _answering(admin.tenant_switch), methods=["POST"]),
+            Route(t + "/revive", _answering(admin.tenant_switch), methods=["POST"]),
+        ]
+    routes += [
         Route("/api/pools/{pool}/plan", _answering(admin.set_pool_plan), methods=["PUT"]),
+        Route("/api/pool/plan", _answering(admin.set_pool_plan), methods=["PUT"]),
         Route("/api/switches", _answering(admin.switches_route), methods=["GET"]),
-        Route("/api/kill", _answering(admin.switch), methods=["POST"]),
-        Route("/api/revive", _answering(admin.switch), methods=["POST"]),
+        Route("/api/kill", _answering(admin.global_switch), methods=["POST"]),
+        Route("/api/revive", _answering(admin.global_switch), methods=["POST"]),
         Route("/api/approvals/{approval}/approve", _answering(admin.decide), methods=["POST"]),
         Route("/api/approvals/{approval}/deny", _answering(admin.decide), methods=["POST"]),
         Route("/api/top", _answering(admin.top_route), methods=["GET"]),
