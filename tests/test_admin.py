@@ -184,6 +184,128 @@ async def test_read_only_without_token_answers_on_loopback_only(fence: TokenFenc
     assert not (await fence.status("acme")).killed
 
 
+PROXY_HEADERS = [
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Real-IP",
+    "Via",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "CF-Ray",
+    "Fastly-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Original-Forwarded-For",
+    "X-Original-Host",
+    "X-Envoy-External-Address",
+    "Client-IP",
+    "X-ProxyUser-IP",
+    "X-Originating-IP",
+    "X-Remote-IP",
+    "X-Remote-Addr",
+    "X-Host",
+    "X-Azure-ClientIP",
+    "X-AppEngine-User-IP",
+]
+
+
+async def test_loopback_mode_refuses_every_proxy_header(fence: TokenFence) -> None:
+    await spend(fence, "acme", "1")
+    async with client(admin_app(fence, read_only=True)) as local:
+        assert (await local.get("/api/tenants/acme")).status_code == 200
+        for name in PROXY_HEADERS:
+            for path in ("/api/tenants/acme", "/api/overview", "/"):
+                response = await local.get(path, headers={name: "127.0.0.1"})
+                assert response.status_code == 403, (name, path)
+                assert response.json()["error"] == "forbidden"
+    # with a token, the checks are the token's: a proxy in front is fine
+    async with client(admin_app(fence, token=TOKEN, read_only=True)) as api:
+        for name in PROXY_HEADERS:
+            response = await api.get("/api/tenants/acme", headers={**AUTH, name: "203.0.113.9"})
+            assert response.status_code == 200, name
+
+
+LOOPBACK_HOSTS = [
+    "localhost",
+    "LOCALHOST",
+    "localhost:8000",
+    "127.0.0.1",
+    "127.0.0.1:8000",
+    "[::1]",
+    "[::1]:8000",
+]
+OTHER_HOSTS = [
+    "evil.example",
+    "evil.example:8000",
+    "localhost.evil.example",
+    "127.0.0.1.nip.io",
+    "localhost.",
+    "127.0.0.2",
+    "0.0.0.0",
+    "[::1",
+    "::1",
+    "127.0.0.1:",
+    "127.0.0.1:80x",
+    "127.0.0.1 ",
+    "",
+    "localhost@evil.example",
+    "127.0.0.1:8000, evil.example",
+]
+
+
+async def test_loopback_mode_answers_only_loopback_host_names(fence: TokenFence) -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 reaches the
+    loopback listener from the victim's browser, with ``Host: evil.example``: refused."""
+    await spend(fence, "acme", "1")
+    app = admin_app(fence, read_only=True)
+    async with client(app) as local:
+        for host in LOOPBACK_HOSTS:
+            response = await local.get("/api/tenants/acme", headers={"Host": host})
+            assert response.status_code == 200, host
+        for host in OTHER_HOSTS:
+            for path in ("/api/tenants/acme", "/api/overview", "/"):
+                response = await local.get(path, headers={"Host": host})
+                assert response.status_code == 403, (host, path)
+                assert response.json()["error"] == "forbidden"
+                assert "loopback" in response.json()["message"]
+    # no Host header at all, or two of them: refused
+    for headers in ([], [(b"host", b"127.0.0.1"), (b"host", b"evil.example")]):
+        statuses: list[int] = []
+
+        async def send(message: Any, statuses: list[int] = statuses) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/api/tenants/acme",
+            "raw_path": b"/api/tenants/acme",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+        assert statuses == [403], headers
+    # with a token any host name is served: the token is what guards the data
+    async with client(admin_app(fence, token=TOKEN, read_only=True)) as api:
+        response = await api.get("/api/tenants/acme", headers={**AUTH, "Host": "evil.example"})
+        assert response.status_code == 200
+
+
 async def test_read_only_with_token_refuses_changes(fence: TokenFence) -> None:
     await spend(fence, "acme", "1")
     async with client(admin_app(fence, token=TOKEN, read_only=True), ("10.1.2.3", 1)) as api:

@@ -12,10 +12,11 @@ and are served without the token: the page asks for the token, keeps it in the t
 ``sessionStorage`` and sends it as a Bearer header with every request it makes.
 
 Without a token the app is only built with ``read_only=True``, and then it answers only
-requests made on the loopback interface (client and server address both loopback, and no
-``Forwarded`` / ``X-Forwarded-For`` / ``X-Real-IP`` header, which a reverse proxy in front
-would add): anything else gets 403. A read-only app (with or without a token) refuses every
-change with 403.
+requests made on the loopback interface: client and server address both loopback, ``Host``
+``localhost``, ``127.0.0.1`` or ``[::1]`` (any port; another name is a page using DNS
+rebinding), and no header a proxy or CDN adds (``Forwarded``, ``Via``, ``X-Forwarded-*``,
+``X-Real-IP``, ``True-Client-IP``, ``CF-*``, ...): anything else gets 403. A read-only app
+(with or without a token) refuses every change with 403.
 
 Routes, relative to where the app is mounted (``{tenant}`` and ``{pool}`` percent-encoded, so
 an id may contain ``/``). Every ``/api/tenants/{tenant}...`` route is also served as
@@ -117,7 +118,18 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-_PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip", b"x-forwarded-host")
+# Headers a reverse proxy, load balancer or CDN adds to say whom it forwards for: a no-token
+# app refuses a request carrying any of them (its peer is loopback, the client is not).
+_PROXY_HEADERS = frozenset(
+    b"forwarded via x-forwarded x-real-ip x-client-ip client-ip true-client-ip x-cluster-client-ip"
+    b" x-proxyuser-ip x-originating-ip x-remote-ip x-remote-addr x-host wl-proxy-client-ip"
+    b" proxy-client-ip".split()
+)
+_PROXY_HEADER_PREFIXES = tuple(
+    b"x-forwarded- x-original- x-real- cf- fastly- x-envoy- x-azure- x-appengine- x-amzn-".split()
+)
+# The Host of a browser that really talks to a loopback address (DNS rebinding sends its own).
+_LOOPBACK_HOST = re.compile(rb"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _DOT_SEGMENTS = (".", "..")
 _QUERY_ROUTES = {"tenant": "/api/tenant", "pool": "/api/pool"}
@@ -426,6 +438,24 @@ def _loopback(address: object) -> bool:
         return False
 
 
+def _on_loopback(scope: Scope) -> bool:
+    """Whether a request came straight from this machine, by a name only this machine has.
+
+    Both addresses loopback (nobody else can connect), no proxy header (a proxy on this
+    machine would forward others), and one ``Host`` naming a loopback address: a page whose
+    name an attacker points at 127.0.0.1 (DNS rebinding) sends its own name and is refused.
+    """
+    if not (_loopback(scope.get("client")) and _loopback(scope.get("server"))):
+        return False
+    hosts = []
+    for name, value in scope.get("headers", ()):
+        if name in _PROXY_HEADERS or name.startswith(_PROXY_HEADER_PREFIXES):
+            return False
+        if name == b"host":
+            hosts.append(value)
+    return len(hosts) == 1 and _LOOPBACK_HOST.fullmatch(hosts[0]) is not None
+
+
 def _partly_decoded(raw: bytes) -> str:
     """``raw`` percent-decoded except ``%2F`` and ``%25``, so an id may hold ``/`` (and ``%``)."""
 
@@ -464,14 +494,13 @@ class _Guard:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, route: str, request: Request) -> _Problem | None:
-        if self.token is None:
-            headers = {key for key, _ in scope.get("headers", ())}
-            if not (_loopback(scope.get("client")) and _loopback(scope.get("server"))) or (
-                headers.intersection(_PROXY_HEADERS)
-            ):
-                return _Problem(
-                    403, "forbidden", "this admin app has no token: it answers on loopback only"
-                )
+        if self.token is None and not _on_loopback(scope):
+            return _Problem(
+                403,
+                "forbidden",
+                "this admin app has no token: it answers on loopback only (a loopback address,"
+                " Host localhost, 127.0.0.1 or [::1], no proxy in between)",
+            )
         public = route in _PUBLIC or (route == "/metrics" and self.public_metrics)
         if (
             self.token is not None
