@@ -22,8 +22,9 @@ string, negative or absurd amounts and bad ids are 422 with the field named; bod
 **Reservation tokens.** ``/reserve`` answers with ``id``, an opaque token that carries what
 ``commit`` and ``release`` need (tenant, reservation id, feature, pool, model, amount) and is
 signed with HMAC-SHA256 under ``signing_key``: the API keeps no state of its own, any instance
-sharing the key settles any reservation, and a forged or altered token is refused (422
-``invalid_reservation``) before the store is touched. A token is accepted for ``token_ttl``
+sharing the key settles any reservation, and a forged or altered token (one that is not the
+exact base64 the service wrote counts as altered) is refused (422 ``invalid_reservation``)
+before the store is touched. A token is accepted for ``token_ttl``
 seconds after it was issued (default: the fence's ``record_ttl`` less a margin for clock skew),
 while the store still remembers how the reservation was settled, so a repeated commit or release
 is always recognised (``duplicate``) and never charged twice; an older token is refused (410
@@ -311,7 +312,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode what ``_b64`` encodes, and only that: a text with other (ignored) padding bits,
+    or padding, would be a second spelling of the same bytes, so a token could be altered and
+    still accepted. Raises ``ValueError``."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical unpadded urlsafe base64")
+    return data
 
 
 def _key_bytes(key: str | bytes, what: str) -> bytes:
