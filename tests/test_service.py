@@ -308,6 +308,35 @@ async def test_token_counts_are_priced_and_downgraded_by_the_plan(
     assert (done["model"], done["cost"]) == ("gpt-4o", "0.012500000")
 
 
+async def test_a_commit_is_priced_at_no_less_than_the_reserved_model(
+    make_svc: Callable[..., Svc],
+) -> None:
+    """Naming a cheaper model at commit does not lower the price: token counts are priced at
+    the dearer of the named and the reserved model."""
+    svc = make_svc("models")
+    gpt4o = {"model": "gpt-4o", "input_tokens": 1000, "max_output_tokens": 1000}
+    held = await svc.reserve(candidates=[gpt4o])
+    assert held["model"] == "gpt-4o"
+    # 1000 in + 1000 out: gpt-4o $0.0125; gpt-4o-mini would be $0.00075
+    usage = {"input_tokens": 1000, "output_tokens": 1000}
+    done = await svc.post("/commit", id=held["id"], model="gpt-4o-mini", **usage)
+    assert (done["model"], done["cost"]) == ("gpt-4o-mini", "0.012500000")
+    assert await svc.used() == Decimal("0.0125")
+    # a dearer model that answered instead is charged at its own price
+    mini = await svc.reserve(candidates=[{**gpt4o, "model": "gpt-4o-mini"}])
+    done = await svc.post("/commit", id=mini["id"], model="gpt-4o", **usage)
+    assert (done["model"], done["cost"]) == ("gpt-4o", "0.012500000")
+    # a reserved model the service cannot price gives no floor: token counts are refused
+    # (the hold stays, to be committed with a cost)
+    custom = await svc.reserve(candidates=[{"model": "gpt-4o-in-house", "estimate": "0.05"}])
+    problem = await svc.post("/commit", 422, id=custom["id"], model="gpt-4o-mini", **usage)
+    assert (problem["error"], problem["field"]) == ("no_price", "model")
+    assert "gpt-4o-in-house" in problem["message"]
+    assert (await svc.fence.status("acme")).open_holds == 1
+    paid = await svc.post("/commit", id=custom["id"], cost="0.01", model="gpt-4o-mini")
+    assert paid["cost"] == "0.010000000"  # a cost is charged as given, whatever the model
+
+
 async def test_the_output_allowance_defaults_to_the_models_maximum(svc: Svc) -> None:
     held = await svc.reserve(candidates=[{"model": "gpt-4o-mini", "input_tokens": 1000}])
     assert held["amount"] == f"{Decimal('0.00015') + 16_384 * Decimal('0.0000006'):.9f}"
