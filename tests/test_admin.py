@@ -70,6 +70,13 @@ ROUTES = [
     ("POST", "/api/tenants/acme/kill"),
     ("POST", "/api/tenants/acme/revive"),
     ("PUT", "/api/pools/org/plan"),
+    ("GET", "/api/tenant?id=acme"),
+    ("GET", "/api/tenant/usage?id=acme"),
+    ("PUT", "/api/tenant/plan?id=acme"),
+    ("PUT", "/api/tenant/pool?id=acme"),
+    ("POST", "/api/tenant/kill?id=acme"),
+    ("POST", "/api/tenant/revive?id=acme"),
+    ("PUT", "/api/pool/plan?id=org"),
     ("GET", "/api/switches"),
     ("POST", "/api/kill"),
     ("POST", "/api/revive"),
@@ -175,6 +182,128 @@ async def test_read_only_without_token_answers_on_loopback_only(fence: TokenFenc
     async with httpx.AsyncClient(transport=transport, base_url="http://203.0.113.5") as other:
         assert (await other.get("/api/tenants/acme")).status_code == 403
     assert not (await fence.status("acme")).killed
+
+
+PROXY_HEADERS = [
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Real-IP",
+    "Via",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "CF-Ray",
+    "Fastly-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Original-Forwarded-For",
+    "X-Original-Host",
+    "X-Envoy-External-Address",
+    "Client-IP",
+    "X-ProxyUser-IP",
+    "X-Originating-IP",
+    "X-Remote-IP",
+    "X-Remote-Addr",
+    "X-Host",
+    "X-Azure-ClientIP",
+    "X-AppEngine-User-IP",
+]
+
+
+async def test_loopback_mode_refuses_every_proxy_header(fence: TokenFence) -> None:
+    await spend(fence, "acme", "1")
+    async with client(admin_app(fence, read_only=True)) as local:
+        assert (await local.get("/api/tenants/acme")).status_code == 200
+        for name in PROXY_HEADERS:
+            for path in ("/api/tenants/acme", "/api/overview", "/"):
+                response = await local.get(path, headers={name: "127.0.0.1"})
+                assert response.status_code == 403, (name, path)
+                assert response.json()["error"] == "forbidden"
+    # with a token, the checks are the token's: a proxy in front is fine
+    async with client(admin_app(fence, token=TOKEN, read_only=True)) as api:
+        for name in PROXY_HEADERS:
+            response = await api.get("/api/tenants/acme", headers={**AUTH, name: "203.0.113.9"})
+            assert response.status_code == 200, name
+
+
+LOOPBACK_HOSTS = [
+    "localhost",
+    "LOCALHOST",
+    "localhost:8000",
+    "127.0.0.1",
+    "127.0.0.1:8000",
+    "[::1]",
+    "[::1]:8000",
+]
+OTHER_HOSTS = [
+    "evil.example",
+    "evil.example:8000",
+    "localhost.evil.example",
+    "127.0.0.1.nip.io",
+    "localhost.",
+    "127.0.0.2",
+    "0.0.0.0",
+    "[::1",
+    "::1",
+    "127.0.0.1:",
+    "127.0.0.1:80x",
+    "127.0.0.1 ",
+    "",
+    "localhost@evil.example",
+    "127.0.0.1:8000, evil.example",
+]
+
+
+async def test_loopback_mode_answers_only_loopback_host_names(fence: TokenFence) -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 reaches the
+    loopback listener from the victim's browser, with ``Host: evil.example``: refused."""
+    await spend(fence, "acme", "1")
+    app = admin_app(fence, read_only=True)
+    async with client(app) as local:
+        for host in LOOPBACK_HOSTS:
+            response = await local.get("/api/tenants/acme", headers={"Host": host})
+            assert response.status_code == 200, host
+        for host in OTHER_HOSTS:
+            for path in ("/api/tenants/acme", "/api/overview", "/"):
+                response = await local.get(path, headers={"Host": host})
+                assert response.status_code == 403, (host, path)
+                assert response.json()["error"] == "forbidden"
+                assert "loopback" in response.json()["message"]
+    # no Host header at all, or two of them: refused
+    for headers in ([], [(b"host", b"127.0.0.1"), (b"host", b"evil.example")]):
+        statuses: list[int] = []
+
+        async def send(message: Any, statuses: list[int] = statuses) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/api/tenants/acme",
+            "raw_path": b"/api/tenants/acme",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+        assert statuses == [403], headers
+    # with a token any host name is served: the token is what guards the data
+    async with client(admin_app(fence, token=TOKEN, read_only=True)) as api:
+        response = await api.get("/api/tenants/acme", headers={**AUTH, "Host": "evil.example"})
+        assert response.status_code == 200
 
 
 async def test_read_only_with_token_refuses_changes(fence: TokenFence) -> None:
@@ -407,6 +536,77 @@ async def test_ids_with_slashes_and_percent_signs(
         usage = await api.get(path + "/usage", headers=AUTH)
         assert usage.json()["tenant_id"] == tenant
     assert not (await fence.status("org")).killed
+
+
+async def test_every_tenant_route_also_takes_the_id_as_a_query_parameter(
+    fence: TokenFence, api: httpx.AsyncClient
+) -> None:
+    for tenant in ("..", ".", "org/acme", "50%off", "a+b &id=x#y", "ünï"):
+        await spend(fence, tenant, "1")
+        q = f"?id={quote(tenant, safe='')}"
+        shown = await api.get(f"/api/tenant{q}", headers=AUTH)
+        assert (shown.status_code, shown.json()["tenant_id"]) == (200, tenant)
+        usage = await api.get(f"/api/tenant/usage{q}&start=2026-03-01", headers=AUTH)
+        assert (usage.json()["tenant_id"], usage.json()["days"][0]["cost"]) == (tenant, "1")
+        killed = await api.post(f"/api/tenant/kill{q}", headers=AUTH, json={})
+        assert (killed.json()["tenant_id"], killed.json()["tenant_killed"]) == (tenant, True)
+        assert (await fence.global_switches())[0] is False
+        assert (await fence.status(tenant)).killed
+        revived = await api.post(f"/api/tenant/revive{q}", headers=AUTH, json={})
+        assert revived.json()["killed"] is False
+        plan = await api.put(f"/api/tenant/plan{q}", headers=AUTH, json={"plan": "pro"})
+        assert (await fence.status(tenant)).plan == "pro" == plan.json()["plan"]
+    body = {"pool": "..", "plan": "team"}
+    pooled = await api.put("/api/tenant/pool?id=..", headers=AUTH, json=body)
+    assert (pooled.json()["pool"], pooled.json()["pool_plan"]) == ("..", "team")
+    pool_plan = await api.put("/api/pool/plan?id=..", headers=AUTH, json={"plan": "pro"})
+    assert pool_plan.json() == {"pool": "..", "plan": "pro"}
+    assert (await fence.status("..")).pool_plan == "pro"
+    assert not (await fence.status("acme")).killed
+    for query, error in (
+        ("", "invalid_query"),
+        ("?id=a&id=b", "invalid_query"),
+        ("?id=", "invalid_id"),
+        ("?id=%01", "invalid_id"),
+    ):
+        response = await api.get(f"/api/tenant{query}", headers=AUTH)
+        assert (response.status_code, response.json()["error"]) == (422, error), query
+    unknown = await api.post("/api/tenant/kill?id=nobody", headers=AUTH)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_tenant")
+
+
+DOT_ROUTES = [
+    ("GET", "/api/tenants/{}"),
+    ("GET", "/api/tenants/{}/usage"),
+    ("PUT", "/api/tenants/{}/plan"),
+    ("PUT", "/api/tenants/{}/pool"),
+    ("POST", "/api/tenants/{}/kill"),
+    ("POST", "/api/tenants/{}/revive"),
+    ("PUT", "/api/pools/{}/plan"),
+]
+
+
+async def test_dot_ids_are_never_read_from_a_path(
+    fence: TokenFence, api: httpx.AsyncClient
+) -> None:
+    """``.`` and ``..`` (also as ``%2E``) are refused as path segments: a client resolves them
+    as relative steps, so whether one arrives intact depends on the client (422, not a kill)."""
+    for tenant in (".", ".."):
+        await spend(fence, tenant, "1")
+    for segment in ("%2E", "%2e", "%2E%2E", ".%2e", "%2e."):
+        for method, path in DOT_ROUTES:
+            response = await api.request(
+                method, path.format(segment), headers=AUTH, json={"plan": "pro"}
+            )
+            assert response.status_code == 422, (method, path, segment)
+            body = response.json()
+            assert body["error"] == "invalid_id"
+            assert "cannot be a URL path segment" in body["message"]
+            assert "?id=" in body["message"]
+    for tenant in (".", ".."):
+        status = await fence.status(tenant)
+        assert (status.killed, status.plan, status.pool) == (False, "basic", None)
+    assert (await fence.global_switches())[0] is False
 
 
 async def test_approve_and_deny(make_fence: Callable[..., TokenFence]) -> None:

@@ -3,12 +3,14 @@
 An app with an AI endpoint and the admin app mounted at /admin runs in uvicorn on loopback; the
 test spends through it for eight tenants at different levels, signs in on the dashboard, checks
 the bars (count, order, widths, colours), kills a tenant with its button (verified through the
-API and the store), revives it, and saves a screenshot in the test's temp dir.
+API and the store), revives it, and saves a screenshot in the test's temp dir. Tenants named
+``..`` and ``.`` are killed with their buttons too: their own switch, never the global one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -310,3 +312,82 @@ async def test_dashboard_in_chromium(
             assert all(r.startswith(url) for r in requests), "the page fetched from elsewhere"
         finally:
             await browser.close()
+
+
+@contextlib.asynccontextmanager
+async def signed_in(url: str) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A headless Chromium page on the dashboard at ``url``/admin/, signed in with the token;
+    also the page's errors (uncaught exceptions and console errors)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(45_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on(
+                "console",
+                lambda message: errors.append(message.text) if message.type == "error" else None,
+            )
+            await page.goto(f"{url}/admin/")
+            await page.wait_for_selector("#login:not([hidden])")
+            await page.fill("#token", TOKEN)
+            await page.click("#login-form button")
+            await page.wait_for_selector("body[data-state='ready']")
+            errors.clear()  # the page's first request, without the token, is logged as a 401
+            yield page, errors
+        finally:
+            await browser.close()
+
+
+async def kill_with_button(page: Any, tenant: str) -> None:
+    """Click the tenant's Kill button twice (arm, confirm) and wait for the page to show what
+    followed: the tenant killed, the global switch on, or the action's failure."""
+    row = f"li.tenant[data-tenant={json.dumps(tenant)}]"
+    button = page.locator(f"{row} .ops button")
+    assert await button.inner_text() == "Kill"
+    await button.click()
+    assert await button.inner_text() == "Confirm kill"
+    await button.click()
+    await page.wait_for_function(
+        """(row) => {
+            const li = document.querySelector(row);
+            const banner = document.getElementById('banner');
+            return (li && li.dataset.tenantKilled === 'true') || !banner.hidden;
+        }""",
+        arg=row,
+    )
+
+
+async def test_dot_segment_tenant_ids_kill_their_tenant_not_everyone(
+    server: tuple[str, TokenFence], store: TokenFence
+) -> None:
+    """A tenant id is one path segment: killing ``..`` from the page must not reach ``api/kill``
+    (the global switch), and ``.`` must be killable too."""
+    _need_chromium()
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for tenant in ("..", ".", "acme-corp"):
+            (await http.post("/plan", json={"tenant": tenant, "plan": "team"})).raise_for_status()
+
+    async with signed_in(url) as (page, errors):
+        await kill_with_button(page, "..")
+        assert (await store.global_switches())[0] is False, "the global kill switch was flipped"
+        assert (await store.status("..")).killed
+        assert not (await store.status("acme-corp")).killed
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            spent = await http.post("/spend", json={"tenant": "acme-corp", "amount": "1"})
+            assert spent.status_code == 200, spent.text
+
+        await kill_with_button(page, ".")
+        assert await page.locator("#banner").is_hidden(), await page.inner_text("#banner")
+        assert (await store.status(".")).killed
+        assert (await store.global_switches())[0] is False
+        assert not (await store.status("acme-corp")).killed
+        killed = await page.eval_on_selector_all(
+            "li.tenant[data-tenant-killed='true']", "els => els.map(e => e.dataset.tenant)"
+        )
+        assert sorted(killed) == [".", ".."]
+        assert errors == []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -305,6 +308,35 @@ async def test_token_counts_are_priced_and_downgraded_by_the_plan(
     assert (done["model"], done["cost"]) == ("gpt-4o", "0.012500000")
 
 
+async def test_a_commit_is_priced_at_no_less_than_the_reserved_model(
+    make_svc: Callable[..., Svc],
+) -> None:
+    """Naming a cheaper model at commit does not lower the price: token counts are priced at
+    the dearer of the named and the reserved model."""
+    svc = make_svc("models")
+    gpt4o = {"model": "gpt-4o", "input_tokens": 1000, "max_output_tokens": 1000}
+    held = await svc.reserve(candidates=[gpt4o])
+    assert held["model"] == "gpt-4o"
+    # 1000 in + 1000 out: gpt-4o $0.0125; gpt-4o-mini would be $0.00075
+    usage = {"input_tokens": 1000, "output_tokens": 1000}
+    done = await svc.post("/commit", id=held["id"], model="gpt-4o-mini", **usage)
+    assert (done["model"], done["cost"]) == ("gpt-4o-mini", "0.012500000")
+    assert await svc.used() == Decimal("0.0125")
+    # a dearer model that answered instead is charged at its own price
+    mini = await svc.reserve(candidates=[{**gpt4o, "model": "gpt-4o-mini"}])
+    done = await svc.post("/commit", id=mini["id"], model="gpt-4o", **usage)
+    assert (done["model"], done["cost"]) == ("gpt-4o", "0.012500000")
+    # a reserved model the service cannot price gives no floor: token counts are refused
+    # (the hold stays, to be committed with a cost)
+    custom = await svc.reserve(candidates=[{"model": "gpt-4o-in-house", "estimate": "0.05"}])
+    problem = await svc.post("/commit", 422, id=custom["id"], model="gpt-4o-mini", **usage)
+    assert (problem["error"], problem["field"]) == ("no_price", "model")
+    assert "gpt-4o-in-house" in problem["message"]
+    assert (await svc.fence.status("acme")).open_holds == 1
+    paid = await svc.post("/commit", id=custom["id"], cost="0.01", model="gpt-4o-mini")
+    assert paid["cost"] == "0.010000000"  # a cost is charged as given, whatever the model
+
+
 async def test_the_output_allowance_defaults_to_the_models_maximum(svc: Svc) -> None:
     held = await svc.reserve(candidates=[{"model": "gpt-4o-mini", "input_tokens": 1000}])
     assert held["amount"] == f"{Decimal('0.00015') + 16_384 * Decimal('0.0000006'):.9f}"
@@ -541,6 +573,87 @@ async def test_forged_and_altered_tokens_are_refused(svc: Svc, backend: Backend)
     assert (await svc.used(), await svc.used("globex")) == (0, 0)
     status = await svc.fence.status("acme")
     assert (status.open_holds, status.held) == (1, Decimal("0.1"))
+
+
+def _mac_siblings(token: str) -> list[str]:
+    """The token with its MAC's last character replaced by each other character that decodes
+    to the same bytes (the 43rd character of 32 bytes carries 2 unused bits)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    return [token[:-1] + c for i, c in enumerate(alphabet) if i >> 2 == last >> 2 and i != last]
+
+
+async def test_a_token_in_non_canonical_base64_is_refused(svc: Svc) -> None:
+    held = await svc.reserve()
+    siblings = _mac_siblings(held["id"])
+    assert len(siblings) == 3
+    for token in siblings:
+        for path, extra in (("/commit", {"cost": "0.5"}), ("/release", {})):
+            problem = await svc.post(path, 422, id=token, **extra)
+            assert problem["error"] == "invalid_reservation", token
+    padded = held["id"] + "="  # padding is not part of a token either
+    assert (await svc.post("/commit", 422, id=padded, cost="0.5"))["field"] == "id"
+    assert await svc.used() == 0
+    assert (await svc.post("/commit", id=held["id"], cost="0.5"))["cost"] == "0.500000000"
+
+
+TOKEN_CHARS = st.one_of(
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.="),
+    st.characters(codec="utf-8"),
+)
+
+
+@pytest.fixture
+def held_token(prefix: str) -> Iterator[tuple[str, Callable[[str], list[httpx.Response]]]]:
+    """One reservation's token, and a function that commits and releases a given token and
+    checks that the hold is untouched (an embedded fence; nothing reaches the store)."""
+    fence = TokenFence(plans=PLANS, default_plan="day", prefix=prefix)
+    app = service_app(fence, token=TOKEN, prices=PRICES)
+    with asyncio.Runner() as runner:
+        client = _client(app, **AUTH)
+        body = {"tenant": "acme", "candidates": [{"model": "gpt-4o", "estimate": "0.1"}]}
+        token = runner.run(client.post("/reserve", json=body)).json()["id"]
+
+        async def settle(altered: str) -> list[httpx.Response]:
+            answers = [
+                await client.post("/commit", json={"id": altered, "cost": "0.05"}),
+                await client.post("/release", json={"id": altered}),
+            ]
+            status = await fence.status("acme")
+            assert (status.windows[0].used, status.open_holds) == (0, 1), altered
+            return answers
+
+        yield token, lambda altered: runner.run(settle(altered))
+        runner.run(client.aclose())
+        runner.run(fence.aclose())
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_token_altered_in_any_byte_is_refused(
+    held_token: tuple[str, Callable[[str], list[httpx.Response]]], data: st.DataObject
+) -> None:
+    """A reservation token changed in one character (replaced, inserted or deleted) is refused."""
+    token, settle = held_token
+    last = len(token) - 1
+    # the MAC's last character (whose low bits are unused) is drawn often
+    at = data.draw(st.one_of(st.just(last), st.integers(0, last)), label="at")
+    how = data.draw(st.sampled_from(["replace", "insert", "delete"]), label="how")
+    char = data.draw(TOKEN_CHARS, label="char")
+    if how == "replace":
+        altered = token[:at] + char + token[at + 1 :]
+    elif how == "insert":
+        altered = token[:at] + char + token[at:]
+    else:
+        altered = token[:at] + token[at + 1 :]
+    assume(altered != token)
+    for answer in settle(altered):
+        assert answer.status_code == 422, (altered, answer.text)
+        assert answer.json()["error"] == "invalid_reservation", answer.text
 
 
 async def test_a_shared_signing_key_settles_on_any_instance(backend: Backend) -> None:

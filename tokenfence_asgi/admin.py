@@ -12,13 +12,17 @@ and are served without the token: the page asks for the token, keeps it in the t
 ``sessionStorage`` and sends it as a Bearer header with every request it makes.
 
 Without a token the app is only built with ``read_only=True``, and then it answers only
-requests made on the loopback interface (client and server address both loopback, and no
-``Forwarded`` / ``X-Forwarded-For`` / ``X-Real-IP`` header, which a reverse proxy in front
-would add): anything else gets 403. A read-only app (with or without a token) refuses every
-change with 403.
+requests made on the loopback interface: client and server address both loopback, ``Host``
+``localhost``, ``127.0.0.1`` or ``[::1]`` (any port; another name is a page using DNS
+rebinding), and no header a proxy or CDN adds (``Forwarded``, ``Via``, ``X-Forwarded-*``,
+``X-Real-IP``, ``True-Client-IP``, ``CF-*``, ...): anything else gets 403. A read-only app
+(with or without a token) refuses every change with 403.
 
 Routes, relative to where the app is mounted (``{tenant}`` and ``{pool}`` percent-encoded, so
-an id may contain ``/``)::
+an id may contain ``/``). Every ``/api/tenants/{tenant}...`` route is also served as
+``/api/tenant...?id=<tenant>`` (and ``/api/pools/{pool}/plan`` as ``/api/pool/plan?id=``): the
+only form for the ids ``.`` and ``..``, which clients resolve as relative path steps and which
+are therefore refused (422) as path segments::
 
     GET  /                              the dashboard
     GET  /api/info                      plans, default plan, read-only, what is available
@@ -114,8 +118,21 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-_PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip", b"x-forwarded-host")
+# Headers a reverse proxy, load balancer or CDN adds to say whom it forwards for: a no-token
+# app refuses a request carrying any of them (its peer is loopback, the client is not).
+_PROXY_HEADERS = frozenset(
+    b"forwarded via x-forwarded x-real-ip x-client-ip client-ip true-client-ip x-cluster-client-ip"
+    b" x-proxyuser-ip x-originating-ip x-remote-ip x-remote-addr x-host wl-proxy-client-ip"
+    b" proxy-client-ip".split()
+)
+_PROXY_HEADER_PREFIXES = tuple(
+    b"x-forwarded- x-original- x-real- cf- fastly- x-envoy- x-azure- x-appengine- x-amzn-".split()
+)
+# The Host of a browser that really talks to a loopback address (DNS rebinding sends its own).
+_LOOPBACK_HOST = re.compile(rb"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_DOT_SEGMENTS = (".", "..")
+_QUERY_ROUTES = {"tenant": "/api/tenant", "pool": "/api/pool"}
 
 
 # -- recent activity -------------------------------------------------------------------------
@@ -339,7 +356,26 @@ async def _body(request: Request, allowed: dict[str, tuple[type, ...]]) -> dict[
 
 
 def _path_id(request: Request, name: str, what: str) -> str:
-    value = unquote(request.path_params[name])
+    """The id named by the route: its ``{name}`` path segment, or on the ``?id=`` routes (which
+    have no such segment) the one ``id`` query parameter."""
+    if name in request.path_params:
+        value = unquote(request.path_params[name])
+        if value in _DOT_SEGMENTS:
+            # A browser, httpx or curl resolves "." and ".." (also as %2E) as relative path
+            # steps: /api/tenants/../kill is sent as /api/kill, the global switch. Whether such
+            # a segment arrives intact depends on the client and any proxy, so it is never
+            # read from a path.
+            raise _Problem(
+                422,
+                "invalid_id",
+                f"{what} {value!r} cannot be a URL path segment (clients resolve it as a"
+                f" relative path); give it as ?id= on the {_QUERY_ROUTES[name]} routes",
+            )
+    else:
+        values = request.query_params.getlist("id")
+        if len(values) != 1:
+            raise _Problem(422, "invalid_query", f"id (the {what}) is required, once: ?id=<{what}>")
+        value = values[0]
     try:
         return validate_id(value, what=what)
     except InvalidId as exc:
@@ -402,6 +438,24 @@ def _loopback(address: object) -> bool:
         return False
 
 
+def _on_loopback(scope: Scope) -> bool:
+    """Whether a request came straight from this machine, by a name only this machine has.
+
+    Both addresses loopback (nobody else can connect), no proxy header (a proxy on this
+    machine would forward others), and one ``Host`` naming a loopback address: a page whose
+    name an attacker points at 127.0.0.1 (DNS rebinding) sends its own name and is refused.
+    """
+    if not (_loopback(scope.get("client")) and _loopback(scope.get("server"))):
+        return False
+    hosts = []
+    for name, value in scope.get("headers", ()):
+        if name in _PROXY_HEADERS or name.startswith(_PROXY_HEADER_PREFIXES):
+            return False
+        if name == b"host":
+            hosts.append(value)
+    return len(hosts) == 1 and _LOOPBACK_HOST.fullmatch(hosts[0]) is not None
+
+
 def _partly_decoded(raw: bytes) -> str:
     """``raw`` percent-decoded except ``%2F`` and ``%25``, so an id may hold ``/`` (and ``%``)."""
 
@@ -440,14 +494,13 @@ class _Guard:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, route: str, request: Request) -> _Problem | None:
-        if self.token is None:
-            headers = {key for key, _ in scope.get("headers", ())}
-            if not (_loopback(scope.get("client")) and _loopback(scope.get("server"))) or (
-                headers.intersection(_PROXY_HEADERS)
-            ):
-                return _Problem(
-                    403, "forbidden", "this admin app has no token: it answers on loopback only"
-                )
+        if self.token is None and not _on_loopback(scope):
+            return _Problem(
+                403,
+                "forbidden",
+                "this admin app has no token: it answers on loopback only (a loopback address,"
+                " Host localhost, 127.0.0.1 or [::1], no proxy in between)",
+            )
         public = route in _PUBLIC or (route == "/metrics" and self.public_metrics)
         if (
             self.token is not None
@@ -810,11 +863,14 @@ class _Admin:
         self.audit(request, "set_pool_plan", pool=pool, plan=plan)
         return JSONResponse({"pool": pool, "plan": plan})
 
-    async def switch(self, request: Request) -> Response:
+    async def tenant_switch(self, request: Request) -> Response:
+        return await self.switch(request, _path_id(request, "tenant", "tenant_id"))
+
+    async def global_switch(self, request: Request) -> Response:
+        return await self.switch(request, None)
+
+    async def switch(self, request: Request, tenant: str | None) -> Response:
         kill = request.url.path.endswith("/kill")
-        tenant = None
-        if "tenant" in request.path_params:
-            tenant = _path_id(request, "tenant", "tenant_id")
         data = await _body(request, {"feature": (str, type(None))})
         feature = _field_id(data, "feature", "feature")
         if tenant is not None:
@@ -948,7 +1004,6 @@ def admin_app(
         top_days=top_days,
         scan_cache_s=float(scan_cache_s),
     )
-    t = "/api/tenants/{tenant}"
     routes = [
         Route("/", admin.page, methods=["GET"]),
         Route("/dashboard.js", admin.page, methods=["GET"]),
@@ -956,16 +1011,24 @@ def admin_app(
         Route("/api/info", _answering(admin.info), methods=["GET"]),
         Route("/api/overview", _answering(admin.overview), methods=["GET"]),
         Route("/api/tenants", _answering(admin.tenants), methods=["GET"]),
-        Route(t, _answering(admin.tenant), methods=["GET"]),
-        Route(t + "/usage", _answering(admin.usage), methods=["GET"]),
-        Route(t + "/plan", _answering(admin.set_plan), methods=["PUT"]),
-        Route(t + "/pool", _answering(admin.set_pool), methods=["PUT"]),
-        Route(t + "/kill", _answering(admin.switch), methods=["POST"]),
-        Route(t + "/revive", _answering(admin.switch), methods=["POST"]),
+    ]
+    # Each tenant route twice: the id as a path segment, or (for any id, and the only way for
+    # "." and "..") as ?id= on /api/tenant..., which is what the dashboard sends.
+    for t in ("/api/tenants/{tenant}", "/api/tenant"):
+        routes += [
+            Route(t, _answering(admin.tenant), methods=["GET"]),
+            Route(t + "/usage", _answering(admin.usage), methods=["GET"]),
+            Route(t + "/plan", _answering(admin.set_plan), methods=["PUT"]),
+            Route(t + "/pool", _answering(admin.set_pool), methods=["PUT"]),
+            Route(t + "/kill", _answering(admin.tenant_switch), methods=["POST"]),
+            Route(t + "/revive", _answering(admin.tenant_switch), methods=["POST"]),
+        ]
+    routes += [
         Route("/api/pools/{pool}/plan", _answering(admin.set_pool_plan), methods=["PUT"]),
+        Route("/api/pool/plan", _answering(admin.set_pool_plan), methods=["PUT"]),
         Route("/api/switches", _answering(admin.switches_route), methods=["GET"]),
-        Route("/api/kill", _answering(admin.switch), methods=["POST"]),
-        Route("/api/revive", _answering(admin.switch), methods=["POST"]),
+        Route("/api/kill", _answering(admin.global_switch), methods=["POST"]),
+        Route("/api/revive", _answering(admin.global_switch), methods=["POST"]),
         Route("/api/approvals/{approval}/approve", _answering(admin.decide), methods=["POST"]),
         Route("/api/approvals/{approval}/deny", _answering(admin.decide), methods=["POST"]),
         Route("/api/top", _answering(admin.top_route), methods=["GET"]),

@@ -9,6 +9,7 @@ the same tenant budgets, atomically, with the same rules as the Python middlewar
                           -> 200 {"id": <reservation token>, "model", "amount", ...}
                           or the middleware's refusal: 402 / 429 / 403 / 413 / 503
     POST /commit          {"id", "cost"} or {"id", "input_tokens", "output_tokens", "model"?}
+                          (token counts priced at no less than the reserved model)
     POST /release         {"id"}
     GET  /status/{tenant}
     GET  /openapi.json    the OpenAPI 3.1 schema (the only route without the service token)
@@ -22,8 +23,9 @@ string, negative or absurd amounts and bad ids are 422 with the field named; bod
 **Reservation tokens.** ``/reserve`` answers with ``id``, an opaque token that carries what
 ``commit`` and ``release`` need (tenant, reservation id, feature, pool, model, amount) and is
 signed with HMAC-SHA256 under ``signing_key``: the API keeps no state of its own, any instance
-sharing the key settles any reservation, and a forged or altered token is refused (422
-``invalid_reservation``) before the store is touched. A token is accepted for ``token_ttl``
+sharing the key settles any reservation, and a forged or altered token (one that is not the
+exact base64 the service wrote counts as altered) is refused (422 ``invalid_reservation``)
+before the store is touched. A token is accepted for ``token_ttl``
 seconds after it was issued (default: the fence's ``record_ttl`` less a margin for clock skew),
 while the store still remembers how the reservation was settled, so a repeated commit or release
 is always recognised (``duplicate``) and never charged twice; an older token is refused (410
@@ -311,7 +313,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode what ``_b64`` encodes, and only that: a text with other (ignored) padding bits,
+    or padding, would be a second spelling of the same bytes, so a token could be altered and
+    still accepted. Raises ``ValueError``."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical unpadded urlsafe base64")
+    return data
 
 
 def _key_bytes(key: str | bytes, what: str) -> bytes:
@@ -746,12 +754,9 @@ class _Service:
             model = model or reservation.model
             if model is None:
                 raise _invalid("model", "required to price the token counts")
-            await self._load_prices(model)
-            try:
-                price = self._price(model, "model")
-            except _NoPrice as exc:
-                raise exc.problem from None
-            amount = price.cost(counts["input_tokens"], counts["output_tokens"])
+            amount = await self._usage_cost(
+                reservation, model, counts["input_tokens"], counts["output_tokens"]
+            )
             try:
                 nanos = to_nanos(amount, rounding="half_up", field="cost")
             except InvalidAmount as exc:
@@ -768,6 +773,45 @@ class _Service:
         body = _settlement_body(reservation, settlement)
         body["model"] = model or reservation.model
         return JSONResponse(body)
+
+    async def _usage_cost(
+        self, reservation: Reservation, model: str, input_tokens: int, output_tokens: int
+    ) -> Decimal:
+        """The token counts priced at ``model``, and at no less than the reserved model.
+
+        The reservation's model is signed into its token; the commit's ``model`` is only the
+        client's word. A cheaper name must not lower the price (the reserve chose the model,
+        downgrade included, and checked the budget for it), while a dearer model that answered
+        instead is charged at its own price: the money was spent.
+        """
+        reserved = reservation.model
+        priced = [model] if reserved is None or reserved == model else [model, reserved]
+        costs = []
+        for name in priced:
+            await self._load_prices(name)
+            try:
+                price = self._price(name, "model")
+            except _NoPrice as exc:
+                problem = exc.problem
+                if name != model:
+                    problem = _invalid(
+                        "model",
+                        f"the reservation was made for model {name!r}, which the service "
+                        f"cannot price, so token counts named for {model!r} cannot be priced "
+                        "at no less than it; send cost (dollars) instead",
+                        "no_price",
+                    )
+                raise problem from None
+            costs.append(price.cost(input_tokens, output_tokens))
+        if len(costs) == 2 and costs[1] > costs[0]:
+            log.info(
+                "commit_priced_as_reserved",
+                tenant=reservation.tenant_id,
+                reservation_id=reservation.id,
+                model=model,
+                reserved_model=reserved,
+            )
+        return max(costs)
 
     async def release(self, request: Request) -> Response:
         data = _fields(await self._body(request), "", ("id",), ())
@@ -1201,6 +1245,9 @@ def openapi_schema(root_path: str = "") -> dict[str, Any]:
                     "operationId": "commit",
                     "summary": "Charge the actual cost; idempotent (a repeat is `duplicate` and "
                     "reports the first charge).",
+                    "description": "Give `cost` (dollars), or `input_tokens` and "
+                    "`output_tokens` for the service to price at `model` (default: the "
+                    "reserved model), never below the reserved model's price.",
                     "requestBody": body("CommitRequest"),
                     "responses": {"200": ok("Commit", "Charged (or a repeat)."), **settle_errors},
                 }

@@ -65,7 +65,11 @@
     });
   }
 
-  function tenantPath(id) { return "api/tenants/" + encodeURIComponent(id); }
+  // The id goes in the query, not the path: encodeURIComponent leaves "." and "..", which the
+  // browser would resolve as path steps ("api/tenants/../kill" is "api/kill", the global switch).
+  function tenantPath(id, action) {
+    return "api/tenant" + (action ? "/" + action : "") + "?id=" + encodeURIComponent(id);
+  }
 
   // -- formatting ------------------------------------------------------------------------------
 
@@ -241,7 +245,7 @@
       button.title = ownKill ? "Let " + t.tenant_id + "'s AI calls through again" : "Refuse every AI call of " + t.tenant_id;
       button.disabled = !!state.busy[key];
       button.addEventListener("click", function () {
-        var path = tenantPath(t.tenant_id) + (ownKill ? "/revive" : "/kill");
+        var path = tenantPath(t.tenant_id, ownKill ? "revive" : "kill");
         act(key, function () { return api("POST", path, {}); });
       });
       ops.appendChild(button);
