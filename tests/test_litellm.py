@@ -514,7 +514,7 @@ async def test_sync_call_with_its_own_prices_is_charged_at_the_fences(
                 mock_response="hi",
                 input_cost_per_token=0,
                 output_cost_per_token=0,
-            )  # fmt: skip
+            )
         )
     for _ in range(200):
         if (await used(fence))[0] > 0:

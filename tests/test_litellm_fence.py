@@ -18,17 +18,18 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from tests.test_litellm import MSGS, clean_callbacks, used
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
-from tokenfence_asgi.context import tenant_scope
+from tokenfence_asgi.context import FenceContext, pop_context, push_context, tenant_scope
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
     InvalidCall,
     TenantDisabled,
+    TenantRequired,
 )
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
-from tokenfence_asgi.pricing import CallShape, ModelPrice
+from tokenfence_asgi.pricing import CallShape, ModelPrice, PriceBook
 from tokenfence_asgi.responses import limit_headers
 
 __all__ = ["clean_callbacks"]
@@ -42,6 +43,7 @@ OPEN = Plan("open", [Limit("1d", max_cost="10", max_requests=1000)])
 CENTS = Plan("cents", [Limit("1d", max_cost="0.05")])
 SHRINK = Plan("shrink", [Limit("1d", max_cost="0.01")], fit="shrink", min_output_tokens=64)
 CHATTY = Plan("chatty", [Limit("1d", max_cost="10")], default_output_tokens=1000)
+FIVE = Plan("five", [Limit("1d", max_cost="5")])
 IMAGE = "openai/dall-e-3"
 
 
@@ -62,7 +64,9 @@ class Seen(CustomLogger):
 
 @pytest.fixture
 def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
-    return make_fence(plans=[*BUILTIN_PLANS, OPEN, CENTS, SHRINK, CHATTY], default_plan="open")
+    return make_fence(
+        plans=[*BUILTIN_PLANS, OPEN, CENTS, SHRINK, CHATTY, FIVE], default_plan="open"
+    )
 
 
 @pytest.fixture
@@ -96,14 +100,14 @@ CALLS: dict[str, Callable[..., Any]] = {
         stream=True,
         max_tokens=50,
         **kw,
-    ),  # fmt: skip
+    ),
     "aresponses": lambda **kw: litellm.aresponses(
         model="gpt-4o-mini",
         input="Say hello.",
         mock_response="Hello!",
         max_output_tokens=50,
         **kw,
-    ),  # fmt: skip
+    ),
     "aembedding": lambda **kw: litellm.aembedding(
         model="text-embedding-3-small", input=["hello there"], mock_response=[0.1, 0.2], **kw
     ),
@@ -113,7 +117,7 @@ CALLS: dict[str, Callable[..., Any]] = {
         mock_response="Hello!",
         max_tokens=50,
         **kw,
-    ),  # fmt: skip
+    ),
     "aimage_generation": lambda **kw: litellm.aimage_generation(
         model=IMAGE, prompt="a lighthouse", mock_response="x", **kw
     ),
@@ -168,7 +172,8 @@ async def test_every_call_type_is_charged_litellms_cost(
         assert cost is None  # LiteLLM cannot price a mocked image: the fence's price is charged
         assert charged == Decimal("0.04")
     else:
-        assert cost is not None and cost > 0
+        assert cost is not None
+        assert cost > 0
         assert charged == nanos(cost)
 
 
@@ -179,7 +184,7 @@ async def test_an_image_model_without_a_per_call_price_is_refused(
     litellm.callbacks = [callback]
     try:
         async with tenant_scope("acme"):
-            with pytest.raises(ConfigError, match="no price for model|cannot bound the cost"):
+            with pytest.raises(ConfigError, match=r"no price for model|cannot bound the cost"):
                 await litellm.aimage_generation(
                     model="openai/gpt-image-1", prompt="a cat", mock_response="x"
                 )
@@ -221,9 +226,13 @@ async def test_a_calls_own_prices_do_not_make_it_cheaper(
 ) -> None:
     async with tenant_scope("acme"):
         await litellm.acompletion(
-            model="gpt-4o", messages=MSGS, mock_response="hi", max_tokens=10,
-            input_cost_per_token=0, output_cost_per_token=0,
-        )  # fmt: skip
+            model="gpt-4o",
+            messages=MSGS,
+            mock_response="hi",
+            max_tokens=10,
+            input_cost_per_token=0,
+            output_cost_per_token=0,
+        )
         await cb.settle()
     gpt4o = cb.prices.price("gpt-4o")
     assert seen.costs[-1] == pytest.approx(float(gpt4o.cost(10, 20)))  # LiteLLM's, map prices
@@ -236,9 +245,13 @@ async def test_a_forged_model_info_does_not_make_it_cheaper(
     forged = {"id": "x", "input_cost_per_token": 0, "output_cost_per_token": 0}
     async with tenant_scope("acme"):
         await litellm.acompletion(
-            model="gpt-4o", messages=MSGS, mock_response="hi", max_tokens=10, model_info=forged,
+            model="gpt-4o",
+            messages=MSGS,
+            mock_response="hi",
+            max_tokens=10,
+            model_info=forged,
             base_model="gpt-4o-mini",
-        )  # fmt: skip
+        )
         await cb.settle()
     gpt4o = cb.prices.price("gpt-4o")
     assert (await used(fence))[0] == nanos(float(gpt4o.cost(10, 20)))
@@ -256,7 +269,7 @@ async def test_a_router_deployments_configured_prices_still_count(
                     "input_cost_per_token": 1e-6,
                     "output_cost_per_token": 2e-6,
                     "mock_response": "hi",
-                },  # fmt: skip
+                },
             }
         ]
     )
@@ -272,9 +285,13 @@ async def test_the_hold_covers_every_choice(cb: TokenFenceCallback, fence: Token
     one = cb.prices.estimate("gpt-4o", MSGS, max_output_tokens=1000).amount_nanos
     async with tenant_scope("acme"):
         stream = await litellm.acompletion(
-            model="gpt-4o", messages=MSGS, mock_response="hi", n=50, max_tokens=1000,
+            model="gpt-4o",
+            messages=MSGS,
+            mock_response="hi",
+            n=50,
+            max_tokens=1000,
             stream=True,
-        )  # fmt: skip
+        )
         held = (await used(fence))[1]
         async for _ in stream:
             pass
@@ -291,9 +308,13 @@ async def test_the_hold_takes_the_larger_of_two_output_limits(
     large = cb.prices.estimate("gpt-4o", MSGS, max_output_tokens=16000).amount_nanos
     async with tenant_scope("acme"):
         stream = await litellm.acompletion(
-            model="gpt-4o", messages=MSGS, mock_response="hi", max_tokens=16000,
-            max_completion_tokens=5, stream=True,
-        )  # fmt: skip
+            model="gpt-4o",
+            messages=MSGS,
+            mock_response="hi",
+            max_tokens=16000,
+            max_completion_tokens=5,
+            stream=True,
+        )
         assert (await used(fence))[1] == from_nanos(large)
         async for _ in stream:
             pass
@@ -317,9 +338,11 @@ async def test_metadata_cannot_move_a_call_to_another_feature(
     async with tenant_scope("acme", feature="chat"):
         with pytest.raises(TenantDisabled):
             await litellm.acompletion(
-                model="gpt-4o-mini", messages=MSGS, mock_response="hi",
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="hi",
                 metadata={"feature": "docs", "tenant_id": "globex"},
-            )  # fmt: skip
+            )
 
 
 async def test_trust_metadata_lets_the_app_choose(fence: TokenFence, clean_callbacks: None) -> None:
@@ -329,9 +352,11 @@ async def test_trust_metadata_lets_the_app_choose(fence: TokenFence, clean_callb
         await fence.kill("acme", feature="chat")
         async with tenant_scope("acme", feature="chat"):
             await litellm.acompletion(
-                model="gpt-4o-mini", messages=MSGS, mock_response="hi",
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="hi",
                 metadata={"feature": "docs"},
-            )  # fmt: skip
+            )
             await callback.settle()
     finally:
         callback.close()
@@ -367,8 +392,7 @@ async def test_concurrent_uncapped_calls_of_a_small_tenant_are_served(
     cb: TokenFenceCallback, fence: TokenFence
 ) -> None:
     """A $5/day tenant with $0 spent: 8 concurrent claude-sonnet-4-5 calls that set no limit."""
-    await fence.set_plan("acme", "starter")
-    await fence.set_plan("acme", "pro")
+    await fence.set_plan("acme", "five")  # was: 5 of 8 refused, each holding 64,000 tokens
 
     async def one() -> Any:
         async with tenant_scope("acme"):
@@ -421,7 +445,8 @@ async def test_a_call_too_large_for_the_plan_says_so_without_retry_after(
     body = error.to_dict()
     assert (body["reason"], body["feature"], body["held"]) == ("call_too_large", "chat", "0.000000")
     headers = limit_headers(error)
-    assert "Retry-After" not in headers and "RateLimit" in headers
+    assert "Retry-After" not in headers
+    assert "RateLimit" in headers
 
 
 async def test_a_call_refused_for_holds_in_flight_retries_after_their_lease(
@@ -453,3 +478,31 @@ def test_shapes_bound_what_each_call_type_pays() -> None:
     chat = shape_of("chat", {"messages": MSGS, "max_tokens": 9, "max_completion_tokens": 90})
     assert chat.output_limit == 90
     assert isinstance(chat, CallShape)
+
+
+async def test_an_anonymous_request_cannot_charge_a_tenant_named_in_metadata(
+    cb: TokenFenceCallback, fence: TokenFence, seen: Seen
+) -> None:
+    ctx = FenceContext(None)  # a request the middleware let through without a tenant
+    token = push_context(ctx)
+    try:
+        with pytest.raises(TenantRequired):
+            await litellm.acompletion(
+                model="gpt-4o-mini", messages=MSGS, mock_response="hi",
+                metadata={"tenant_id": "acme"},
+            )  # fmt: skip
+    finally:
+        pop_context(token)
+    assert seen.costs == []
+    assert await used(fence) == (0, 0)
+
+
+def test_a_zero_cost_from_litellm_for_a_priced_usage_is_not_trusted() -> None:
+    """LiteLLM 1.110.2 prices some models it does not map (claude-opus-4-1) at $0."""
+    book = PriceBook(default_price=ModelPrice.per_million("15", "75"))
+    cost = book.actual_cost(
+        "claude-opus-4-1", response_cost=0.0, input_tokens=1000, output_tokens=100
+    )
+    assert cost == Decimal("0.0225")
+    # a free usage is still free
+    assert book.actual_cost("gpt-4o", response_cost=0.0, input_tokens=0, output_tokens=0) == 0

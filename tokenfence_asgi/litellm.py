@@ -365,6 +365,8 @@ class TokenFenceCallback(CustomGuardrail):
                             metadata_tenant=str(tenant)[:200],
                             metadata_feature=str(feature)[:200])  # fmt: skip
             return ctx.tenant_id, ctx.feature, ctx
+        if ctx is not None and not self._trust_metadata:
+            ctx.require_tenant()  # an anonymous request is refused, whatever the metadata says
         if tenant is None:
             if ctx is None:
                 if self._unscoped == "allow":

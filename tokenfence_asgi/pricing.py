@@ -486,24 +486,31 @@ class PriceBook:
         """What a finished call cost, in dollars; ``None`` when nothing can price it.
 
         A configured price wins (it is what the operator pays); else LiteLLM's own cost of the
-        response (``response_cost``, computed from prices the call's arguments cannot set);
-        else the price the estimate used, times the usage.
+        response (``response_cost``, computed from prices the call's arguments cannot set),
+        unless it is $0 for a usage the price book prices (LiteLLM 1.110.2 prices models it does
+        not map, such as claude-opus-4-1, at $0); else the price the estimate used, times the
+        usage.
         """
         override = self.override(model)
         if override is not None:
             return override.cost(input_tokens, output_tokens, units=units, characters=characters)
+        try:
+            priced: Decimal | None = self.price(model, deployment).cost(
+                input_tokens, output_tokens, units=units, characters=characters
+            )
+        except ConfigError:
+            priced = None
         if (
             isinstance(response_cost, int | float)
             and not isinstance(response_cost, bool)
             and math.isfinite(response_cost)
             and response_cost >= 0
         ):
+            if response_cost == 0 and priced:
+                log.warning("litellm_cost_zero", model=model, charged=str(priced))
+                return priced
             return Decimal(str(response_cost))
-        try:
-            price = self.price(model, deployment)
-        except ConfigError:
-            return None
-        return price.cost(input_tokens, output_tokens, units=units, characters=characters)
+        return priced
 
     def warm_up(self) -> None:
         """Load LiteLLM and its default tokenizer now (about half a second, once per process)."""
