@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -255,19 +256,30 @@ async def test_stream_is_charged_when_it_ends(
     assert await used(fence) == (cost_of(spy), 0)
 
 
-async def test_abandoned_stream_leaves_no_hold(cb: TokenFenceCallback, fence: TokenFence) -> None:
-    hold = cb.prices.estimate("gpt-4o-mini", MSGS, max_output_tokens=50).amount_nanos
+async def test_abandoned_stream_is_charged_what_it_streamed(
+    cb: TokenFenceCallback, fence: TokenFence
+) -> None:
+    estimate = cb.prices.estimate("gpt-4o-mini", MSGS, max_output_tokens=50)
     async with tenant_scope("acme"):
         stream = await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, mock_response="one two three four five",
-            stream=True, max_tokens=50,
-        )  # fmt: skip
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="one two three four five six seven eight",
+            stream=True,
+            max_tokens=50,
+        )
+        seen = 0
         async for _ in stream:
-            break  # the reader goes away: LiteLLM fires no callback
-        assert (await used(fence))[1] == from_nanos(hold)
+            seen += 1
+            if seen == 3:
+                break  # the reader goes away: LiteLLM fires no callback
+        assert (await used(fence))[1] == from_nanos(estimate.amount_nanos)
         await cb.settle()
-    # it had produced output, whose length a callback cannot see: charged its hold
-    assert await used(fence) == (from_nanos(hold), 0)
+    # charged its input and the 3 chunks (of up to 3 characters, one token each) it streamed,
+    # not its hold
+    charged = await used(fence)
+    assert charged == (from_nanos(to_nanos(estimate.cost_of(3))), 0)
+    assert charged[0] < from_nanos(estimate.amount_nanos) / 5
 
 
 async def test_cancelled_call_is_released(cb: TokenFenceCallback, fence: TokenFence) -> None:
@@ -470,9 +482,44 @@ async def test_store_outage_with_fail_open_lets_the_call_through(clean_callbacks
         await fence.aclose()
 
 
-def test_sync_litellm_completion_in_a_scope_is_reported_as_unfenced(cb: TokenFenceCallback) -> None:
-    with structlog.testing.capture_logs() as logs, tenant_scope("acme"):
-        litellm.completion(model="gpt-4o-mini", messages=MSGS, mock_response="hi")
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
-        "sync_completion_not_fenced"
-    ]
+async def test_sync_litellm_completion_in_a_scope_is_charged_after_the_fact(
+    cb: TokenFenceCallback, fence: TokenFence
+) -> None:
+    """No LiteLLM 1.110.2 hook can refuse a sync call: it is charged once it is answered."""
+    with structlog.testing.capture_logs() as logs:
+        async with tenant_scope("acme", feature="chat"):
+            # as a sync endpoint of the app runs: in a worker thread of the app's loop
+            response = await anyio.to_thread.run_sync(
+                lambda: litellm.completion(model="gpt-4o", messages=MSGS, mock_response="hi")
+            )
+        for _ in range(200):  # LiteLLM runs its sync success event on a thread of its own
+            if (await used(fence))[0] > 0:
+                break
+            await asyncio.sleep(0.01)
+    assert response.choices[0].message.content == "hi"
+    litellms = response._hidden_params["response_cost"]
+    assert await used(fence) == (from_nanos(to_nanos(str(litellms))), 0)
+    assert fence.counters.charged_unfenced == 1
+    assert "sync_call_not_fenced" in [e["event"] for e in logs]
+
+
+async def test_sync_call_with_its_own_prices_is_charged_at_the_fences(
+    cb: TokenFenceCallback, fence: TokenFence
+) -> None:
+    async with tenant_scope("acme", feature="chat"):
+        await anyio.to_thread.run_sync(
+            lambda: litellm.completion(
+                model="gpt-4o",
+                messages=MSGS,
+                mock_response="hi",
+                input_cost_per_token=0,
+                output_cost_per_token=0,
+            )
+        )
+    for _ in range(200):
+        if (await used(fence))[0] > 0:
+            break
+        await asyncio.sleep(0.01)
+    gpt4o = cb.prices.price("gpt-4o")
+    # the mock's usage: 10 input and 20 output tokens
+    assert (await used(fence))[0] == from_nanos(to_nanos(gpt4o.cost(10, 20)))

@@ -93,13 +93,19 @@ def test_self_hosted_model_without_maximum_needs_an_allowance() -> None:
     assert book.estimate("my-llama", MSGS, max_output_tokens=100).output_tokens == 100
 
 
-def test_deployment_prices_from_the_call(book: PriceBook) -> None:
-    request = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
-    price = book.price("acme-llm-7b", request)
-    assert (price.input_per_token, price.output_per_token) == (
-        Decimal("0.000001"),
-        Decimal("0.000002"),
-    )
+def test_a_trusted_deployment_price_comes_after_the_configured_ones() -> None:
+    deployment = ModelPrice("0.000001", "0.000002")
+    book = PriceBook({"gpt-4o": ModelPrice.per_million("2", "8")})
+    assert book.price("acme-llm-7b", deployment) is deployment  # before the map and default
+    assert book.price("gpt-4o", deployment) == ModelPrice.per_million("2", "8")
+
+
+def test_per_call_and_per_character_prices() -> None:
+    image = ModelPrice.flat("0.04")
+    assert image.cost(0, 0, units=3) == Decimal("0.12")
+    speech = PriceBook().price("tts-1")  # LiteLLM's map: $15 per million characters
+    assert speech.per_character == Decimal("0.000015")
+    assert speech.cost(0, 0, characters=1000) == Decimal("0.015")
 
 
 def test_actual_cost_prefers_override_then_litellms_cost() -> None:

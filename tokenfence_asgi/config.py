@@ -67,6 +67,7 @@ DEFAULT_FEATURE_WEIGHTS: Mapping[str, float] = MappingProxyType(
 _KINDS = ("calendar", "sliding")
 _PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_URL = 2048
+_MAX_TOKENS = 10_000_000  # per call; anything above is a typo
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
@@ -155,6 +156,10 @@ class Plan:
     fence's own). ``price_per_month`` is what a tenant pays for the plan, in dollars, for margin
     reports (None: not priced). ``enforce=False`` is shadow mode: every rule is decided and
     recorded, would-be refusals are logged, counted and alerted, but calls go through.
+    ``default_output_tokens`` is the output allowance of an LLM call that sets none (it is
+    written into the call, so the hold stays a true bound; None: the fence's default).
+    ``fit="shrink"`` lets a call whose worst case does not fit run with a smaller output limit
+    that does, down to ``min_output_tokens``, instead of being refused (``"refuse"``).
     Sequences are stored as tuples, mappings as read-only copies.
     Raises ``ConfigError`` naming the field and the bad value.
     """
@@ -171,6 +176,9 @@ class Plan:
     policy: Policy | None
     max_input_tokens: int | None
     price_per_month: Decimal | None
+    default_output_tokens: int | None
+    fit: Literal["refuse", "shrink"]
+    min_output_tokens: int
 
     def __init__(
         self,
@@ -186,6 +194,9 @@ class Plan:
         policy: Policy | None = None,
         max_input_tokens: int | None = None,
         price_per_month: MoneyInput | None = None,
+        default_output_tokens: int | None = None,
+        fit: Literal["refuse", "shrink"] = "refuse",
+        min_output_tokens: int = 256,
     ) -> None:
         if not isinstance(enforce, bool):
             raise _bad("Plan.enforce", "true or false", enforce)
@@ -210,6 +221,14 @@ class Plan:
             except InvalidAmount as exc:
                 raise ConfigError(f"Plan.{exc.message}") from exc
             price = from_nanos(nanos)
+        for name_, tokens in (
+            ("default_output_tokens", default_output_tokens),
+            ("min_output_tokens", min_output_tokens),
+        ):
+            if tokens is not None and not (type(tokens) is int and 1 <= tokens <= _MAX_TOKENS):
+                raise _bad(f"Plan.{name_}", f"an integer in [1, {_MAX_TOKENS}]", tokens)
+        if not isinstance(fit, str) or fit not in ("refuse", "shrink"):
+            raise _bad("Plan.fit", "'refuse' or 'shrink'", fit)
         if not isinstance(feature_mode, str) or feature_mode not in FEATURE_MODES:
             raise _bad("Plan.feature_mode", "'share' or 'cap'", feature_mode)
         if upgrade_url is not None and not _is_upgrade_url(upgrade_url):
@@ -230,6 +249,9 @@ class Plan:
         object.__setattr__(self, "policy", policy)
         object.__setattr__(self, "max_input_tokens", max_input_tokens)
         object.__setattr__(self, "price_per_month", price)
+        object.__setattr__(self, "default_output_tokens", default_output_tokens)
+        object.__setattr__(self, "fit", fit)
+        object.__setattr__(self, "min_output_tokens", min_output_tokens)
 
     def __reduce__(self) -> tuple[type[Plan], tuple[Any, ...]]:
         # Read-only mapping proxies cannot be pickled; rebuild from plain dicts instead.
@@ -237,7 +259,9 @@ class Plan:
         features = None if self.features is None else dict(self.features)
         args = (self.name, self.limits, self.models, downgrade, self.max_input_chars, features)
         return (Plan, (*args, self.feature_mode, self.upgrade_url, self.enforce, self.policy,
-                       self.max_input_tokens, self.price_per_month))  # fmt: skip
+                       self.max_input_tokens, self.price_per_month,
+                       self.default_output_tokens, self.fit,
+                       self.min_output_tokens))  # fmt: skip
 
     def model_allowed(self, model: str) -> bool:
         """Whether the plan allows ``model`` (case-sensitive glob match; ``models=None``: all)."""

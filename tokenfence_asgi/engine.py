@@ -219,6 +219,10 @@ class TokenFence:
     1,000, ``None`` for no bound): a reserve beyond it raises ``TooManyOpenHolds`` (429), in
     shadow mode too. Expired holds are reclaimed first, so a crashed process cannot lock a
     tenant out for longer than ``hold_ttl``.
+    ``default_output_tokens`` (default 4,096) is the output allowance of an LLM call that sets
+    none (no ``max_tokens``) on a plan that names none: the integrations write it into the call,
+    so its hold is a true bound without reserving the model's whole output (gpt-4o: 16,384
+    tokens; claude-sonnet-4-5: 64,000). ``None``: the model's maximum output.
     """
 
     def __init__(
@@ -245,7 +249,17 @@ class TokenFence:
         ledger_maxlen: int | None = 100_000,
         usage_days: int = 400,
         max_open_holds: int | None = 1000,
+        default_output_tokens: int | None = 4096,
     ) -> None:
+        if default_output_tokens is not None and not (
+            type(default_output_tokens) is int and 1 <= default_output_tokens <= 10_000_000
+        ):
+            raise ConfigError(
+                "default_output_tokens must be an int in [1, 10000000] or None, "
+                f"got {default_output_tokens!r}"
+            )
+        self.default_output_tokens = default_output_tokens
+        """The output allowance of an LLM call that sets none and whose plan names none."""
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
         compiled: dict[str, CompiledPlan] = {}
         for plan in plan_list:
@@ -555,6 +569,7 @@ class TokenFence:
         *,
         feature: str | None = None,
         reservation_id: str | None = None,
+        force: bool = False,
     ) -> Reservation:
         """Hold the first ``(model, amount_nanos)`` candidate that fits every limit.
 
@@ -562,12 +577,16 @@ class TokenFence:
         atomic step. ``candidates`` may be a callable taking the tenant's ``Plan`` (as the store
         knows it, so never stale) and returning them: that is where a caller applies the plan's
         model allow-list and input limits, raising ``ModelNotAllowed`` / ``InputTooLong``.
-        Raises as ``reserve`` does, for the last candidate when none fits.
+        Raises as ``reserve`` does, for the last candidate when none fits. ``force=True``
+        holds the first candidate whatever the limits say (for money already spent; a killed
+        tenant still raises ``TenantDisabled``).
         """
         if not self._observers.items:
-            return await self._reserve_first(tenant_id, candidates, feature, reservation_id)
+            return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
         try:
-            reservation = await self._reserve_first(tenant_id, candidates, feature, reservation_id)
+            reservation = await self._reserve_first(
+                tenant_id, candidates, feature, reservation_id, force
+            )
         except (Refused, TenantDisabled) as error:
             self._observers.refused(error, tenant_id, feature)
             raise
@@ -580,6 +599,7 @@ class TokenFence:
         candidates: Candidates,
         feature: str | None,
         reservation_id: str | None,
+        force: bool = False,
     ) -> Reservation:
         tenant = validate_id(tenant_id, what="tenant_id")
         tenant_enc = encode_id(tenant)
@@ -595,7 +615,7 @@ class TokenFence:
             offered = candidates(route.plan.plan) if callable(candidates) else candidates
             amounts = _amounts(offered)
             chosen_from.append(offered)
-            enforce = self._enforce and route.plan.plan.enforce
+            enforce = self._enforce and route.plan.plan.enforce and not force
             return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
                 self._now_arg(), route.plan_name, self._default_plan, tenant_enc, rid_enc,
                 feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
@@ -645,7 +665,7 @@ class TokenFence:
                     self._alerts_from(raw_alerts, tenant, feat, route, rid, repeated=True)
                 )
             shadow = None
-            if len(details) > 4:
+            if len(details) > 4 and not force:
                 shadow = self._refusal(details[4:], tenant, feat, route)
                 self.counters.shadow_refusals += 1
                 log.warning(
@@ -694,7 +714,7 @@ class TokenFence:
             held=from_nanos(int(held)), max_cost=from_nanos(int(limit)),
             resets_at=_utc(int(resets)), requested=from_nanos(int(amount)),
             upgrade_url=plan.upgrade_url, scope=scope, pool=route.pool, reason=reason,
-            carried=from_nanos(int(carried)),
+            carried=from_nanos(int(carried)), hold_ttl_s=self.hold_ttl,
         )  # fmt: skip
 
     async def commit(
@@ -788,6 +808,33 @@ class TokenFence:
         if late:
             log.warning("commit_late", tenant=tenant, reservation=reservation.id, cost_nanos=nanos)
         return Settlement(reservation.id, from_nanos(int(details[0])), late=late)
+
+    async def charge(
+        self,
+        tenant_id: str,
+        cost: MoneyInput,
+        *,
+        feature: str | None = None,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        request_id: str | None = None,
+    ) -> Settlement:
+        """Charge ``cost`` dollars already spent, with no hold before it, whatever the limits.
+
+        For a call that could not be fenced before it was made (a sync LiteLLM call): it is
+        held and committed at once, and counted in ``counters.charged_unfenced``. Raises
+        ``TenantDisabled`` for a killed tenant (nothing is charged) and ``StoreUnavailable``.
+        """
+        nanos = to_nanos(cost, rounding="half_up", field="cost")
+        reservation = await self.reserve_first(
+            tenant_id, [(model, max(nanos, 1))], feature=feature, force=True
+        )
+        self.counters.charged_unfenced += 1
+        return await self.commit(
+            reservation, from_nanos(nanos), input_tokens=input_tokens,
+            output_tokens=output_tokens, model=model, request_id=request_id,
+        )  # fmt: skip
 
     async def release(self, reservation: Reservation) -> Settlement:
         """Drop the hold without charging (the call failed before costing anything). Idempotent."""

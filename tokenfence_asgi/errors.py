@@ -6,6 +6,7 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     TokenFenceError
     ├── InvalidAmount (ValueError)        a money amount that is negative, NaN, infinite, absurd
     ├── InvalidId (ValueError)            a tenant, feature or reservation id that is not acceptable
+    ├── InvalidCall (ValueError)          an LLM call's n or output limit is not a positive int
     ├── ConfigError (ValueError)          a bad Limit, Plan, TOML plan file or TokenFence option
     │   └── UnknownPlan                   a plan name that is not configured
     ├── TenantRequired                    no tenant could be resolved for a fenced call (401)
@@ -27,6 +28,7 @@ API answer the same way everywhere.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -111,6 +113,13 @@ class ReservationIdConflict(InvalidId):
     def __init__(self, message: str, *, settled: bool) -> None:
         super().__init__(message)
         self.settled = settled
+
+
+class InvalidCall(TokenFenceError, ValueError):
+    """An LLM call's arguments cannot be bounded as given (``n="50"``, ``max_tokens=-1``)."""
+
+    status_code = 400
+    error_code = "ai_invalid_request"
 
 
 class ConfigError(TokenFenceError, ValueError):
@@ -208,9 +217,17 @@ class BudgetExceeded(_LimitRefusal):
 
     ``total_cost`` is the committed spend in the window, ``held`` the open holds, ``max_cost`` the
     effective limit (including ``carried`` rollover), all ``Decimal`` dollars; ``resets_at`` is
-    an aware UTC datetime. ``scope`` is ``"tenant"`` or ``"pool"``; ``reason`` is ``"limit"``,
-    ``"share"`` (the rest is guaranteed to other features) or ``"cap"`` (the feature's own cap,
-    then ``total_cost`` and ``max_cost`` are the feature's).
+    an aware UTC datetime. ``scope`` is ``"tenant"`` or ``"pool"``; ``reason`` says why:
+
+    - ``"limit"``: the window's committed spend leaves too little;
+    - ``"held"``: it would fit but for the holds of calls in flight (retry when they settle or
+      their leases run out, at most ``hold_ttl_s`` seconds);
+    - ``"share"``: the rest is guaranteed to other features;
+    - ``"cap"``: the feature's own cap (then ``total_cost`` and ``max_cost`` are the feature's);
+    - ``"call_too_large"``: the call's worst case alone is more than the limit: it can never fit
+      in this window (ask for fewer output tokens, or a larger plan).
+
+    ``retry_after_s()`` is ``None`` for ``call_too_large``.
     """
 
     status_code = 402
@@ -232,7 +249,12 @@ class BudgetExceeded(_LimitRefusal):
         pool: str | None = None,
         reason: str = "limit",
         carried: Decimal = Decimal(0),
+        hold_ttl_s: float | None = None,
     ) -> None:
+        if reason in ("limit", "cap") and requested > max_cost:
+            reason = "call_too_large"
+        elif reason == "limit" and held > 0 and total_cost + requested <= max_cost:
+            reason = "held"
         who = f"pool {pool!r}" if scope == "pool" else f"tenant {tenant_id!r}"
         what = f"AI budget of ${_money(max_cost)} per {window}"
         if reason == "cap":
@@ -240,6 +262,10 @@ class BudgetExceeded(_LimitRefusal):
         why = ""
         if reason == "share":
             why = "; the rest is kept for other features' guaranteed shares"
+        elif reason == "held":
+            why = "; calls in flight hold the rest until they settle"
+        elif reason == "call_too_large":
+            why = "; this call's worst case alone is more than the limit"
         super().__init__(
             f"{what} exceeded for {who} (used ${_money(total_cost)}, held ${_money(held)},"
             f" requested ${_money(requested)}){why}",
@@ -257,12 +283,27 @@ class BudgetExceeded(_LimitRefusal):
         self.pool = pool
         self.reason = reason
         self.carried = carried
+        self.hold_ttl_s = hold_ttl_s
+
+    def retry_after_s(self, now: datetime | None = None) -> int | None:  # type: ignore[override]
+        """Whole seconds until the call could fit again: the window's reset, or for
+        ``reason="held"`` the end of the in-flight holds' leases when sooner; ``None`` when it
+        never can (``call_too_large``)."""
+        if self.reason == "call_too_large":
+            return None
+        reset_s = super().retry_after_s(now)
+        if self.reason == "held" and self.hold_ttl_s is not None:
+            return max(1, min(reset_s, math.ceil(self.hold_ttl_s)))
+        return reset_s
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "error": self.error_code,
             "message": self.message,
+            "reason": self.reason,
+            "feature": self.feature,
             "used": _money(self.total_cost),
+            "held": _money(self.held),
             "limit": _money(self.max_cost),
             "window": self.window,
             "resets_at": _time(self.resets_at),

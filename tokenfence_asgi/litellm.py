@@ -57,20 +57,26 @@ from litellm.exceptions import BudgetExceededError
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
-from tokenfence_asgi.config import Plan
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     ConfigError,
-    InputTooLong,
-    ModelNotAllowed,
     PolicyDenied,
     TenantRequired,
     TokenFenceError,
 )
+from tokenfence_asgi.litellm_calls import (
+    kind_of,
+    output_limit_keys,
+    sanitized,
+    shape_of,
+    trusted_deployment_id,
+)
+from tokenfence_asgi.money import MoneyInput
+from tokenfence_asgi.planner import CallPlanner, CallRequest, DeniedTools, tool_action
 from tokenfence_asgi.policy import Decision, Policy
-from tokenfence_asgi.pricing import Estimate, ModelPrice, PriceBook
+from tokenfence_asgi.pricing import CallKind, Estimate, ModelPrice, PriceBook
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["TokenFenceCallback"]
@@ -79,7 +85,6 @@ log = structlog.get_logger("tokenfence_asgi")
 
 T = TypeVar("T")
 Unscoped = Literal["refuse", "allow"]
-DeniedTools = Literal["remove", "refuse"]
 
 RESERVATION_KEY = "tokenfence_reservation_id"
 """The metadata key the callback adds to a fenced call: its reservation id."""
@@ -91,7 +96,10 @@ _ROUTER_STATUS = 422  # neither retried nor a cooldown reason for the Router (me
 _GRACE_YIELDS = 50  # a finished call's success event is scheduled a few loop steps later
 _WAIT_S = 5.0
 _FORGET_AFTER_S = 3600.0
+_MAX_SYNC_OWNERS = 10_000
 _SYNC_CALLS: ContextVar[list[_Call] | None] = ContextVar("tokenfence_sync_calls", default=None)
+_STREAMS: ContextVar[tuple[_Call, ...]] = ContextVar("tokenfence_streams", default=())
+"""The fenced chat streams opened on this task, which ``_observe_stream`` keeps count of."""
 
 
 _DERIVED: dict[type[TokenFenceError], type[TokenFenceError]] = {}  # a memo of classes, like a cache
@@ -144,34 +152,6 @@ def _reservation_id(kwargs: Mapping[str, object]) -> object:
     return rid
 
 
-def _prompt_chars(messages: Sequence[object]) -> int:
-    """Characters of text in chat messages (string contents and text parts)."""
-    total = 0
-    for message in messages:
-        content = _mapping(message).get("content")
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(len(p["text"]) for p in content
-                         if isinstance(p, Mapping) and isinstance(p.get("text"), str))  # fmt: skip
-    return total
-
-
-def tool_action(name: str) -> str:
-    """The default action name of a tool: ``"tool:" + name`` (``delete_user`` ->
-    ``tool:delete_user``). Pass ``tool_action=`` to the callback to map names differently, e.g.
-    ``lambda n: "tool:" + n.replace("__", ":")`` for ``db__delete`` -> ``tool:db:delete``."""
-    return f"tool:{name}"
-
-
-def _tool_name(tool: object) -> str | None:
-    """The name of an offered tool: OpenAI ``{"type": "function", "function": {"name": ...}}``,
-    a flat ``{"name": ...}``, or a built-in tool's ``type``."""
-    tool = _mapping(tool)
-    name = _mapping(tool.get("function")).get("name", tool.get("name", tool.get("type")))
-    return name if isinstance(name, str) else None
-
-
 def _called_tools(response: object) -> list[str]:
     """The tools a chat response calls (``tool_calls``, and the legacy ``function_call``)."""
     names: list[str] = []
@@ -190,10 +170,33 @@ def _tokens(kwargs: Mapping[str, object], response: object) -> tuple[int, int]:
     payload = _mapping(kwargs.get("standard_logging_object"))
     usage = getattr(response, "usage", None)
     counts = []
-    for key in ("prompt_tokens", "completion_tokens"):
-        value = payload.get(key, getattr(usage, key, 0))
+    for key, alias in (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens")):
+        value = payload.get(key, getattr(usage, key, getattr(usage, alias, 0)))
         counts.append(value if isinstance(value, int) and value >= 0 else 0)
     return counts[0], counts[1]
+
+
+def _caller_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop of a sync caller: its own thread's, or the loop whose worker thread this
+    is (a sync endpoint of a FastAPI or Starlette app); ``None`` for a plain thread."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        return anyio.from_thread.run_sync(asyncio.get_running_loop)
+    except (anyio.NoEventLoopError, RuntimeError):
+        return None
+
+
+def _observe_stream(text: str) -> bool:
+    """A LiteLLM post-call rule: runs on the caller's task for every chunk of a chat stream,
+    with the text streamed so far; records it on the task's open fenced streams."""
+    for call in _STREAMS.get():
+        if call.state == "open" and len(text) >= len(call.streamed_text):
+            call.streamed_text = text
+            call.chunks += 1
+    return True
 
 
 @dataclass(slots=True, eq=False)
@@ -206,49 +209,67 @@ class _Call:
     ctx: FenceContext | None
     logging_obj: object  # LiteLLM's; tells whether a stream produced anything
     task: asyncio.Task[Any] | None
+    call_id: str | None = None
     created: float = field(default_factory=time.monotonic)
     response: object = None
+    streamed_text: str = ""
+    chunks: int = 0
     state: Literal["open", "settling", "done"] = "open"
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def produced(self) -> bool:
-        return self.response is not None or (
-            self.stream and getattr(self.logging_obj, "completion_start_time", None) is not None
+        return (
+            self.response is not None
+            or self.chunks > 0
+            or (
+                self.stream and getattr(self.logging_obj, "completion_start_time", None) is not None
+            )
         )
 
 
 class TokenFenceCallback(CustomGuardrail):
-    """Fences LiteLLM chat calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
+    """Fences LiteLLM calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
 
-    Before each ``acompletion`` (plain or through a ``Router``) it finds the tenant (call
-    ``metadata`` ``tenant_id`` / ``feature``, else the current request or ``tenant_scope``;
-    inside a request or scope for one tenant, a metadata ``tenant_id`` naming another is
-    ignored and logged unless ``trust_metadata_tenant=True``, so client JSON passed on to
-    LiteLLM cannot move a charge to another tenant),
-    checks the plan's model allow-list, ``max_input_chars`` and ``max_input_tokens``, applies the
-    tool-call policy to the tools offered, and reserves the worst-case cost in one round trip,
-    on the first model of the plan's downgrade chain that is allowed and fits; the call then
-    uses that model. After it, the actual cost (LiteLLM's) is committed with the token counts, a
-    failure releases the hold, a stream is charged when it ends.
+    Every paid async call LiteLLM makes (``acompletion``, ``aresponses``, ``atext_completion``,
+    ``aembedding``, ``aimage_generation``, ``atranscription``, ``aspeech``, ``arerank``; plain
+    or through a ``Router``; streamed or not) is described to the ``CallPlanner`` (see
+    ``tokenfence_asgi.planner``): the plan's model allow-list and downgrade chain, input limits
+    and tool-call policy are applied, and the call's worst case is reserved in one round trip on
+    the first allowed model that fits. The call then uses that model, with the output limit the
+    hold covers written into it when it set none (``default_output_tokens`` of the plan or the
+    fence). After it, LiteLLM's cost of the response is committed with the token counts; a
+    failure releases the hold; a stream is charged when it ends, and a stream the caller
+    abandons is charged its input plus the output streamed so far. A call type that cannot be
+    bounded from its arguments (an image, a transcription) is refused unless its model has a
+    ``ModelPrice.flat`` price.
+
+    The tenant and feature come from the current request or ``tenant_scope``; outside them,
+    from call ``metadata`` ``tenant_id`` / ``feature``. Inside a request, metadata can change
+    neither (client JSON passed on to LiteLLM cannot move a charge) unless
+    ``trust_metadata=True``. A call's own price arguments (``input_cost_per_token=0``, ...) are
+    removed before it is sent, so neither the hold nor LiteLLM's cost can be lowered by them;
+    the prices of a Router deployment the app configured still count. ``trust_call_prices=True``
+    keeps them, for apps that set them on purpose.
 
     Tool-call policy (the fence's ``policy`` merged with the plan's): an offered tool the policy
     denies is removed from ``tools`` (``denied_tools="refuse"``: the call is refused with
     ``PolicyDenied``); a ``tool_choice`` forcing a denied tool is refused. The tool calls of a
-    (non-streamed) response are checked after the call is charged: a denied one raises
+    (non-streamed) chat response are checked after the call is charged: a denied one raises
     ``PolicyDenied``, one needing approval raises ``ApprovalRequired`` with a pending approval
     id (and the response as ``.model_response``); once an operator approves it
     (``fence.approve(id)``), the call may be replayed once with
-    ``metadata={"tokenfence_approval_id": id}``. Tool names map to action names through
-    ``tool_action`` (default ``"tool:" + name``). Streamed responses' tool calls are not
-    checked here: check them with ``fence.check_tool`` before running a tool.
+    ``metadata={"tokenfence_approval_id": id}``. Streamed responses' tool calls are not checked
+    here: check them with ``fence.check_tool`` before running a tool.
 
     Refusals raise ``BudgetExceeded``, ``RequestLimitExceeded``, ``ModelNotAllowed``,
-    ``InputTooLong``, ``TenantDisabled``, ``StoreUnavailable`` or ``TenantRequired`` (a call
-    outside any tenant: refused unless ``unscoped="allow"``, which lets it through unfenced; a
-    call in an anonymous request is always refused); a model nothing prices raises
-    ``ConfigError``. ``prices`` (model -> ``ModelPrice``, or a ``PriceBook``),
-    ``default_price`` and ``default_output_tokens`` are as in ``PriceBook``. Creating the
-    callback loads LiteLLM's tokenizer (about half a second, once per process).
+    ``InputTooLong``, ``TenantDisabled``, ``StoreUnavailable``, ``InvalidCall`` or
+    ``TenantRequired`` (a call outside any tenant: refused unless ``unscoped="allow"``, which
+    lets it through unfenced); a model nothing prices raises ``ConfigError``. ``prices``,
+    ``default_price`` and ``default_output_tokens`` are as in ``PriceBook``. A sync
+    ``litellm.completion`` cannot be refused by any LiteLLM hook: it is charged after the fact
+    (``fence.charge``) and counted in ``counters.charged_unfenced``; use ``completion`` below
+    for a fenced sync call. Creating the callback loads LiteLLM's tokenizer (about half a
+    second, once per process).
     """
 
     def __init__(
@@ -262,7 +283,9 @@ class TokenFenceCallback(CustomGuardrail):
         denied_tools: DeniedTools = "remove",
         tool_action: Callable[[str], str] = tool_action,
         check_tool_calls: bool = True,
+        trust_metadata: bool = False,
         trust_metadata_tenant: bool = False,
+        trust_call_prices: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(fence, TokenFence):
@@ -273,23 +296,38 @@ class TokenFenceCallback(CustomGuardrail):
             raise ConfigError(f"denied_tools must be 'remove' or 'refuse', got {denied_tools!r}")
         if not callable(tool_action):
             raise ConfigError("tool_action must be a callable mapping a tool name to an action")
-        if not isinstance(check_tool_calls, bool):
-            raise ConfigError(f"check_tool_calls must be True or False, got {check_tool_calls!r}")
-        self._denied_tools: DeniedTools = denied_tools
-        self._tool_action = tool_action
+        for name, flag in (
+            ("check_tool_calls", check_tool_calls),
+            ("trust_metadata", trust_metadata),
+            ("trust_metadata_tenant", trust_metadata_tenant),
+            ("trust_call_prices", trust_call_prices),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._check_tool_calls = check_tool_calls
-        self._trust_metadata_tenant = trust_metadata_tenant is True
+        self._trust_metadata = trust_metadata or trust_metadata_tenant
+        self._trust_call_prices = trust_call_prices
         if isinstance(prices, PriceBook):
             if default_price is not None or default_output_tokens is not None:
                 raise ConfigError("give default_price and default_output_tokens to the PriceBook")
             self.prices = prices
         else:
-            self.prices = PriceBook(prices, default_price=default_price,
-                                    default_output_tokens=default_output_tokens)  # fmt: skip
+            self.prices = PriceBook(
+                prices, default_price=default_price, default_output_tokens=default_output_tokens
+            )
         self.fence = fence
+        self.planner = CallPlanner(
+            fence, self.prices, denied_tools=denied_tools, tool_action=tool_action
+        )
         self._unscoped = unscoped
         self._calls: dict[str, _Call] = {}
+        self._by_call_id: dict[str, _Call] = {}
+        self._sync_owners: dict[
+            str, tuple[str, str | None, str | None, asyncio.AbstractEventLoop | None]
+        ] = {}
         self._portal = _Portal()
+        if _observe_stream not in litellm.post_call_rules:
+            litellm.post_call_rules.append(_observe_stream)
         self.prices.warm_up()
 
     # -- before the call -------------------------------------------------------------------------
@@ -297,11 +335,12 @@ class TokenFenceCallback(CustomGuardrail):
     async def async_pre_call_deployment_hook(
         self, kwargs: dict[str, object], call_type: CallTypes | None
     ) -> dict[str, object] | None:
-        """Reserve the call's worst case and make it use the chosen model (LiteLLM hook)."""
-        if call_type is not CallTypes.acompletion:
+        """Reserve the call's worst case and make it use what was reserved (LiteLLM hook)."""
+        kind = kind_of("acompletion" if call_type is None else call_type.value)
+        if kind is None:
             return None
         try:
-            return await self._fence_call(kwargs)
+            return await self._fence_call(kwargs, kind)
         except TokenFenceError as exc:
             raise _for_litellm(exc, router=_is_router_call(kwargs)) from None
 
@@ -310,6 +349,24 @@ class TokenFenceCallback(CustomGuardrail):
     ) -> tuple[str | None, str | None, FenceContext | None]:
         ctx = current_context()
         tenant, feature = metadata.get("tenant_id"), metadata.get("feature")
+        if ctx is not None and ctx.tenant_id is not None:
+            # Inside a request or scope for a tenant, call metadata (maybe client-sent JSON
+            # passed on) moves neither the charge nor its feature unless the app says it may.
+            if self._trust_metadata:
+                return (
+                    tenant if tenant is not None else ctx.tenant_id,
+                    feature if feature is not None else ctx.feature,
+                    ctx,
+                )
+            if (tenant is not None and tenant != ctx.tenant_id) or (
+                feature is not None and feature != ctx.feature
+            ):
+                log.warning("metadata_ignored", tenant=ctx.tenant_id, feature=ctx.feature,
+                            metadata_tenant=str(tenant)[:200],
+                            metadata_feature=str(feature)[:200])  # fmt: skip
+            return ctx.tenant_id, ctx.feature, ctx
+        if ctx is not None and not self._trust_metadata:
+            ctx.require_tenant()  # an anonymous request is refused, whatever the metadata says
         if tenant is None:
             if ctx is None:
                 if self._unscoped == "allow":
@@ -318,139 +375,70 @@ class TokenFenceCallback(CustomGuardrail):
                     "a LiteLLM call was made outside any request or tenant_scope and without "
                     "metadata={'tenant_id': ...}"
                 )
-            tenant = ctx.require_tenant()
-            feature = ctx.feature if feature is None else feature
-        elif ctx is not None and ctx.tenant_id is not None and ctx.tenant_id != tenant:
-            # Inside a request for one tenant, call metadata (maybe client-sent JSON passed on)
-            # must not move the charge to another tenant unless the app says it may.
-            if not self._trust_metadata_tenant:
-                log.warning("metadata_tenant_ignored", tenant=ctx.tenant_id,
-                            metadata_tenant=str(tenant)[:200])  # fmt: skip
-                tenant = ctx.tenant_id
-                feature = ctx.feature if feature is None else feature
-        elif feature is None and ctx is not None and ctx.tenant_id == tenant:
-            feature = ctx.feature
+            tenant = ctx.require_tenant()  # an anonymous request: refused
         return tenant, feature, ctx
 
-    async def _fence_call(self, kwargs: dict[str, object]) -> dict[str, object] | None:
+    async def _fence_call(self, kwargs: dict[str, object], kind: CallKind) -> dict[str, object]:
         metadata = _mapping(kwargs.get("metadata"))
         tenant, feature, ctx = self._who(metadata)
         if tenant is None:
-            return None
+            return kwargs
         logging_obj = kwargs.get("litellm_logging_obj")
         positional = "model" not in kwargs  # then it cannot be changed (see the module doc)
         model = getattr(logging_obj, "model", None) if positional else kwargs["model"]
-        messages = kwargs.get("messages", getattr(logging_obj, "messages", None))
-        if not isinstance(model, str) or not isinstance(messages, list):
-            raise ConfigError("cannot tell the model and messages of this LiteLLM call")
-        tools = kwargs.get("tools")
-        tools = tools if isinstance(tools, list) else None
-        asked = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
-        max_out = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
-        chars = _prompt_chars(messages)
-        estimates: dict[str, Estimate] = {}
-        kept_tools: list[list[object] | None] = [tools]
-
-        def offer(plan: Plan) -> list[tuple[str | None, int]]:
-            # Called with the plan as the store holds it, maybe more than once.
-            if plan.max_input_chars is not None and chars > plan.max_input_chars:
-                raise InputTooLong(
-                    f"the prompt has {chars} characters; plan {plan.name!r} allows "
-                    f"{plan.max_input_chars}", tenant_id=tenant, feature=feature,
-                    upgrade_url=plan.upgrade_url, limit=plan.max_input_chars, length=chars,
-                    unit="characters",
-                )  # fmt: skip
-            kept = self._offered_tools(plan, tools, kwargs.get("tool_choice"), tenant)
-            if kept != kept_tools[-1]:
-                estimates.clear()  # counted with other tools
-            kept_tools.append(kept)
-            chain = (model,) if positional else plan.chain_for(model)
-            allowed = [m for m in chain if plan.allows(m)]
-            if not allowed:
-                hint = ""
-                if positional and len(plan.chain_for(model)) > 1:
-                    hint = "; pass model= as a keyword so that it can be downgraded"
-                raise ModelNotAllowed(
-                    f"model {model!r} is not allowed on plan {plan.name!r}{hint}",
-                    tenant_id=tenant, feature=feature, upgrade_url=plan.upgrade_url,
-                )  # fmt: skip
-            for name in allowed:
-                if name not in estimates:
-                    estimates[name] = self.prices.estimate(
-                        name, messages, tools=kept, max_output_tokens=max_out,
-                        request=kwargs if name == model else None,
-                    )  # fmt: skip
-            counted = estimates[allowed[0]].input_tokens
-            if plan.max_input_tokens is not None and counted > plan.max_input_tokens:
-                raise InputTooLong(
-                    f"the prompt has {counted} tokens; plan {plan.name!r} allows "
-                    f"{plan.max_input_tokens}", tenant_id=tenant, feature=feature,
-                    upgrade_url=plan.upgrade_url, limit=plan.max_input_tokens, length=counted,
-                    unit="tokens",
-                )  # fmt: skip
-            return [(name, estimates[name].amount_nanos) for name in allowed]
-
-        reservation = await self.fence.reserve_first(tenant, offer, feature=feature)
-        chosen = reservation.model or model
-        estimate = estimates[chosen]
-        changed = dict(kwargs)
-        if chosen != model:
-            changed["model"] = chosen
-            log.info("model_downgraded", tenant=tenant, requested=model, model=chosen,
-                     reservation=reservation.id)  # fmt: skip
-        if not estimate.from_call and "max_tokens" not in kwargs:
-            changed["max_tokens"] = estimate.output_tokens  # the allowance the hold covers
+        if not isinstance(model, str):
+            raise ConfigError("cannot tell the model of this LiteLLM call")
+        shape = shape_of(kind, kwargs, getattr(logging_obj, "messages", None))
+        if kind == "chat" and not shape.messages:
+            raise ConfigError("cannot tell the messages of this LiteLLM chat call")
+        registered = cast("Mapping[str, Any]", litellm.model_cost)
+        deployment = None
+        if self._trust_call_prices:
+            inp, out = kwargs.get("input_cost_per_token"), kwargs.get("output_cost_per_token")
+            if inp is not None and out is not None:
+                deployment = ModelPrice(cast("MoneyInput", inp), cast("MoneyInput", out))
+        else:
+            deployment_id = trusted_deployment_id(kwargs, registered)
+            if deployment_id is not None:
+                deployment = self.prices.mapped_entry(deployment_id)
+        request = CallRequest(
+            model, shape, fixed_model=positional, tool_choice=kwargs.get("tool_choice"),
+            deployment=deployment,
+        )  # fmt: skip
+        planned = await self.planner.reserve(request, tenant=tenant, feature=feature)
+        changed = kwargs if self._trust_call_prices else sanitized(kwargs, registered)
+        changed = dict(changed)
+        if planned.model != model:
+            changed["model"] = planned.model
+        if planned.write_limit and planned.output_limit is not None:
+            keys = output_limit_keys(kind)
+            present = [key for key in keys if changed.get(key) is not None] or list(keys[:1])
+            for key in present:  # every limit the provider might honour covers only the hold
+                changed[key] = planned.output_limit
         stream = bool(kwargs.get("stream"))
-        if stream:
+        if stream and kind in ("chat", "text"):
             options = _mapping(kwargs.get("stream_options"))
             changed["stream_options"] = {**options, "include_usage": True}
-        if kept_tools[-1] != tools:
-            if kept_tools[-1]:
-                changed["tools"] = kept_tools[-1]
+        if planned.tools_changed:
+            if planned.tools:
+                changed["tools"] = list(planned.tools)
             else:  # nothing left to offer: a tool_choice would be rejected by the provider
                 changed.pop("tools", None)
                 changed.pop("tool_choice", None)
-            log.info("tools_removed", tenant=tenant, reservation=reservation.id,
-                     kept=len(kept_tools[-1] or ()), offered=len(tools or ()))  # fmt: skip
-        changed["metadata"] = {**metadata, RESERVATION_KEY: reservation.id}
-        call = _Call(reservation, estimate, stream, ctx, logging_obj, asyncio.current_task())
+            log.info("tools_removed", tenant=tenant, reservation=planned.reservation.id,
+                     kept=len(planned.tools or ()), offered=len(shape.tools or ()))  # fmt: skip
+        changed["metadata"] = {**_mapping(changed.get("metadata")), RESERVATION_KEY:
+                               planned.reservation.id}  # fmt: skip
+        call_id = kwargs.get("litellm_call_id")
+        call = _Call(
+            planned.reservation, planned.estimate, stream, ctx, logging_obj,
+            asyncio.current_task(), call_id if isinstance(call_id, str) else None,
+        )  # fmt: skip
         self._register(call)
+        if stream and kind == "chat":
+            _STREAMS.set((*(c for c in _STREAMS.get() if c.state == "open"), call))
         self._portal.app_loop = asyncio.get_running_loop()
         return changed
-
-    def _decide(self, policy: Policy, name: str | None) -> tuple[str, Decision]:
-        """The action of tool ``name`` and the policy's decision; unreadable names are denied."""
-        action = str(name)
-        try:
-            action = self._tool_action(str(name))
-            return action, policy.decide(action)
-        except ValueError:
-            return action, Decision.DENY
-
-    def _offered_tools(
-        self,
-        plan: Plan,
-        tools: list[object] | None,
-        choice: object,
-        tenant: str,
-    ) -> list[object] | None:
-        """The offered tools the policy does not deny (or ``PolicyDenied``, see the class)."""
-        if not tools:
-            return tools
-        policy = self.fence.policy_for(plan)
-        kept: list[object] = []
-        for tool in tools:
-            action, decision = self._decide(policy, _tool_name(tool))
-            if decision != Decision.DENY:
-                kept.append(tool)
-            elif self._denied_tools == "refuse":
-                raise PolicyDenied(action, tenant_id=tenant)
-        forced = _mapping(_mapping(choice).get("function")).get("name")
-        if forced is not None:  # {"type": "function", "function": {"name": ...}}
-            action, decision = self._decide(policy, forced)
-            if decision == Decision.DENY:
-                raise PolicyDenied(action, tenant_id=tenant)
-        return kept
 
     def _register(self, call: _Call) -> None:
         while self._calls:  # oldest first; one whose lease ran out long ago is forgotten
@@ -458,7 +446,11 @@ class TokenFenceCallback(CustomGuardrail):
             if call.created - old.created < _FORGET_AFTER_S:
                 break
             del self._calls[rid]
+            if old.call_id is not None:
+                self._by_call_id.pop(old.call_id, None)
         self._calls[call.reservation.id] = call
+        if call.call_id is not None:
+            self._by_call_id[call.call_id] = call
         sync_calls = _SYNC_CALLS.get()
         if sync_calls is not None:
             sync_calls.append(call)
@@ -468,21 +460,84 @@ class TokenFenceCallback(CustomGuardrail):
             if on_end is not None:
                 on_end(self.settle)
 
+    # -- sync calls LiteLLM cannot refuse ----------------------------------------------------------
+
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
-        """Warn about a sync ``litellm.completion`` made for a tenant: no hook can fence it."""
-        if kwargs.get("call_type") != CallTypes.completion.value or _reservation_id(kwargs):
+        """Note who a sync call made for a tenant is for (its caller's thread): no LiteLLM hook
+        can refuse it, so it is charged after the fact (see the class)."""
+        call_type = kwargs.get("call_type")
+        if not isinstance(call_type, str) or call_type.startswith("a") or _reservation_id(kwargs):
             return
-        ctx = current_context()
+        call_id = kwargs.get("litellm_call_id")
         metadata = _mapping(_mapping(kwargs.get("litellm_params")).get("metadata"))
-        if (ctx is not None and ctx.tenant_id is not None) or "tenant_id" in metadata:
-            log.warning("sync_completion_not_fenced", model=model,
-                        hint="use TokenFenceCallback.completion for sync calls")  # fmt: skip
+        try:
+            tenant, feature, ctx = self._who(metadata)
+        except TokenFenceError:
+            tenant, feature, ctx = None, None, None
+        if tenant is None or not isinstance(call_id, str):
+            return
+        if len(self._sync_owners) >= _MAX_SYNC_OWNERS:
+            self._sync_owners.pop(next(iter(self._sync_owners)))
+        request_id = None if ctx is None else ctx.request_id
+        self._sync_owners[call_id] = (tenant, feature, request_id, _caller_loop())
+        log.warning("sync_call_not_fenced", tenant=tenant, model=model, call_type=call_type,
+                    hint="use TokenFenceCallback.completion for a fenced sync call")  # fmt: skip
+
+    def log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Charge a sync call made for a tenant after the fact (LiteLLM's sync event)."""
+        call_id = kwargs.get("litellm_call_id")
+        owner = self._sync_owners.pop(call_id, None) if isinstance(call_id, str) else None
+        if owner is None:
+            return
+        tenant, feature, request_id, loop = owner
+        model = kwargs.get("model")
+        model = model if isinstance(model, str) else ""
+        input_tokens, output_tokens = _tokens(kwargs, response_obj)
+        priced_by_call = any("cost_per" in key for key in _mapping(kwargs.get("litellm_params")))
+        cost = self.prices.actual_cost(
+            model, response_cost=None if priced_by_call else kwargs.get("response_cost"),
+            input_tokens=input_tokens, output_tokens=output_tokens,
+        )  # fmt: skip
+        if cost is None:
+            log.error("sync_call_not_charged", tenant=tenant, model=model, reason="no price")
+            return
+
+        async def charge() -> None:
+            await self.fence.charge(
+                tenant, cost, feature=feature, model=model, input_tokens=input_tokens,
+                output_tokens=output_tokens, request_id=request_id,
+            )  # fmt: skip
+
+        try:
+            if loop is not None and loop.is_running():  # the loop the fence's connections use
+                asyncio.run_coroutine_threadsafe(charge(), loop).result(timeout=_WAIT_S)
+            else:
+                self._portal.run(charge, None)
+        except Exception as exc:
+            log.error("sync_call_not_charged", tenant=tenant, model=model, error=repr(exc))
+
+    def log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Forget a failed sync call (LiteLLM's sync event)."""
+        call_id = kwargs.get("litellm_call_id")
+        if isinstance(call_id, str):
+            self._sync_owners.pop(call_id, None)
 
     # -- after the call --------------------------------------------------------------------------
 
-    def _claim(self, kwargs: Mapping[str, object]) -> _Call | None:
+    def _find(self, kwargs: Mapping[str, object]) -> _Call | None:
         rid = _reservation_id(kwargs)
         call = self._calls.get(rid) if isinstance(rid, str) else None
+        if call is None:
+            call_id = kwargs.get("litellm_call_id")
+            call = self._by_call_id.get(call_id) if isinstance(call_id, str) else None
+        return call
+
+    def _claim(self, kwargs: Mapping[str, object]) -> _Call | None:
+        call = self._find(kwargs)
         if call is None or call.state != "open":
             return None
         call.state = "settling"
@@ -493,8 +548,7 @@ class TokenFenceCallback(CustomGuardrail):
     ) -> Any:
         """Keep the response, so a call whose success event never comes can still be charged;
         check the tool calls it makes against the policy (LiteLLM hook; see the class)."""
-        rid = _reservation_id(request_data)
-        call = self._calls.get(rid) if isinstance(rid, str) else None
+        call = self._find(request_data)
         if call is not None:
             call.response = response
             if self._check_tool_calls and not call.stream:
@@ -515,7 +569,7 @@ class TokenFenceCallback(CustomGuardrail):
         policy = self.fence.policy_for(plan) if plan is not None else Policy(default="deny")
         pending = []
         for name in names:
-            action, decision = self._decide(policy, name)
+            action, decision = self.planner.decide(policy, name)
             if decision == Decision.DENY:
                 await self._charge(call)
                 log.warning("tool_call_denied", tenant=reservation.tenant_id, action=action,
@@ -544,6 +598,16 @@ class TokenFenceCallback(CustomGuardrail):
             call.state = "settling"
             await self._charge_response(call)
 
+    def _cost(
+        self, call: _Call, response_cost: object, input_tokens: int, output_tokens: int
+    ) -> Decimal | None:
+        estimate = call.estimate
+        return self.prices.actual_cost(
+            estimate.model, response_cost=response_cost, input_tokens=input_tokens,
+            output_tokens=output_tokens, units=estimate.units, characters=estimate.characters,
+            deployment=estimate.price,
+        )  # fmt: skip
+
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
@@ -553,10 +617,7 @@ class TokenFenceCallback(CustomGuardrail):
             if call.response is None and not call.stream:
                 call.response = response_obj
             input_tokens, output_tokens = _tokens(kwargs, response_obj)
-            cost = self.prices.actual_cost(
-                call.estimate.model, response_cost=kwargs.get("response_cost"),
-                input_tokens=input_tokens, output_tokens=output_tokens,
-            )  # fmt: skip
+            cost = self._cost(call, kwargs.get("response_cost"), input_tokens, output_tokens)
             await self._settle_with(call, cost, input_tokens, output_tokens)
 
     async def async_post_call_failure_deployment_hook(
@@ -584,6 +645,8 @@ class TokenFenceCallback(CustomGuardrail):
         if isinstance(cost, int | float) and not isinstance(cost, bool) and cost > 0:
             input_tokens, output_tokens = _tokens(kwargs, None)
             await self._settle_with(call, Decimal(str(cost)), input_tokens, output_tokens)
+        elif call.chunks > 0:  # a stream that broke after it produced: what it produced
+            await self._settle_abandoned(call)
         else:
             await self._settle_with(call, None, 0, 0, release=True)
 
@@ -624,6 +687,8 @@ class TokenFenceCallback(CustomGuardrail):
         call.state = "done"
         call.done.set()
         self._calls.pop(reservation.id, None)
+        if call.call_id is not None:
+            self._by_call_id.pop(call.call_id, None)
         if call.ctx is not None:
             call.ctx.untrack(reservation.id)
 
@@ -634,8 +699,9 @@ class TokenFenceCallback(CustomGuardrail):
 
         For the end of a request or ``tenant_scope``. A call answered but not yet charged is
         charged its LiteLLM cost; a stream abandoned after it produced output is charged its
-        hold; a call that produced nothing (cancelled, or abandoned before its first chunk) is
-        released. A call still running in another task is left to its own events.
+        input and the output streamed so far; a call that produced nothing (cancelled, or
+        abandoned before its first chunk) is released. A call still running in another task
+        is left to its own events.
         """
         ctx = current_context() if ctx is None else ctx
         if ctx is None:
@@ -660,37 +726,37 @@ class TokenFenceCallback(CustomGuardrail):
                 await asyncio.wait_for(call.done.wait(), _WAIT_S)
             return
         call.state = "settling"
-        model = call.estimate.model
+        if produced_text is not None and len(produced_text) > len(call.streamed_text):
+            call.streamed_text = produced_text
         if call.response is not None:
             await self._charge_response(call)
-        elif produced_text is not None and (produced_text or call.produced()):
-            output_tokens = self.prices.text_tokens(model, produced_text)
-            cost = self.prices.actual_cost(
-                model,
-                response_cost=None,
-                output_tokens=output_tokens,
-                input_tokens=call.estimate.input_tokens,
-            )
-            log.info("stream_abandoned", reservation=call.reservation.id, charged=str(cost))
-            await self._settle_with(call, cost, call.estimate.input_tokens, output_tokens)
-        elif call.produced():
-            log.warning("stream_abandoned", reservation=call.reservation.id,
-                        charged=str(call.reservation.amount))  # fmt: skip
-            await self._settle_with(call, call.reservation.amount, call.estimate.input_tokens,
-                                    call.estimate.output_tokens)  # fmt: skip
+        elif call.produced() or produced_text:
+            await self._settle_abandoned(call)
         else:
             log.info("call_abandoned", reservation=call.reservation.id)
             await self._settle_with(call, None, 0, 0, release=True)
 
+    async def _settle_abandoned(self, call: _Call) -> None:
+        """Charge a stream that stopped early: its input, and the output it streamed.
+
+        The output counted is the larger of the tokens of the text streamed so far (LiteLLM's
+        tokenizer for the model) and the chunks seen (a chunk with no text, a tool call's
+        arguments, counts as one token), times the choices asked for; never more than the hold.
+        """
+        estimate = call.estimate
+        produced = max(self.prices.text_tokens(estimate.model, call.streamed_text), call.chunks)
+        if produced == 0:  # started (the provider answered) but no chunk reached the caller
+            produced = 1
+        output_tokens = min(produced * estimate.choices, estimate.output_tokens * estimate.choices)
+        cost = min(estimate.cost_of(output_tokens), call.reservation.amount)
+        log.info("stream_abandoned", reservation=call.reservation.id, charged=str(cost),
+                 output_tokens=output_tokens)  # fmt: skip
+        await self._settle_with(call, cost, estimate.input_tokens, output_tokens)
+
     async def _charge_response(self, call: _Call) -> None:
         hidden = _mapping(getattr(call.response, "_hidden_params", None))
         input_tokens, output_tokens = _tokens({}, call.response)
-        cost = self.prices.actual_cost(
-            call.estimate.model,
-            response_cost=hidden.get("response_cost"),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
+        cost = self._cost(call, hidden.get("response_cost"), input_tokens, output_tokens)
         await self._settle_with(call, cost, input_tokens, output_tokens)
 
     # -- sync callers ----------------------------------------------------------------------------

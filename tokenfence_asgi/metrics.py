@@ -267,6 +267,8 @@ class _CountersCollector(Collector):
             ("shadow_refusals", "Refusals a shadow-mode plan did not raise.",
              counters.shadow_refusals),
             ("alert_hook_errors", "Alert hooks that raised.", counters.alert_hook_errors),
+            ("charged_unfenced", "Calls charged after the fact, never held (sync LiteLLM).",
+             counters.charged_unfenced),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{ns}_{name}", doc, value=0 if describe else value)
         senders = self._metrics._webhooks

@@ -46,6 +46,10 @@ def _micros(amount: Decimal) -> int:
 def limit_headers(error: TokenFenceError, *, now: datetime | None = None) -> dict[str, str]:
     """``Retry-After``, ``RateLimit-Policy`` and ``RateLimit`` for a limit refusal, else ``{}``.
 
+    ``Retry-After`` is when the refused call could fit again (``retry_after_s``: the reset, or
+    the end of in-flight holds' leases), and is absent when it never can; ``RateLimit``'s ``t``
+    is the window's reset.
+
     ``now`` (aware datetime, default the wall clock) is the time the seconds to reset are
     counted from; pass the fence's clock when it has one, so a simulated clock agrees.
     """
@@ -57,15 +61,19 @@ def limit_headers(error: TokenFenceError, *, now: datetime | None = None) -> dic
         quota, remaining, unit = error.max_requests, error.max_requests - error.requests, ""
     else:
         return {}
-    reset_s = error.retry_after_s(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    reset_s = max(1, int((error.resets_at - now).total_seconds() + 0.999))
+    retry_s = error.retry_after_s(now)
     window_s = WINDOW_SECONDS.get(error.window)
     window = "" if window_s is None else f";w={window_s}"
     name = _sf_string(error.window)
-    return {
-        "Retry-After": str(reset_s),
+    headers = {
         "RateLimit-Policy": f"{name};q={max(0, quota)}{unit}{window}",
         "RateLimit": f"{name};r={max(0, remaining)};t={reset_s}",
     }
+    if retry_s is not None:  # absent when the call can never fit
+        headers["Retry-After"] = str(retry_s)
+    return headers
 
 
 def _sf_string(text: str) -> str:

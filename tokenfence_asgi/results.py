@@ -135,6 +135,8 @@ class FenceCounters:
     shadow_refusals: int = 0
     alerts: int = 0
     alert_hook_errors: int = 0
+    charged_unfenced: int = 0
+    """Calls charged after the fact, with no hold before them (sync LiteLLM calls)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,106 @@ class FakeProvider:
             yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
 
+    async def _received(self, request: Request) -> tuple[dict[str, Any], Response | None]:
+        """Record a request's body (JSON, or the form of an upload); a 500 when told to fail."""
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            body: dict[str, Any] = {"bytes": len(await request.body())}  # an upload
+        else:
+            body = await request.json()
+        body["path"] = request.url.path
+        with self.lock:
+            self.requests.append(body)
+            failing = self.fail_next > 0
+            if failing:
+                self.fail_next -= 1
+        if failing:
+            error = {"error": {"message": "fake provider failure", "type": "server_error"}}
+            return body, JSONResponse(error, status_code=500)
+        return body, None
+
+    async def embeddings(self, request: Request) -> Response:
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        usage = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2]}
+                for i in range(len(inputs))]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                             "usage": usage})  # fmt: skip
+
+    async def completions(self, request: Request) -> Response:
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "".join(self.words),
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": self._usage(),
+            }
+        )
+
+    async def responses(self, request: Request) -> Response:
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        text = "".join(self.words)
+        return JSONResponse(
+            {
+                "id": f"resp_{uuid.uuid4().hex}",
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": body["model"],
+                "output": [
+                    {
+                        "type": "message",
+                        "id": f"msg_{uuid.uuid4().hex}",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ],
+                "usage": {
+                    "input_tokens": self.prompt_tokens,
+                    "output_tokens": self.completion_tokens,
+                    "total_tokens": self.prompt_tokens + self.completion_tokens,
+                },
+            }
+        )
+
+    async def speech(self, request: Request) -> Response:
+        _, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        return Response(b"ID3fake-audio", media_type="audio/mpeg")
+
+    async def transcriptions(self, request: Request) -> Response:
+        _, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        return JSONResponse({"text": "".join(self.words)})
+
     def app(self) -> Starlette:
-        """The ASGI app serving ``/v1/chat/completions``."""
-        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        """The ASGI app serving the OpenAI paths: chat and text completions, embeddings,
+        responses, speech and transcriptions (all under ``/v1``)."""
+        routes = [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/responses", self.responses, methods=["POST"]),
+            Route("/v1/audio/speech", self.speech, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+        ]
+        return Starlette(routes=routes)

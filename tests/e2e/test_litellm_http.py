@@ -118,7 +118,7 @@ async def test_charged_cost_is_litellms_cost_of_the_response(
     assert from_nanos(to_nanos(str(litellm_cost))) == CALL_COST
     assert await window(fence) == (CALL_COST, 0)
     body = provider.requests[-1]
-    assert (body["model"], body["max_tokens"]) == ("gpt-4o-mini", 16384)  # capped to the hold
+    assert (body["model"], body["max_tokens"]) == ("gpt-4o-mini", 4096)  # capped to the hold
 
 
 async def test_exhausted_budget_blocks_before_any_provider_call(

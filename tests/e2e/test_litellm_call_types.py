@@ -1,0 +1,260 @@
+"""Every paid LiteLLM call type over real HTTP: refused when killed or over budget (the provider
+never hears of it), charged LiteLLM's cost of the response, released when the provider fails.
+
+LiteLLM's openai provider talks to the loopback fake provider (fixed usage: 1,000 input and 200
+output tokens); a call type priced per call (transcription) is charged its configured price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import openai
+import pytest
+from litellm.integrations.custom_logger import CustomLogger
+
+from tests.e2e.fake_provider import FakeProvider, serve
+from tests.e2e.test_litellm_http import MSGS, window
+from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
+from tokenfence_asgi.context import tenant_scope
+from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import BudgetExceeded, TenantDisabled
+from tokenfence_asgi.litellm import TokenFenceCallback
+from tokenfence_asgi.money import from_nanos, to_nanos
+from tokenfence_asgi.pricing import ModelPrice
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(
+        "ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:Accessing the 'model_(computed_)?fields' attribute on the inst:DeprecationWarning"
+    ),
+]
+
+OPEN = Plan("open", [Limit("1d", max_cost="10")])
+CENTS = Plan("cents", [Limit("1d", max_cost="0.05")])
+TRANSCRIPTION = ModelPrice.flat("0.006")  # a minute of whisper-1, the most this app uploads
+_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+)
+
+
+class Costs(CustomLogger):
+    """LiteLLM's cost of each successful call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.costs: list[float] = []
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self.costs.append(kwargs["response_cost"])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[FakeProvider, str]]:
+    provider = FakeProvider()
+    with serve(provider.app()) as url:
+        yield provider, f"{url}/v1"
+
+
+@pytest.fixture
+def provider(server: tuple[FakeProvider, str]) -> FakeProvider:
+    server[0].reset()
+    return server[0]
+
+
+@pytest.fixture
+def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
+    return make_fence(plans=[*BUILTIN_PLANS, OPEN, CENTS], default_plan="open")
+
+
+@pytest.fixture
+async def costs(fence: TokenFence) -> AsyncIterator[Costs]:
+    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+    callback = TokenFenceCallback(fence, prices={"whisper-1": TRANSCRIPTION})
+    spy = Costs()
+    litellm.callbacks = [callback, spy]
+    try:
+        yield spy
+    finally:
+        callback.close()
+        for name, value in saved.items():
+            setattr(litellm, name, value)
+        await close_litellm_clients()
+
+
+_OWN_CLIENTS: list[openai.AsyncOpenAI] = []
+
+
+def own_client(url: str) -> openai.AsyncOpenAI:
+    """A client for LiteLLM's text completions, which otherwise builds one per call and leaves
+    it open."""
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-fake", max_retries=0)
+    _OWN_CLIENTS.append(client)
+    return client
+
+
+async def close_litellm_clients() -> None:
+    """Close the HTTP clients LiteLLM cached on this test's event loop, which ends here."""
+    while _OWN_CLIENTS:
+        await _OWN_CLIENTS.pop().close()
+    await litellm.close_litellm_async_clients()
+    cache = litellm.in_memory_llm_clients_cache
+    for client in list(getattr(cache, "cache_dict", {}).values()):
+        close = getattr(client, "close", None) or getattr(client, "aclose", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+    cache.flush_cache()
+
+
+def calls(url: str) -> dict[str, Callable[[], Any]]:
+    api: dict[str, Any] = {"api_base": url, "api_key": "sk-fake"}
+    return {
+        "acompletion": lambda: litellm.acompletion(
+            model="openai/gpt-4o-mini", messages=MSGS, max_tokens=300, **api
+        ),
+        "acompletion-stream": lambda: litellm.acompletion(
+            model="openai/gpt-4o-mini", messages=MSGS, max_tokens=300, stream=True, **api
+        ),
+        "aresponses": lambda: litellm.aresponses(
+            model="openai/gpt-4o-mini", input="Say hello.", max_output_tokens=300, **api
+        ),
+        "atext_completion": lambda: litellm.atext_completion(
+            model="openai/gpt-3.5-turbo-instruct",
+            prompt="Say hello.",
+            max_tokens=300,
+            client=own_client(url),
+            **api,
+        ),
+        "aembedding": lambda: litellm.aembedding(
+            model="openai/text-embedding-3-small", input=["Say hello."], **api
+        ),
+        "aspeech": lambda: litellm.aspeech(
+            model="openai/tts-1", input="Hello there.", voice="alloy", **api
+        ),
+        "atranscription": lambda: litellm.atranscription(
+            model="openai/whisper-1", file=("a.mp3", b"ID3fake-audio", "audio/mpeg"), **api
+        ),
+    }
+
+
+NAMES = list(calls(""))
+
+
+async def run(server: tuple[FakeProvider, str], name: str) -> Any:
+    response = await calls(server[1])[name]()
+    if hasattr(response, "__aiter__"):
+        async for _ in response:
+            pass
+    return response
+
+
+async def settled(fence: TokenFence) -> tuple[Decimal, Decimal]:
+    for _ in range(500):  # the success event commits after the caller has the response
+        used, held = await window(fence)
+        if held == 0:
+            break
+        await asyncio.sleep(0.002)
+    return used, held
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_refused_when_killed(
+    server: tuple[FakeProvider, str],
+    provider: FakeProvider,
+    fence: TokenFence,
+    costs: Costs,
+    name: str,
+) -> None:
+    await fence.kill("acme")
+    async with tenant_scope("acme"):
+        with pytest.raises(TenantDisabled):
+            await run(server, name)
+    assert provider.calls == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_refused_over_budget(
+    server: tuple[FakeProvider, str],
+    provider: FakeProvider,
+    fence: TokenFence,
+    costs: Costs,
+    name: str,
+) -> None:
+    await fence.set_plan("acme", "cents")
+    await fence.reserve("acme", "0.049999999")
+    async with tenant_scope("acme"):
+        with pytest.raises(BudgetExceeded):
+            await run(server, name)
+    assert provider.calls == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_charged_litellms_cost(
+    server: tuple[FakeProvider, str],
+    provider: FakeProvider,
+    fence: TokenFence,
+    costs: Costs,
+    name: str,
+) -> None:
+    async with tenant_scope("acme"):
+        await run(server, name)
+    used, held = await settled(fence)
+    assert (provider.calls, held) == (1, 0)
+    if name == "atranscription":
+        assert used == TRANSCRIPTION.per_call  # the configured price wins
+    else:
+        assert used == from_nanos(to_nanos(str(costs.costs[-1]))) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_released_when_the_provider_fails(
+    server: tuple[FakeProvider, str],
+    provider: FakeProvider,
+    fence: TokenFence,
+    costs: Costs,
+    name: str,
+) -> None:
+    provider.fail_next = 10  # LiteLLM may retry
+    async with tenant_scope("acme"):
+        with pytest.raises(Exception):  # noqa: B017, PT011 - each call type raises its own
+            await run(server, name)
+    assert provider.calls >= 1
+    assert await settled(fence) == (0, 0)
+
+
+async def test_an_abandoned_http_stream_is_charged_what_it_streamed(
+    server: tuple[FakeProvider, str], provider: FakeProvider, fence: TokenFence, costs: Costs
+) -> None:
+    provider.words = tuple(f" w{i}" for i in range(100))
+    try:
+        async with tenant_scope("acme"):
+            stream = await calls(server[1])["acompletion-stream"]()
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 6:  # the role chunk and five words
+                    break
+            await stream.aclose()
+        used, held = await settled(fence)
+    finally:
+        provider.words = FakeProvider.words
+    gpt = ModelPrice.per_million("0.15", "0.60")
+    hold = gpt.cost(1000, 300)  # at most what the fake's usage could be
+    assert held == 0
+    assert 0 < used < hold / 5  # the input and a handful of tokens, not the hold
