@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -11,6 +12,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
+from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import ConfigError
 from tokenfence_asgi.money import to_nanos
 from tokenfence_asgi.pricing import ModelPrice, PriceBook
@@ -149,3 +151,19 @@ def test_bad_options_are_refused() -> None:
 def test_text_tokens_counts_what_a_stream_produced(book: PriceBook) -> None:
     assert book.text_tokens("gpt-4o-mini", "") == 0
     assert 3 <= book.text_tokens("gpt-4o-mini", "Hello from the fake provider.") <= 10
+
+
+async def test_the_fence_has_one_price_book_the_callback_shares(
+    make_fence: Callable[..., TokenFence],
+) -> None:
+    negotiated = ModelPrice.per_million("2", "8")
+    fence = make_fence(prices={"gpt-4o": negotiated}, default_price=ModelPrice.flat("1"))
+    assert fence.prices.price("gpt-4o") is negotiated
+    assert fence.prices.price("acme-llm-7b") == ModelPrice.flat("1")
+    from tokenfence_asgi.litellm import TokenFenceCallback
+
+    callback = TokenFenceCallback(fence)
+    try:
+        assert callback.prices is fence.prices
+    finally:
+        callback.close()

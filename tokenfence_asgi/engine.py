@@ -16,7 +16,7 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -57,6 +57,7 @@ from tokenfence_asgi.ledger import (
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.observe import FenceObserver, Observers
 from tokenfence_asgi.policy import Decision, Policy
+from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
     DailyUsage,
@@ -223,6 +224,10 @@ class TokenFence:
     none (no ``max_tokens``) on a plan that names none: the integrations write it into the call,
     so its hold is a true bound without reserving the model's whole output (gpt-4o: 16,384
     tokens; claude-sonnet-4-5: 64,000). ``None``: the model's maximum output.
+    ``prices`` (model -> ``ModelPrice``, or a ``PriceBook``) and ``default_price`` make the
+    fence's one price book, ``fence.prices``, shared by the LiteLLM callback, the SDK guards and
+    the HTTP API: configured prices first, then LiteLLM's bundled price map, then
+    ``default_price``; a model nothing prices is refused.
     """
 
     def __init__(
@@ -250,6 +255,8 @@ class TokenFence:
         usage_days: int = 400,
         max_open_holds: int | None = 1000,
         default_output_tokens: int | None = 4096,
+        prices: Mapping[str, ModelPrice] | PriceBook | None = None,
+        default_price: ModelPrice | None = None,
     ) -> None:
         if default_output_tokens is not None and not (
             type(default_output_tokens) is int and 1 <= default_output_tokens <= 10_000_000
@@ -260,6 +267,13 @@ class TokenFence:
             )
         self.default_output_tokens = default_output_tokens
         """The output allowance of an LLM call that sets none and whose plan names none."""
+        if isinstance(prices, PriceBook):
+            if default_price is not None:
+                raise ConfigError("give default_price to the PriceBook passed as prices")
+            self.prices = prices
+        else:
+            self.prices = PriceBook(prices, default_price=default_price)
+        """The price book every integration of this fence prices calls with (see ``prices``)."""
         plan_list = tuple(BUILTIN_PLANS if plans is None else plans)
         compiled: dict[str, CompiledPlan] = {}
         for plan in plan_list:

@@ -265,7 +265,8 @@ class TokenFenceCallback(CustomGuardrail):
     ``InputTooLong``, ``TenantDisabled``, ``StoreUnavailable``, ``InvalidCall`` or
     ``TenantRequired`` (a call outside any tenant: refused unless ``unscoped="allow"``, which
     lets it through unfenced); a model nothing prices raises ``ConfigError``. ``prices``,
-    ``default_price`` and ``default_output_tokens`` are as in ``PriceBook``. A sync
+    ``default_price`` and ``default_output_tokens`` are as in ``PriceBook`` (without them the
+    callback prices calls with the fence's own ``fence.prices``). A sync
     ``litellm.completion`` cannot be refused by any LiteLLM hook: it is charged after the fact
     (``fence.charge``) and counted in ``counters.charged_unfenced``; use ``completion`` below
     for a fenced sync call. Creating the callback loads LiteLLM's tokenizer (about half a
@@ -311,6 +312,8 @@ class TokenFenceCallback(CustomGuardrail):
             if default_price is not None or default_output_tokens is not None:
                 raise ConfigError("give default_price and default_output_tokens to the PriceBook")
             self.prices = prices
+        elif prices is None and default_price is None and default_output_tokens is None:
+            self.prices = fence.prices  # the fence's own price book
         else:
             self.prices = PriceBook(
                 prices, default_price=default_price, default_output_tokens=default_output_tokens
