@@ -506,3 +506,24 @@ def test_a_zero_cost_from_litellm_for_a_priced_usage_is_not_trusted() -> None:
     assert cost == Decimal("0.0225")
     # a free usage is still free
     assert book.actual_cost("gpt-4o", response_cost=0.0, input_tokens=0, output_tokens=0) == 0
+
+
+async def test_a_sync_scope_exit_settles_its_open_calls(
+    cb: TokenFenceCallback, fence: TokenFence
+) -> None:
+    """A plain ``with tenant_scope(...)`` in async code: an abandoned stream is settled too."""
+    with tenant_scope("acme"):
+        stream = await litellm.acompletion(
+            model="gpt-4o-mini", messages=MSGS, mock_response="one two three four five six",
+            stream=True, max_tokens=50,
+        )  # fmt: skip
+        async for _ in stream:
+            break
+        assert (await used(fence))[1] > 0
+    for _ in range(200):
+        if (await used(fence))[1] == 0:
+            break
+        await asyncio.sleep(0.005)
+    used_now, held = await used(fence)
+    assert held == 0
+    assert used_now > 0

@@ -14,6 +14,7 @@ structlog configuration includes ``structlog.contextvars.merge_contextvars``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -122,6 +123,7 @@ class FenceContext:
 
 
 _CONTEXT: ContextVar[FenceContext | None] = ContextVar("tokenfence_asgi_context", default=None)
+_SETTLING: set[asyncio.Task[None]] = set()  # settlements a sync scope exit started
 
 Settler: TypeAlias = Callable[[FenceContext], Awaitable[None]]
 """Settles what a scope left open; registered with ``FenceContext.on_end``."""
@@ -388,6 +390,23 @@ class TenantScope:
         token, self._token = self._token, None
         if token is not None:
             pop_context(token)
+        self._settle_later()
+
+    def _settle_later(self) -> None:
+        """Settle what a sync exit left open, on the event loop of this thread when one runs
+        (a plain ``with`` inside async code); without a loop, the holds' leases reclaim them."""
+        ctx = self._context
+        if not ctx.open_reservations:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log.warning("scope_left_open", tenant=ctx.tenant_id,
+                        reservations=list(ctx.open_reservations))  # fmt: skip
+            return
+        task = loop.create_task(settle_context(ctx))
+        _SETTLING.add(task)  # a strong reference until it is done
+        task.add_done_callback(_SETTLING.discard)
 
     async def __aenter__(self) -> FenceContext:
         return self.__enter__()
@@ -402,7 +421,9 @@ class TenantScope:
             if self._context.open_reservations:
                 await settle_context(self._context)
         finally:
-            self.__exit__(exc_type, exc, tb)
+            token, self._token = self._token, None
+            if token is not None:
+                pop_context(token)
 
 
 def tenant_scope(
