@@ -348,22 +348,23 @@ def test_status_shows_each_features_use_and_share(
         finally:
             await fence.aclose()
 
-    # The day's limit is $15 ($10 + $5 carried): chat is guaranteed 60% = $9, search 20% = $3,
-    # of which $7.75 + $2.50 are unused and kept for them; $1.75 is spent: summarize may use $3.
+    # The day's limit is $10 (a first day carries nothing): chat is guaranteed 60% = $6, search
+    # 20% = $2, of which $4.75 + $1.50 are unused and kept for them; $1.75 is spent: summarize
+    # may use $2.
     assert asyncio.run(spend()) == "share"
     result = operator("status", "acme", "--config", str(plans_file))
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.stdout.splitlines()]
     rows = {tuple(cells[:2]): cells[2:] for cells in lines if cells[:1] in (["chat"], ["search"])}
-    assert rows[("chat", "1d")] == ["$1.25", "$9.00", "60%", "$7.75"]
-    assert rows[("search", "1d")] == ["$0.50", "$3.00", "20%", "$2.50"]
+    assert rows[("chat", "1d")] == ["$1.25", "$6.00", "60%", "$4.75"]
+    assert rows[("search", "1d")] == ["$0.50", "$2.00", "20%", "$1.50"]
     assert rows[("chat", "1mo")] == ["$1.25", "$120.00", "60%", "$118.75"]
     assert "share" in result.stdout
     data = json.loads(operator("status", "acme", "--config", str(plans_file), "--json").stdout)
     assert data["feature_mode"] == "share"
     day = data["windows"][0]
     assert day["features"] == {"chat": "1.250000", "search": "0.500000"}
-    assert day["feature_limits"] == {"chat": "9.000000", "search": "3.000000"}
+    assert day["feature_limits"] == {"chat": "6.000000", "search": "2.000000"}
 
 
 def test_status_shows_feature_caps(operator: Any, tmp_path: Path) -> None:

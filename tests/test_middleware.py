@@ -179,7 +179,10 @@ async def test_budget_exceeded_is_a_402_with_body_and_limit_headers(
     assert body == {
         "error": "ai_budget_exceeded",
         "message": body["message"],
+        "reason": "limit",
+        "feature": "chat",
         "used": "0.030000",
+        "held": "0.000000",
         "limit": "0.050000",
         "window": "1d",
         "resets_at": "2026-03-16T00:00:00Z",

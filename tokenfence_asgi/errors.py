@@ -251,7 +251,7 @@ class BudgetExceeded(_LimitRefusal):
         carried: Decimal = Decimal(0),
         hold_ttl_s: float | None = None,
     ) -> None:
-        if reason in ("limit", "cap") and requested > max_cost:
+        if reason == "limit" and requested > max_cost:
             reason = "call_too_large"
         elif reason == "limit" and held > 0 and total_cost + requested <= max_cost:
             reason = "held"
