@@ -214,6 +214,7 @@ class _Call:
     response: object = None
     streamed_text: str = ""
     chunks: int = 0
+    observed: bool = False  # a stream whose chunks ``_observe_stream`` counts
     state: Literal["open", "settling", "done"] = "open"
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -438,7 +439,8 @@ class TokenFenceCallback(CustomGuardrail):
             asyncio.current_task(), call_id if isinstance(call_id, str) else None,
         )  # fmt: skip
         self._register(call)
-        if stream and kind == "chat":
+        if stream and kind in ("chat", "text"):  # LiteLLM runs post-call rules per chunk
+            call.observed = True
             _STREAMS.set((*(c for c in _STREAMS.get() if c.state == "open"), call))
         self._portal.app_loop = asyncio.get_running_loop()
         return changed
@@ -745,8 +747,17 @@ class TokenFenceCallback(CustomGuardrail):
         The output counted is the larger of the tokens of the text streamed so far (LiteLLM's
         tokenizer for the model) and the chunks seen (a chunk with no text, a tool call's
         arguments, counts as one token), times the choices asked for; never more than the hold.
+        A stream LiteLLM gives no per-chunk view of (the Responses API) is charged its hold.
         """
         estimate = call.estimate
+        if not call.observed:  # no view of what it streamed (the Responses API): its hold
+            log.warning("stream_abandoned", reservation=call.reservation.id,
+                        charged=str(call.reservation.amount), counted=False)  # fmt: skip
+            await self._settle_with(
+                call, call.reservation.amount, estimate.input_tokens,
+                estimate.output_tokens * estimate.choices,
+            )  # fmt: skip
+            return
         produced = max(self.prices.text_tokens(estimate.model, call.streamed_text), call.chunks)
         if produced == 0:  # started (the provider answered) but no chunk reached the caller
             produced = 1

@@ -189,29 +189,52 @@ class FakeProvider:
         if failed is not None:
             return failed
         text = "".join(self.words)
-        return JSONResponse(
-            {
-                "id": f"resp_{uuid.uuid4().hex}",
-                "object": "response",
-                "created_at": int(time.time()),
-                "status": "completed",
-                "model": body["model"],
-                "output": [
-                    {
-                        "type": "message",
-                        "id": f"msg_{uuid.uuid4().hex}",
-                        "status": "completed",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}],
-                    }
-                ],
-                "usage": {
-                    "input_tokens": self.prompt_tokens,
-                    "output_tokens": self.completion_tokens,
-                    "total_tokens": self.prompt_tokens + self.completion_tokens,
-                },
-            }
+        message_id = f"msg_{uuid.uuid4().hex}"
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body["model"],
+            "output": [
+                {
+                    "type": "message",
+                    "id": message_id,
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": self.prompt_tokens,
+                "output_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            },
+        }
+        if not body.get("stream"):
+            return JSONResponse(response)
+        return StreamingResponse(
+            self._response_events(response, message_id), media_type="text/event-stream"
         )
+
+    async def _response_events(
+        self, response: dict[str, Any], message_id: str
+    ) -> AsyncIterator[str]:
+        """The Responses API's server-sent events: created, text deltas, completed with usage."""
+
+        def event(kind: str, **fields: Any) -> str:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=started, sequence_number=0)
+        for n, word in enumerate(self.words, start=1):
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            yield event(
+                "response.output_text.delta", item_id=message_id, output_index=0,
+                content_index=0, delta=word, sequence_number=n,
+            )  # fmt: skip
+        yield event("response.completed", response=response, sequence_number=len(self.words) + 1)
 
     async def speech(self, request: Request) -> Response:
         _, failed = await self._received(request)

@@ -134,6 +134,13 @@ def calls(url: str) -> dict[str, Callable[[], Any]]:
         "aresponses": lambda: litellm.aresponses(
             model="openai/gpt-4o-mini", input="Say hello.", max_output_tokens=300, **api
         ),
+        "aresponses-stream": lambda: litellm.aresponses(
+            model="openai/gpt-4o-mini",
+            input="Say hello.",
+            max_output_tokens=300,
+            stream=True,
+            **api,
+        ),
         "atext_completion": lambda: litellm.atext_completion(
             model="openai/gpt-3.5-turbo-instruct",
             prompt="Say hello.",
@@ -258,3 +265,16 @@ async def test_an_abandoned_http_stream_is_charged_what_it_streamed(
     hold = gpt.cost(1000, 300)  # at most what the fake's usage could be
     assert held == 0
     assert 0 < used < hold / 5  # the input and a handful of tokens, not the hold
+
+
+async def test_an_abandoned_responses_stream_is_charged_its_hold(
+    server: tuple[FakeProvider, str], provider: FakeProvider, fence: TokenFence, costs: Costs
+) -> None:
+    """LiteLLM shows no chunk of a Responses API stream to a callback: the bound is the hold."""
+    async with tenant_scope("acme"):
+        stream = await calls(server[1])["aresponses-stream"]()
+        held = (await window(fence))[1]
+        async for _ in stream:
+            break
+    used, left = await settled(fence)
+    assert (used, left) == (held, 0)
