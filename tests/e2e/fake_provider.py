@@ -248,9 +248,18 @@ class FakeProvider:
             return failed
         return JSONResponse({"text": "".join(self.words)})
 
+    async def rerank(self, request: Request) -> Response:
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        results = [{"index": i, "relevance_score": 1.0 / (i + 1)}
+                   for i in range(len(body.get("documents") or ()))]  # fmt: skip
+        return JSONResponse({"id": uuid.uuid4().hex, "results": results,
+                             "meta": {"billed_units": {"search_units": 1}}})  # fmt: skip
+
     def app(self) -> Starlette:
         """The ASGI app serving the OpenAI paths: chat and text completions, embeddings,
-        responses, speech and transcriptions (all under ``/v1``)."""
+        responses, speech and transcriptions (all under ``/v1``), and Cohere's rerank."""
         routes = [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -258,5 +267,7 @@ class FakeProvider:
             Route("/v1/responses", self.responses, methods=["POST"]),
             Route("/v1/audio/speech", self.speech, methods=["POST"]),
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),
+            Route("/v2/rerank", self.rerank, methods=["POST"]),
         ]
         return Starlette(routes=routes)

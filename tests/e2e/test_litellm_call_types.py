@@ -1,8 +1,9 @@
 """Every paid LiteLLM call type over real HTTP: refused when killed or over budget (the provider
 never hears of it), charged LiteLLM's cost of the response, released when the provider fails.
 
-LiteLLM's openai provider talks to the loopback fake provider (fixed usage: 1,000 input and 200
-output tokens); a call type priced per call (transcription) is charged its configured price.
+LiteLLM's openai (and cohere, for rerank) provider talks to the loopback fake provider (fixed
+usage: 1,000 input and 200 output tokens); a call type priced per call (transcription) is charged
+its configured price.
 """
 
 from __future__ import annotations
@@ -153,6 +154,13 @@ def calls(url: str) -> dict[str, Callable[[], Any]]:
         ),
         "aspeech": lambda: litellm.aspeech(
             model="openai/tts-1", input="Hello there.", voice="alloy", **api
+        ),
+        "arerank": lambda: litellm.arerank(
+            model="cohere/rerank-english-v3.0",
+            query="hello",
+            documents=["a", "b"],
+            api_key="fake",
+            api_base=url.removesuffix("/v1"),
         ),
         "atranscription": lambda: litellm.atranscription(
             model="openai/whisper-1", file=("a.mp3", b"ID3fake-audio", "audio/mpeg"), **api
