@@ -248,6 +248,14 @@ class FakeProvider:
             return failed
         return JSONResponse({"text": "".join(self.words)})
 
+    async def images(self, request: Request) -> Response:
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
+        data = [{"url": f"https://images.invalid/{uuid.uuid4().hex}.png"}
+                for _ in range(int(body.get("n") or 1))]  # fmt: skip
+        return JSONResponse({"created": int(time.time()), "data": data})
+
     async def rerank(self, request: Request) -> Response:
         body, failed = await self._received(request)
         if failed is not None:
@@ -267,6 +275,7 @@ class FakeProvider:
             Route("/v1/responses", self.responses, methods=["POST"]),
             Route("/v1/audio/speech", self.speech, methods=["POST"]),
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route("/v1/images/generations", self.images, methods=["POST"]),
             Route("/v1/rerank", self.rerank, methods=["POST"]),
             Route("/v2/rerank", self.rerank, methods=["POST"]),
         ]

@@ -41,6 +41,7 @@ pytestmark = [
 OPEN = Plan("open", [Limit("1d", max_cost="10")])
 CENTS = Plan("cents", [Limit("1d", max_cost="0.05")])
 TRANSCRIPTION = ModelPrice.flat("0.006")  # a minute of whisper-1, the most this app uploads
+IMAGE = ModelPrice.flat("0.04")  # a standard 1024x1024 dall-e-3 image
 _CALLBACK_LISTS = (
     "callbacks",
     "input_callback",
@@ -85,7 +86,7 @@ def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
 @pytest.fixture
 async def costs(fence: TokenFence) -> AsyncIterator[Costs]:
     saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
-    callback = TokenFenceCallback(fence, prices={"whisper-1": TRANSCRIPTION})
+    callback = TokenFenceCallback(fence, prices={"whisper-1": TRANSCRIPTION, "dall-e-3": IMAGE})
     spy = Costs()
     litellm.callbacks = [callback, spy]
     try:
@@ -154,6 +155,9 @@ def calls(url: str) -> dict[str, Callable[[], Any]]:
         ),
         "aspeech": lambda: litellm.aspeech(
             model="openai/tts-1", input="Hello there.", voice="alloy", **api
+        ),
+        "aimage_generation": lambda: litellm.aimage_generation(
+            model="openai/dall-e-3", prompt="a lighthouse", n=2, **api
         ),
         "arerank": lambda: litellm.arerank(
             model="cohere/rerank-english-v3.0",
@@ -233,6 +237,8 @@ async def test_charged_litellms_cost(
     assert (provider.calls, held) == (1, 0)
     if name == "atranscription":
         assert used == TRANSCRIPTION.per_call  # the configured price wins
+    elif name == "aimage_generation":
+        assert used == 2 * IMAGE.per_call  # two images
     else:
         assert used == from_nanos(to_nanos(str(costs.costs[-1]))) > 0
 
