@@ -2,8 +2,8 @@
 never hears of it), charged LiteLLM's cost of the response, released when the provider fails.
 
 LiteLLM's openai (and cohere, for rerank) provider talks to the loopback fake provider (fixed
-usage: 1,000 input and 200 output tokens); a call type priced per call (transcription) is charged
-its configured price.
+usage: 1,000 input and 200 output tokens); a call type priced per call (images, transcription) is
+charged its configured price.
 """
 
 from __future__ import annotations
