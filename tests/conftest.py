@@ -25,7 +25,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -35,6 +34,8 @@ from hypothesis import HealthCheck, settings
 
 from tests.reliability.servers import LocalCluster, have_redis_binaries
 from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.testing import START as _START
+from tokenfence_asgi.testing import FakeClock
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -54,23 +55,7 @@ ones (plan files, cluster, LiteLLM callback, signatures) run a share of it."""
 CLUSTER_SUITES = frozenset({"test_engine", "test_rules", "test_ledger", "test_policy"})
 
 # 2026-03-15 12:00:00 UTC, a Sunday: the ISO week ends at midnight, the month is mid-way.
-START = datetime(2026, 3, 15, 12, 0, tzinfo=UTC).timestamp()
-
-
-class FakeClock:
-    """An injectable clock (epoch seconds) that only moves when told to."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    def set(self, when: datetime) -> None:
-        self.now = when.timestamp()
+START = _START
 
 
 def _free_port() -> int:
