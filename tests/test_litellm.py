@@ -18,6 +18,7 @@ import litellm
 import structlog
 from litellm.integrations.custom_logger import CustomLogger
 
+from tests.litellm_support import saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import FenceContext, pop_context, push_context, tenant_scope
 from tokenfence_asgi.engine import TokenFence
@@ -46,14 +47,6 @@ TINY = Plan("tiny", [Limit("1d", max_cost="0.001")], upgrade_url="https://exampl
 TWO_CALLS = Plan("two", [Limit("1d", max_cost="10", max_requests=2)])
 SHARED = Plan("shared", [Limit("1d", max_cost="10")], features={"chat": 0.5, "search": 0.5})
 PLANS = [*BUILTIN_PLANS, OPEN, TINY, TWO_CALLS, SHARED]
-_CALLBACK_LISTS = (
-    "callbacks",
-    "input_callback",
-    "success_callback",
-    "failure_callback",
-    "_async_success_callback",
-    "_async_failure_callback",
-)
 
 
 class Spy(CustomLogger):
@@ -74,12 +67,8 @@ class Spy(CustomLogger):
 @pytest.fixture
 def clean_callbacks() -> Iterator[None]:
     """LiteLLM copies callbacks into several global lists: restore them all afterwards."""
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
-    try:
+    with saved_callbacks():
         yield
-    finally:
-        for name, value in saved.items():
-            setattr(litellm, name, value)
 
 
 @pytest.fixture

@@ -467,7 +467,7 @@ async def test_a_call_refused_for_holds_in_flight_retries_after_their_lease(
 
 
 def test_shapes_bound_what_each_call_type_pays() -> None:
-    from tokenfence_asgi.litellm_calls import shape_of
+    from tokenfence_asgi.litellm.calls import shape_of
 
     text = shape_of("text", {"prompt": ["a", "b"], "n": 2, "best_of": 3, "max_tokens": 5})
     assert (text.choices, text.output_limit) == (6, 5)  # 3 generated per prompt, 2 prompts

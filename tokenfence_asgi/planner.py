@@ -194,7 +194,6 @@ class CallPlanner:
         kept_tools: list[tuple[object, ...] | None] = [offered_tools]
         estimates: dict[tuple[str, int | None], Estimate] = {}
         counted: dict[str, int] = {}
-        plans: list[Plan] = []
 
         def bound(name: str, plan_shape: CallShape, allowance: int | None) -> Estimate:
             key = (name, plan_shape.output_limit if allowance is None else allowance)
@@ -202,23 +201,19 @@ class CallPlanner:
             if found is None:
                 deployment = request.deployment if name == model else None
                 found = self.prices.bound(
-                    name, plan_shape, allowance=allowance, deployment=deployment,
+                    name,
+                    plan_shape,
+                    allowance=allowance,
+                    deployment=deployment,
                     input_tokens=counted.get(name),
-                )  # fmt: skip
+                )
                 counted[name] = found.input_tokens
                 estimates[key] = found
             return found
 
         def offer(plan: Plan) -> list[tuple[str | None, int]]:
             # Called with the plan as the store holds it, maybe more than once.
-            plans.append(plan)
-            if plan.max_input_chars is not None and chars > plan.max_input_chars:
-                raise InputTooLong(
-                    f"the prompt has {chars} characters; plan {plan.name!r} allows "
-                    f"{plan.max_input_chars}", tenant_id=tenant, feature=feature,
-                    upgrade_url=plan.upgrade_url, limit=plan.max_input_chars, length=chars,
-                    unit="characters",
-                )  # fmt: skip
+            _check_length(plan, chars, plan.max_input_chars, "characters", tenant, feature)
             kept = self.offered_tools(plan, offered_tools, request.tool_choice, tenant)
             if kept != kept_tools[-1]:
                 estimates.clear()  # counted with other tools
@@ -233,18 +228,14 @@ class CallPlanner:
                     hint = "; pass model= as a keyword so that it can be downgraded"
                 raise ModelNotAllowed(
                     f"model {model!r} is not allowed on plan {plan.name!r}{hint}",
-                    tenant_id=tenant, feature=feature, upgrade_url=plan.upgrade_url,
-                )  # fmt: skip
+                    tenant_id=tenant,
+                    feature=feature,
+                    upgrade_url=plan.upgrade_url,
+                )
             allowance = self.allowance(plan)
             full = [bound(name, plan_shape, allowance) for name in allowed]
             tokens = full[0].input_tokens
-            if plan.max_input_tokens is not None and tokens > plan.max_input_tokens:
-                raise InputTooLong(
-                    f"the prompt has {tokens} tokens; plan {plan.name!r} allows "
-                    f"{plan.max_input_tokens}", tenant_id=tenant, feature=feature,
-                    upgrade_url=plan.upgrade_url, limit=plan.max_input_tokens, length=tokens,
-                    unit="tokens",
-                )  # fmt: skip
+            _check_length(plan, tokens, plan.max_input_tokens, "tokens", tenant, feature)
             candidates: list[tuple[str | None, int]] = [(e.model, e.amount_nanos) for e in full]
             if plan.fit == "shrink" and shape.kind in OUTPUT_KINDS:
                 for estimate in full:
@@ -261,11 +252,22 @@ class CallPlanner:
             not estimate.from_call or estimate.output_tokens != full_limit
         )
         if write_limit and estimate.from_call:
-            log.info("output_limit_shrunk", tenant=tenant, model=chosen, asked=full_limit,
-                     limit=estimate.output_tokens, reservation=reservation.id)  # fmt: skip
+            log.info(
+                "output_limit_shrunk",
+                tenant=tenant,
+                model=chosen,
+                asked=full_limit,
+                limit=estimate.output_tokens,
+                reservation=reservation.id,
+            )
         if chosen != model:
-            log.info("model_downgraded", tenant=tenant, requested=model, model=chosen,
-                     reservation=reservation.id)  # fmt: skip
+            log.info(
+                "model_downgraded",
+                tenant=tenant,
+                requested=model,
+                model=chosen,
+                reservation=reservation.id,
+            )
         tools = kept_tools[-1]
         return PlannedCall(
             reservation=reservation,
@@ -278,18 +280,48 @@ class CallPlanner:
         )
 
 
+def _check_length(
+    plan: Plan, length: int, limit: int | None, unit: str, tenant: str, feature: str | None
+) -> None:
+    """Refuse a prompt longer than the plan's ``limit`` (of ``unit``) with ``InputTooLong``."""
+    if limit is not None and length > limit:
+        raise InputTooLong(
+            f"the prompt has {length} {unit}; plan {plan.name!r} allows {limit}",
+            tenant_id=tenant,
+            feature=feature,
+            upgrade_url=plan.upgrade_url,
+            limit=limit,
+            length=length,
+            unit=unit,
+        )
+
+
 def _with_tools(shape: CallShape, tools: tuple[object, ...] | None) -> CallShape:
     return CallShape(
-        shape.kind, shape.messages, shape.texts, tools or None, shape.extra,
-        shape.output_limit, shape.choices, shape.units, shape.characters,
-    )  # fmt: skip
+        shape.kind,
+        shape.messages,
+        shape.texts,
+        tools or None,
+        shape.extra,
+        shape.output_limit,
+        shape.choices,
+        shape.units,
+        shape.characters,
+    )
 
 
 def _limited(shape: CallShape, output_limit: int) -> CallShape:
     return CallShape(
-        shape.kind, shape.messages, shape.texts, shape.tools, shape.extra, output_limit,
-        shape.choices, shape.units, shape.characters,
-    )  # fmt: skip
+        shape.kind,
+        shape.messages,
+        shape.texts,
+        shape.tools,
+        shape.extra,
+        output_limit,
+        shape.choices,
+        shape.units,
+        shape.characters,
+    )
 
 
 def _ladder(start: int, floor: int) -> list[int]:

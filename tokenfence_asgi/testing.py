@@ -47,8 +47,9 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def advance(self, seconds: float = 0, *, minutes: float = 0, hours: float = 0,
-                days: float = 0) -> None:  # fmt: skip
+    def advance(
+        self, seconds: float = 0, *, minutes: float = 0, hours: float = 0, days: float = 0
+    ) -> None:
         """Move the clock forward (never back: budgets and leases assume time does not rewind)."""
         step = seconds + 60 * minutes + 3600 * hours + 86400 * days
         if step < 0:

@@ -65,15 +65,9 @@ class FakeProvider:
         }
 
     async def chat(self, request: Request) -> Response:
-        body = await request.json()
-        with self.lock:
-            self.requests.append(body)
-            failing = self.fail_next > 0
-            if failing:
-                self.fail_next -= 1
-        if failing:
-            error = {"error": {"message": "fake provider failure", "type": "server_error"}}
-            return JSONResponse(error, status_code=500)
+        body, failed = await self._received(request)
+        if failed is not None:
+            return failed
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
         model = body["model"]
         if not body.get("stream"):

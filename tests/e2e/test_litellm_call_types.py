@@ -14,12 +14,12 @@ from decimal import Decimal
 from typing import Any
 
 import litellm
-import openai
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
 from tests.e2e.fake_provider import FakeProvider, serve
 from tests.e2e.test_litellm_http import MSGS, window
+from tests.litellm_support import close_litellm_clients, own_client, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import tenant_scope
 from tokenfence_asgi.engine import TokenFence
@@ -42,14 +42,6 @@ OPEN = Plan("open", [Limit("1d", max_cost="10")])
 CENTS = Plan("cents", [Limit("1d", max_cost="0.05")])
 TRANSCRIPTION = ModelPrice.flat("0.006")  # a minute of whisper-1, the most this app uploads
 IMAGE = ModelPrice.flat("0.04")  # a standard 1024x1024 dall-e-3 image
-_CALLBACK_LISTS = (
-    "callbacks",
-    "input_callback",
-    "success_callback",
-    "failure_callback",
-    "_async_success_callback",
-    "_async_failure_callback",
-)
 
 
 class Costs(CustomLogger):
@@ -85,43 +77,15 @@ def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
 
 @pytest.fixture
 async def costs(fence: TokenFence) -> AsyncIterator[Costs]:
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
     callback = TokenFenceCallback(fence, prices={"whisper-1": TRANSCRIPTION, "dall-e-3": IMAGE})
     spy = Costs()
-    litellm.callbacks = [callback, spy]
-    try:
-        yield spy
-    finally:
-        callback.close()
-        for name, value in saved.items():
-            setattr(litellm, name, value)
-        await close_litellm_clients()
-
-
-_OWN_CLIENTS: list[openai.AsyncOpenAI] = []
-
-
-def own_client(url: str) -> openai.AsyncOpenAI:
-    """A client for LiteLLM's text completions, which otherwise builds one per call and leaves
-    it open."""
-    client = openai.AsyncOpenAI(base_url=url, api_key="sk-fake", max_retries=0)
-    _OWN_CLIENTS.append(client)
-    return client
-
-
-async def close_litellm_clients() -> None:
-    """Close the HTTP clients LiteLLM cached on this test's event loop, which ends here."""
-    while _OWN_CLIENTS:
-        await _OWN_CLIENTS.pop().close()
-    await litellm.close_litellm_async_clients()
-    cache = litellm.in_memory_llm_clients_cache
-    for client in list(getattr(cache, "cache_dict", {}).values()):
-        close = getattr(client, "close", None) or getattr(client, "aclose", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
-    cache.flush_cache()
+    with saved_callbacks():
+        litellm.callbacks = [callback, spy]
+        try:
+            yield spy
+        finally:
+            callback.close()
+            await close_litellm_clients()
 
 
 def calls(url: str) -> dict[str, Callable[[], Any]]:

@@ -22,6 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 
 from tests.e2e.fake_provider import FakeProvider, serve
+from tests.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import FenceContext, feature, tenant_scope
 from tokenfence_asgi.engine import TokenFence
@@ -52,8 +53,6 @@ needs_http_status = pytest.mark.skipif(
 OPEN = Plan("open", [Limit("1d", max_cost="10")])
 TINY = Plan("tiny", [Limit("1d", max_cost="0.001")], upgrade_url="https://example.com/up")
 PLANS = [*BUILTIN_PLANS, OPEN, TINY]
-_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback",
-                   "_async_success_callback", "_async_failure_callback")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +80,15 @@ def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
 
 
 @pytest.fixture
-def cb(fence: TokenFence) -> Iterator[TokenFenceCallback]:
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+async def cb(fence: TokenFence) -> AsyncIterator[TokenFenceCallback]:
     callback = TokenFenceCallback(fence)
-    litellm.callbacks = [callback]
-    try:
-        yield callback
-    finally:
-        callback.close()
-        for name, value in saved.items():
-            setattr(litellm, name, value)
+    with saved_callbacks():
+        litellm.callbacks = [callback]
+        try:
+            yield callback
+        finally:
+            callback.close()
+            await close_litellm_clients()
 
 
 async def window(fence: TokenFence, tenant: str = "acme") -> tuple[Decimal, Decimal]:

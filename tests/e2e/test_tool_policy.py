@@ -23,6 +23,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 
 from tests.e2e.fake_provider import FakeProvider, serve
+from tests.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import feature
 from tokenfence_asgi.engine import TokenFence
@@ -46,8 +47,6 @@ AGENT = Plan(
     [Limit("1d", max_cost="10")],
     policy=Policy().deny("tool:drop_*").require_approval("tool:send_email").allow("tool:**"),
 )
-_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback",
-                   "_async_success_callback", "_async_failure_callback")  # fmt: skip
 TOOLS = [
     {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
     for n in ("search_docs", "drop_table", "send_email")
@@ -76,47 +75,48 @@ def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
 async def client(
     fence: TokenFence, server: tuple[FakeProvider, str]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
-    callback = TokenFenceCallback(fence)
-    litellm.callbacks = [callback]
-    api = {"api_base": server[1], "api_key": "sk-fake"}
-    app = FastAPI()
+    with saved_callbacks():
+        callback = TokenFenceCallback(fence)
+        litellm.callbacks = [callback]
+        api = {"api_base": server[1], "api_key": "sk-fake"}
+        app = FastAPI()
 
-    @app.post("/agent")
-    @feature("agent")
-    async def agent(approval: str | None = None) -> dict[str, Any]:
-        metadata = {APPROVAL_KEY: approval} if approval else {}
-        response = await litellm.acompletion(
-            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Do it."}],
-            tools=TOOLS, max_tokens=100, metadata=metadata, **api,
+        @app.post("/agent")
+        @feature("agent")
+        async def agent(approval: str | None = None) -> dict[str, Any]:
+            metadata = {APPROVAL_KEY: approval} if approval else {}
+            response = await litellm.acompletion(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Do it."}],
+                tools=TOOLS, max_tokens=100, metadata=metadata, **api,
+            )  # fmt: skip
+            called = response.choices[0].message.tool_calls or []
+            return {"tools": [c.function.name for c in called]}
+
+        router = litellm.Router(
+            model_list=[{"model_name": "smart",
+                         "litellm_params": {"model": "openai/gpt-4o-mini", **api}}],
+            num_retries=2,
         )  # fmt: skip
-        called = response.choices[0].message.tool_calls or []
-        return {"tools": [c.function.name for c in called]}
 
-    router = litellm.Router(
-        model_list=[{"model_name": "smart",
-                     "litellm_params": {"model": "openai/gpt-4o-mini", **api}}],
-        num_retries=2,
-    )  # fmt: skip
+        @app.post("/routed")
+        @feature("agent")
+        async def routed() -> dict[str, Any]:
+            response = await router.acompletion(
+                model="smart", messages=[{"role": "user", "content": "Do it."}], tools=TOOLS,
+                max_tokens=100,
+            )  # fmt: skip
+            return {
+                "tools": [c.function.name for c in response.choices[0].message.tool_calls or []]
+            }
 
-    @app.post("/routed")
-    @feature("agent")
-    async def routed() -> dict[str, Any]:
-        response = await router.acompletion(
-            model="smart", messages=[{"role": "user", "content": "Do it."}], tools=TOOLS,
-            max_tokens=100,
-        )  # fmt: skip
-        return {"tools": [c.function.name for c in response.choices[0].message.tool_calls or []]}
-
-    app.add_middleware(TokenFenceMiddleware, fence=fence)
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
-            yield http
-    finally:
-        callback.close()
-        for name, value in saved.items():
-            setattr(litellm, name, value)
+        app.add_middleware(TokenFenceMiddleware, fence=fence)
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                yield http
+        finally:
+            callback.close()
+            await close_litellm_clients()
 
 
 async def spent(fence: TokenFence, tenant: str) -> Decimal:
