@@ -62,7 +62,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokenfence_asgi.auth import token_matches
-from tokenfence_asgi.config import BUILTIN_PLANS, Plan, load_plans
+from tokenfence_asgi.config import BUILTIN_PLANS, Plan, default_plan_for, load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ConfigError,
@@ -72,6 +72,7 @@ from tokenfence_asgi.errors import (
     ModelNotAllowed,
     ReservationIdConflict,
     TokenFenceError,
+    UnknownPlan,
 )
 from tokenfence_asgi.keys import MAX_ID_LENGTH, KeySpace, validate_id
 from tokenfence_asgi.money import _show, format_amount, from_nanos, to_nanos
@@ -1365,8 +1366,8 @@ def serve(
     default_plan: Annotated[
         str | None,
         typer.Option(
-            help="Plan of tenants without one (default: 'free' if configured, else "
-            "the file's first plan).",
+            help="Plan of tenants without one (default: the plan file's default_plan, "
+            "else 'free').",
             show_default=False,
         ),
     ] = None,
@@ -1398,15 +1399,18 @@ def serve(
         _fail(f"--port must be in [0, 65535], got {port}")
     try:
         KeySpace(prefix)
-        plans = load_plans(config) if config is not None else None
-        names = [p.name for p in (BUILTIN_PLANS if plans is None else plans)]
-        plan = default_plan or ("free" if "free" in names else names[0])
-        if plan not in names:
-            raise ConfigError(f"--default-plan {plan!r} is not among the plans: {', '.join(names)}")
+        plans = BUILTIN_PLANS if config is None else load_plans(config)
         if signing_key is not None:
             _key_bytes(signing_key, "--signing-key")
     except ConfigError as exc:
         _fail(exc.message)
+    names = [p.name for p in plans]
+    if default_plan is not None and default_plan not in names:
+        _fail(UnknownPlan(default_plan, names, field="--default-plan").message)
+    try:
+        plan = default_plan_for(plans, default_plan)  # the library's rule, and the CLI's
+    except ConfigError as exc:  # no --default-plan, no default_plan in the file, no 'free'
+        _fail(f"{exc.message}; or give --default-plan")
     os.environ[_CONFIG_ENV] = json.dumps(
         {
             "token": token,
