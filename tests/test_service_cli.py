@@ -116,7 +116,8 @@ def test_the_default_plan_is_the_files_own(runs: list[dict[str, Any]], tmp_path:
     assert invoke("--token", TOKEN, "--config", str(plans), "--default-plan", "tiny").exit_code == 0
     assert worker_config()["default_plan"] == "tiny"
     with_free = tmp_path / "free.toml"
-    with_free.write_text(PLANS_TOML + '[plans.free]\nlimits = [{ window = "1d", max_cost = "1" }]\n')
+    free = '[plans.free]\nlimits = [{ window = "1d", max_cost = "1" }]\n'
+    with_free.write_text(PLANS_TOML + free)
     assert invoke("--token", TOKEN, "--config", str(with_free)).exit_code == 0
     assert worker_config()["default_plan"] == "free"
 
