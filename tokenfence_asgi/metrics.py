@@ -113,7 +113,7 @@ class FenceMetrics(FenceObserver):
         for plan in fence.plans.values():
             known.update(plan.features or ())
         self._features = frozenset(known)
-        self._lease_s = int(getattr(fence, "_hold_ms", "600000")) / 1000
+        self._lease_s = fence.hold_ttl
         self._holds: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._webhooks: list[WebhookSender] = []
         ns, reg = namespace, self.registry
