@@ -21,7 +21,16 @@ from starlette.routing import Route
 
 from tests.e2e.servers import free_port
 from tokenfence_asgi.config import BUILTIN_PLANS
-from tokenfence_asgi.demo import _SYSTEM, BURNER, TENANTS, _chunk, _fake_completions, run_demo
+from tokenfence_asgi.demo import (
+    _SYSTEM,
+    BURNER,
+    TENANTS,
+    _chunk,
+    _fake_completions,
+    build_app,
+    run_demo,
+)
+from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.simulate import delete_prefix
 
 SCRIPT = Path(sys.executable).with_name("tokenfence")
@@ -66,6 +75,25 @@ async def test_the_fake_provider_answers_with_plausible_usage() -> None:
     assert usage == again["usage"]  # decided by the prompt: runs repeat
     assert first["model"] == "gpt-4o-mini"
     assert first["choices"][0]["message"]["content"].startswith("[fake gpt-4o-mini: a ")
+
+
+async def test_docs_are_open_and_every_api_route_wants_a_tenant() -> None:
+    """``exclude_paths`` lets the docs in without a tenant; the API routes answer 401 naming the
+    header before any LLM call, as the README tells an app to do."""
+    fence = TokenFence()
+    app = build_app(fence, "http://127.0.0.1:9/provider/v1")  # never reached
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+        for path in ("/docs", "/openapi.json", "/redoc", "/"):
+            assert (await client.get(path)).status_code == 200, path
+        for method, path in (("GET", "/status"), ("POST", "/chat"), ("POST", "/search")):
+            body = {"message": "hi"} if path == "/chat" else {"query": "hi"}
+            r = await client.request(method, path, json=body if method == "POST" else None)
+            assert r.status_code == 401, (path, r.text)
+            assert (r.json()["error"], r.json()["header"]) == ("tenant_required", "X-Tenant-ID")
+        status = await client.get("/status", headers={"X-Tenant-ID": "acme"})
+        assert (status.status_code, status.json()["plan"]) == (200, "free")
+    await fence.aclose()
 
 
 @pytest.mark.slow

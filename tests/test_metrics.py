@@ -18,6 +18,7 @@ from tokenfence_asgi import (
     StoreUnavailable,
     TenantDisabled,
     TokenFence,
+    TooManyOpenHolds,
 )
 from tokenfence_asgi.metrics import FenceMetrics
 from tokenfence_asgi.webhooks import WebhookSender
@@ -112,6 +113,21 @@ async def test_request_limits_and_alerts(make_fence: Callable[..., TokenFence]) 
     for threshold in ("50", "100"):
         assert value(metrics, "tokenfence_alerts_total", threshold=threshold, metric="requests",
                      scope="tenant", window="1h") == 1  # fmt: skip
+
+
+async def test_too_many_open_holds_has_its_own_reason(
+    make_fence: Callable[..., TokenFence],
+) -> None:
+    """A tenant with too many calls in flight is not one out of requests: another label."""
+    fence = make_fence(plans=PLANS, default_plan="basic", max_open_holds=1)
+    metrics = FenceMetrics(fence)
+    held = await fence.reserve("acme", "0.01", feature="chat")
+    with pytest.raises(TooManyOpenHolds):
+        await fence.reserve("acme", "0.01", feature="chat")
+    refusals = {"scope": "tenant", "feature": "chat"}
+    assert value(metrics, "tokenfence_refusals_total", reason="open_holds", **refusals) == 1
+    assert value(metrics, "tokenfence_refusals_total", reason="requests", **refusals) == 0
+    await fence.release(held)
 
 
 async def test_store_errors_and_script_errors() -> None:

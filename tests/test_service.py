@@ -399,12 +399,66 @@ async def test_request_limit_is_a_429(make_svc: Callable[..., Svc], clock: FakeC
     for _ in range(2):
         await svc.reserve()
     ours = await svc.client.post(
-        "/reserve", json={"tenant": "acme", "candidates": [{"model": "m", "estimate": "0"}]}
+        "/reserve", json={"tenant": "acme", "candidates": [{"model": "m", "estimate": "0.01"}]}
     )
     theirs = await _middleware_refusal(svc.fence, clock, "0.01")
     assert ours.status_code == theirs.status_code == 429
     assert ours.json() == theirs.json()
     assert ours.headers["ratelimit"] == theirs.headers["ratelimit"]
+
+
+async def test_too_many_open_holds_is_a_429_of_its_own(make_svc: Callable[..., Svc]) -> None:
+    svc = make_svc(fence={"max_open_holds": 2})
+    held = [await svc.reserve() for _ in range(2)]
+    refused = await svc.client.post(
+        "/reserve", json={"tenant": "acme", "candidates": [{"model": "m", "estimate": "0.01"}]}
+    )
+    assert refused.status_code == 429
+    body = refused.json()
+    assert (body["error"], body["window"]) == ("ai_too_many_open_holds", "open_holds")
+    assert int(refused.headers["retry-after"]) > 0  # when the earliest hold's lease ends
+    await svc.post("/release", id=held[0]["id"])
+    await svc.reserve()  # one settled: room for one more
+
+
+async def test_a_zero_estimate_is_refused_naming_the_field(svc: Svc) -> None:
+    """A hold of $0 limits nothing: an estimate must be above $0 (as ``fence.reserve``)."""
+    for estimate in ("0", "0.000", "00"):
+        problem = await svc.reserve(422, candidates=[{"model": "m", "estimate": estimate}])
+        assert (problem["error"], problem["field"]) == ("invalid_amount", "candidates[0].estimate")
+        assert problem["message"].startswith(f"candidates[0].estimate: zero estimate '{estimate}'")
+        assert "above $0" in problem["message"]
+    second = [{"model": "gpt-4o", "estimate": "0.5"}, {"model": "gpt-4o-mini", "estimate": "0"}]
+    problem = await svc.reserve(422, candidates=second)
+    assert problem["field"] == "candidates[1].estimate"
+    nothing = [{"model": "gpt-4o", "input_tokens": 0, "max_output_tokens": 0}]
+    problem = await svc.reserve(422, candidates=nothing)
+    assert (problem["error"], problem["field"]) == ("invalid_request", "candidates[0]")
+    assert "input_tokens and max_output_tokens are both 0" in problem["message"]
+    status = await svc.fence.status("acme")
+    assert (status.open_holds, status.windows[0].requests) == (0, 0)  # nothing was held
+    await svc.reserve(candidates=[{"model": "m", "estimate": "0.000000001"}])  # one nano-dollar
+
+
+async def test_token_counts_are_priced_with_the_fences_price_book(backend: Backend) -> None:
+    """Without ``prices``, the service prices with ``fence.prices``, as the LiteLLM callback."""
+    house = ModelPrice.per_million("1", "2", max_output_tokens=1000)
+    fence = backend.fence(plans=PLANS, default_plan="day", prices={"house-model": house})
+    app = service_app(fence, token=TOKEN)
+    assert app.state.tokenfence_service.prices is fence.prices
+    async with _client(app, **AUTH) as c:
+        r = await c.post(
+            "/reserve",
+            json={"tenant": "acme", "candidates": [{"model": "house-model", "input_tokens": 1000}]},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["amount"] == "0.003000000"  # 1,000 in at $1/M + 1,000 out at $2/M
+        committed = await c.post(
+            "/commit", json={"id": r.json()["id"], "input_tokens": 500, "output_tokens": 100}
+        )
+        assert committed.json()["cost"] == "0.000700000"
+    mine = PriceBook({"house-model": ModelPrice.per_million("3", "3", max_output_tokens=1000)})
+    assert service_app(fence, token=TOKEN, prices=mine).state.tokenfence_service.prices is mine
 
 
 async def test_kill_switches_are_a_403(svc: Svc) -> None:
@@ -897,6 +951,10 @@ async def test_the_schema_describes_every_route(svc: Svc) -> None:
     assert schema["security"] == [{"bearer": []}]
     reserve = schema["paths"]["/reserve"]["post"]["responses"]
     assert {"200", "401", "402", "403", "409", "413", "415", "422", "429", "503"} <= set(reserve)
+    for code in ("ai_request_limit_exceeded", "ai_too_many_open_holds"):
+        assert f"`{code}`" in reserve["429"]["description"]
+    estimate = schema["components"]["schemas"]["EstimateCandidate"]["properties"]["estimate"]
+    assert "above $0" in estimate["description"]
     assert schema == service.openapi_schema()
 
 

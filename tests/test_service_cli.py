@@ -106,13 +106,32 @@ def test_a_builtin_default_plan(runs: list[dict[str, Any]]) -> None:
     assert worker_config()["default_plan"] == "starter"
 
 
-def test_the_default_plan_of_a_file_without_free_is_its_first(
+def test_the_default_plan_is_the_files_own(runs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The library's rule (``default_plan_for``): --default-plan, else the file's
+    ``default_plan``, else ``free``; never the file's first plan by accident."""
+    plans = tmp_path / "plans.toml"
+    plans.write_text('default_plan = "big"\n' + PLANS_TOML)
+    assert invoke("--token", TOKEN, "--config", str(plans)).exit_code == 0
+    assert worker_config()["default_plan"] == "big"
+    assert invoke("--token", TOKEN, "--config", str(plans), "--default-plan", "tiny").exit_code == 0
+    assert worker_config()["default_plan"] == "tiny"
+    with_free = tmp_path / "free.toml"
+    free = '[plans.free]\nlimits = [{ window = "1d", max_cost = "1" }]\n'
+    with_free.write_text(PLANS_TOML + free)
+    assert invoke("--token", TOKEN, "--config", str(with_free)).exit_code == 0
+    assert worker_config()["default_plan"] == "free"
+
+
+def test_a_file_without_free_or_default_plan_is_refused(
     runs: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS_TOML)
-    assert invoke("--token", TOKEN, "--config", str(plans)).exit_code == 0
-    assert worker_config()["default_plan"] == "tiny"
+    result = invoke("--token", TOKEN, "--config", str(plans))
+    assert result.exit_code == 2
+    assert f"{plans}: default_plan: not set, and no plan is named 'free'" in result.output
+    assert "--default-plan" in result.output
+    assert runs == []
 
 
 @pytest.mark.parametrize(
@@ -128,7 +147,7 @@ def test_the_default_plan_of_a_file_without_free_is_its_first(
         (("--token", TOKEN, "--port", "70000"), "--port must be in [0, 65535]"),
         (("--token", TOKEN, "--prefix", "bad prefix"), "prefix must match"),
         (("--token", TOKEN, "--config", "/nonexistent/plans.toml"), "cannot read plan file"),
-        (("--token", TOKEN, "--default-plan", "gold"), "--default-plan 'gold' is not among"),
+        (("--token", TOKEN, "--default-plan", "gold"), "--default-plan: unknown plan 'gold'"),
         (("--token", TOKEN, "--signing-key", "short"), "--signing-key must be at least 16"),
     ],
 )
@@ -151,7 +170,7 @@ async def test_the_workers_app_serves_the_configured_plans(
     runs: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     plans = tmp_path / "plans.toml"
-    plans.write_text(PLANS_TOML)
+    plans.write_text('default_plan = "tiny"\n' + PLANS_TOML)
     assert invoke("--token", TOKEN, "--config", str(plans)).exit_code == 0
     app = service._serve_app()  # what each uvicorn worker builds
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -138,6 +138,56 @@ async def test_exactly_one_signed_delivery_per_crossing(
     await sender.aclose()
 
 
+async def test_a_repeated_alert_has_its_first_delivery_id_on_any_instance(
+    make_fence: Callable[..., TokenFence], receiver: Receiver
+) -> None:
+    """A commit whose reply was lost and that is sent again (here by another instance) reports
+    its alerts again, marked ``repeated``: the receiver gets the same ``TokenFence-Delivery``
+    for each and can drop the repeat."""
+    plan = Plan("a", [Limit("1d", max_cost="1")])
+    lost = make_fence(plans=[plan], default_plan="a")  # its caller never saw the reply
+    fence = make_fence(plans=[plan], default_plan="a")
+    first_sender = WebhookSender(receiver.url, SECRET, backoff_s=0.01)
+    second_sender = WebhookSender(receiver.url, SECRET, backoff_s=0.01)
+    lost.on_alert(first_sender)
+    fence.on_alert(second_sender)
+    r = await fence.reserve("acme", "0.9", reservation_id="call-1", feature="chat")
+    assert (await lost.commit(r, "0.85")).duplicate is False  # crosses 50% and 80%
+    assert (await fence.commit(r, "0.85")).duplicate is True  # the retry: the same alerts
+    await eventually(lambda: first_sender.stats.queued + second_sender.stats.queued == 4)
+    assert await first_sender.drain(10)
+    assert await second_sender.drain(10)
+    seen = sorted(
+        (a["threshold"], a["repeated"], a["reservation_id"], r.headers["tokenfence-delivery"])
+        for a, r in zip(receiver.alerts(), receiver.requests, strict=True)
+    )
+    assert [row[:3] for row in seen] == [
+        (threshold, repeated, "call-1") for threshold in (50, 80) for repeated in (False, True)
+    ]
+    assert seen[0][3] == seen[1][3] != seen[2][3] == seen[3][3]
+    assert all(
+        json.loads(r.body)["id"] == r.headers["tokenfence-delivery"] for r in receiver.requests
+    )
+    # another tenant's call with the same reservation id is another alert
+    other = await fence.reserve("globex", "0.9", reservation_id="call-1")
+    await fence.commit(other, "0.85")
+    await eventually(lambda: second_sender.stats.queued == 4)
+    assert await second_sender.drain(10)
+    assert len({r.headers["tokenfence-delivery"] for r in receiver.requests}) == 4
+    await first_sender.aclose()
+    await second_sender.aclose()
+
+
+async def test_an_alert_without_a_reservation_id_gets_a_new_delivery_id(receiver: Receiver) -> None:
+    sender = WebhookSender(receiver.url, SECRET)
+    await sender(alert())
+    await sender(alert())
+    assert await sender.drain(10)
+    assert [a["reservation_id"] for a in receiver.alerts()] == [None, None]
+    assert len({r.headers["tokenfence-delivery"] for r in receiver.requests}) == 2
+    await sender.aclose()
+
+
 async def test_a_slow_receiver_does_not_slow_the_llm_call(
     make_fence: Callable[..., TokenFence], receiver: Receiver
 ) -> None:

@@ -539,17 +539,11 @@ def _route_path(scope: Scope) -> str:
 # -- what the engine does not offer publicly (yet) ------------------------------------------
 
 
-async def _has_state(fence: TokenFence, tenant: str) -> bool:
-    """Whether the store has a state hash for ``tenant`` (what ``fence.tenants()`` lists).
-
-    Every tenant that reserved, was given a plan, a pool or a kill switch has one, and it does
-    not expire. One EXISTS on the tenant's own key (its own cluster slot).
-    """
-    key = fence._keys.tenant(encode_id(tenant)).state
-    try:
-        return bool(await fence._store.client.exists(key))
-    except STORE_ERRORS as exc:
-        raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+def _today(fence: TokenFence) -> date:
+    """Today (UTC) by the fence's clock when it has one (a simulation), else the wall's."""
+    clock = getattr(fence, "_clock", None)
+    now = clock() if callable(clock) else time.time()
+    return datetime.fromtimestamp(now, UTC).date()
 
 
 async def _tenant_switch(fence: TokenFence, tenant: str) -> bool:
@@ -604,17 +598,15 @@ class _Admin:
     # -- helpers ----------------------------------------------------------------------------
 
     def today(self) -> date:
-        """Today (UTC) by the fence's clock when it has one (a simulation), else the wall's."""
-        clock = getattr(self.fence, "_clock", None)
-        now = clock() if callable(clock) else time.time()
-        return datetime.fromtimestamp(now, UTC).date()
+        """Today (UTC), by the fence's clock when it has one."""
+        return _today(self.fence)
 
     async def status_or_404(self, tenant: str) -> TenantStatus:
         await self.require_known(tenant)
         return await self.fence.status(tenant)
 
     async def require_known(self, tenant: str) -> None:
-        if not await _has_state(self.fence, tenant):
+        if not await self.fence.has_tenant(tenant):
             raise _Problem(
                 404, "unknown_tenant", f"no tenant {tenant!r}: it has no state and no plan assigned"
             )
@@ -832,7 +824,7 @@ class _Admin:
         data = await _body(request, {"plan": (str,)})
         plan = self._plan(data, required=True)
         assert plan is not None
-        existed = await _has_state(self.fence, tenant)
+        existed = await self.fence.has_tenant(tenant)
         await self.fence.set_plan(tenant, plan)
         if not existed:
             self._ids = None  # a new tenant: list it at once

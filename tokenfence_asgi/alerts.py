@@ -27,7 +27,9 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
     """An alert as JSON-ready data, ``used`` and ``limit`` as exact decimal strings.
 
     They are dollars (``"4.000125"``) for a ``"cost"`` alert and counts (``"80"``) for a
-    ``"requests"`` alert. The webhook body and the admin API use this shape.
+    ``"requests"`` alert. ``reservation_id`` is the call that raised it (None when unknown) and
+    ``repeated`` is true when a repeat of that call reports it again. The webhook body and the
+    admin API use this shape.
     """
     return {
         "tenant_id": alert.tenant_id,
@@ -39,6 +41,8 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         "threshold": alert.threshold,
         "used": f"{alert.used:f}",
         "limit": f"{alert.limit:f}",
+        "reservation_id": alert.reservation_id,
+        "repeated": alert.repeated,
     }
 
 

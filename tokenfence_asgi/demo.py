@@ -47,6 +47,7 @@ from starlette.types import ASGIApp
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.context import current_context, feature
 from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.simulate import delete_prefix
 
@@ -155,8 +156,9 @@ def build_app(
     """The demo app: the fenced API at ``/``, the fake provider at ``/provider/v1``.
 
     ``provider_url`` is where LiteLLM reaches the fake provider (this app's own address plus
-    ``/provider/v1``). Anonymous requests are let in, so ``/docs`` works, but an LLM call in
-    one is refused with 401 ``tenant_required``. The dashboard is mounted at ``/admin``.
+    ``/provider/v1``). The API's docs (``/docs``, ``/redoc``, ``/openapi.json``) are excluded
+    from the fence; every other API route answers 401 ``tenant_required`` without an
+    ``X-Tenant-ID`` header. The dashboard is mounted at ``/admin``.
     """
     import litellm
 
@@ -181,7 +183,10 @@ def build_app(
         }
 
     api = FastAPI(title="tokenfence demo", version="1")
-    api.add_middleware(TokenFenceMiddleware, fence=fence, allow_anonymous=True)
+    # The docs need no tenant; every other route does (401 naming the header), before any call.
+    api.add_middleware(
+        TokenFenceMiddleware, fence=fence, exclude_paths=["/docs", "/redoc", "/openapi.json"]
+    )
 
     @api.post("/chat")
     @feature("chat")
@@ -209,8 +214,8 @@ def build_app(
     async def status() -> dict[str, Any]:
         """The calling tenant's plan and spend in each window."""
         ctx = current_context()
-        if ctx is None or ctx.tenant_id is None:
-            return {"error": "send an X-Tenant-ID header"}
+        if ctx is None or ctx.tenant_id is None:  # only when mounted without the middleware
+            raise TenantRequired(header="X-Tenant-ID")
         s = await fence.status(ctx.tenant_id)
         return {
             "tenant": s.tenant_id, "plan": s.plan, "killed": s.killed,

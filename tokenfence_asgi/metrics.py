@@ -14,7 +14,8 @@ sets. Exported (with the default ``namespace="tokenfence"``)::
 
     tokenfence_reservations_total{plan,feature}        holds granted (degraded ones included)
     tokenfence_refusals_total{reason,scope,feature}    reason: budget, budget_share, feature_cap,
-                                                       requests, killed, or the error code
+                                                       requests, open_holds, killed, or the
+                                                       error code
     tokenfence_spend_dollars_total{plan,feature}       charged by commits (repeats not counted)
     tokenfence_settlements_total{kind}                 committed, late, duplicate, released,
                                                        unrecorded
@@ -54,6 +55,7 @@ from tokenfence_asgi.errors import (
     RequestLimitExceeded,
     TenantDisabled,
     TokenFenceError,
+    TooManyOpenHolds,
 )
 from tokenfence_asgi.observe import FenceObserver
 from tokenfence_asgi.results import Alert, Reservation, Settlement
@@ -75,6 +77,8 @@ def _reason(error: TokenFenceError) -> tuple[str, str]:
     if isinstance(error, BudgetExceeded):
         reason = {"share": "budget_share", "cap": "feature_cap"}.get(error.reason, "budget")
         return reason, error.scope if error.scope in ("tenant", "pool") else "tenant"
+    if isinstance(error, TooManyOpenHolds):  # calls in flight, not a request limit
+        return "open_holds", "tenant"
     if isinstance(error, RequestLimitExceeded):
         return "requests", error.scope if error.scope in ("tenant", "pool") else "tenant"
     if isinstance(error, TenantDisabled):
@@ -113,7 +117,7 @@ class FenceMetrics(FenceObserver):
         for plan in fence.plans.values():
             known.update(plan.features or ())
         self._features = frozenset(known)
-        self._lease_s = int(getattr(fence, "_hold_ms", "600000")) / 1000
+        self._lease_s = fence.hold_ttl
         self._holds: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._webhooks: list[WebhookSender] = []
         ns, reg = namespace, self.registry

@@ -16,9 +16,9 @@ the same tenant budgets, atomically, with the same rules as the Python middlewar
 
 Every other route needs ``Authorization: Bearer <service token>`` (401 otherwise). Bodies are
 JSON objects checked strictly: unknown, missing or mistyped fields, money that is not a decimal
-string, negative or absurd amounts and bad ids are 422 with the field named; bodies above
-``max_body_bytes`` are 413, other content types 415. Money crosses the API as strings of dollars
-(``"0.0125"``), and is answered with 9 decimals (exact nano-dollars).
+string, negative or absurd amounts, a zero estimate and bad ids are 422 with the field named;
+bodies above ``max_body_bytes`` are 413, other content types 415. Money crosses the API as
+strings of dollars (``"0.0125"``), and is answered with 9 decimals (exact nano-dollars).
 
 **Reservation tokens.** ``/reserve`` answers with ``id``, an opaque token that carries what
 ``commit`` and ``release`` need (tenant, reservation id, feature, pool, model, amount) and is
@@ -62,7 +62,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokenfence_asgi.auth import token_matches
-from tokenfence_asgi.config import BUILTIN_PLANS, Plan, load_plans
+from tokenfence_asgi.config import BUILTIN_PLANS, Plan, default_plan_for, load_plans
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     ConfigError,
@@ -72,6 +72,7 @@ from tokenfence_asgi.errors import (
     ModelNotAllowed,
     ReservationIdConflict,
     TokenFenceError,
+    UnknownPlan,
 )
 from tokenfence_asgi.keys import MAX_ID_LENGTH, KeySpace, validate_id
 from tokenfence_asgi.money import _show, format_amount, from_nanos, to_nanos
@@ -259,19 +260,26 @@ def _candidate(value: object, index: int) -> _Candidate:
                     f"{where}.{other}", "give either estimate (dollars) or input_tokens, not both"
                 )
         nanos = _nanos(item["estimate"], f"{where}.estimate", rounding="up")
+        if nanos == 0:  # a hold of nothing limits nothing, and would not count as spend
+            raise _invalid(
+                f"{where}.estimate",
+                f"zero estimate {_show(item['estimate'])}; hold the call's worst-case cost, "
+                "above $0",
+                "invalid_amount",
+            )
         return _Candidate(index, model, nanos, None, None)
     if "input_tokens" not in item:
         raise _invalid(
             where, "needs estimate (dollars as a string) or input_tokens (priced by the service)"
         )
     max_out = item.get("max_output_tokens")
-    return _Candidate(
-        index,
-        model,
-        None,
-        _int(item["input_tokens"], f"{where}.input_tokens", MAX_TOKENS),
-        None if max_out is None else _int(max_out, f"{where}.max_output_tokens", MAX_TOKENS),
-    )
+    input_tokens = _int(item["input_tokens"], f"{where}.input_tokens", MAX_TOKENS)
+    output = None if max_out is None else _int(max_out, f"{where}.max_output_tokens", MAX_TOKENS)
+    if input_tokens == 0 and output == 0:
+        raise _invalid(
+            where, "input_tokens and max_output_tokens are both 0: that prices a call of nothing"
+        )
+    return _Candidate(index, model, None, input_tokens, output)
 
 
 def _reserve_request(body: object) -> _ReserveRequest:
@@ -882,9 +890,10 @@ def service_app(
 
     ``token`` is the service token every caller sends as ``Authorization: Bearer <token>``
     (16-4096 printable ASCII characters, no spaces). ``prices`` prices candidates and commits
-    given as token counts (default: ``PriceBook()``, LiteLLM's bundled price map when LiteLLM
-    is installed). ``signing_key`` (16+ bytes) signs reservation tokens: share it between every
-    instance that serves the API; the default is random, valid for this app only.
+    given as token counts (default: the fence's own price book, ``fence.prices``, which the
+    LiteLLM callback and the SDK guards use too). ``signing_key`` (16+ bytes) signs reservation
+    tokens: share it between every instance that serves the API; the default is random, valid
+    for this app only.
     ``token_ttl`` (seconds) is how long a token is accepted; it must not exceed the fence's
     ``record_ttl`` (the default is that less a margin). ``max_body_bytes`` bounds request
     bodies (413 above). ``clock`` (epoch seconds) is what ``Retry-After`` counts from; give it
@@ -899,7 +908,7 @@ def service_app(
     if not isinstance(token, str) or not _SERVICE_TOKEN.fullmatch(token):
         raise ConfigError("token must be 16-4096 printable ASCII characters without spaces")
     if prices is None:
-        prices = PriceBook()
+        prices = fence.prices
     elif not isinstance(prices, PriceBook):
         raise ConfigError(f"prices must be a PriceBook, got {type(prices).__name__}")
     key = secrets.token_bytes(32)
@@ -1072,7 +1081,14 @@ def openapi_schema(root_path: str = "") -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "required": ["model", "estimate"],
-            "properties": {"model": ident, "estimate": money},
+            "properties": {
+                "model": ident,
+                "estimate": {
+                    **money,
+                    "description": "The call's worst-case cost: dollars as a decimal string, "
+                    'above $0, e.g. "0.0125".',
+                },
+            },
         },
         "TokenCandidate": {
             "type": "object",
@@ -1234,7 +1250,9 @@ def openapi_schema(root_path: str = "") -> dict[str, Any]:
                             "candidates (`request_id_conflict`)."
                         ),
                         "429": _error_response(
-                            "A request-count limit is reached (`ai_request_limit_exceeded`)."
+                            "A request-count limit is reached (`ai_request_limit_exceeded`), "
+                            "or the tenant has as many calls in flight as the fence allows "
+                            "(`ai_too_many_open_holds`: commit or release some)."
                         ),
                         **_fence_errors(),
                     },
@@ -1365,8 +1383,8 @@ def serve(
     default_plan: Annotated[
         str | None,
         typer.Option(
-            help="Plan of tenants without one (default: 'free' if configured, else "
-            "the file's first plan).",
+            help="Plan of tenants without one (default: the plan file's default_plan, "
+            "else 'free').",
             show_default=False,
         ),
     ] = None,
@@ -1398,15 +1416,18 @@ def serve(
         _fail(f"--port must be in [0, 65535], got {port}")
     try:
         KeySpace(prefix)
-        plans = load_plans(config) if config is not None else None
-        names = [p.name for p in (BUILTIN_PLANS if plans is None else plans)]
-        plan = default_plan or ("free" if "free" in names else names[0])
-        if plan not in names:
-            raise ConfigError(f"--default-plan {plan!r} is not among the plans: {', '.join(names)}")
+        plans = BUILTIN_PLANS if config is None else load_plans(config)
         if signing_key is not None:
             _key_bytes(signing_key, "--signing-key")
     except ConfigError as exc:
         _fail(exc.message)
+    names = [p.name for p in plans]
+    if default_plan is not None and default_plan not in names:
+        _fail(UnknownPlan(default_plan, names, field="--default-plan").message)
+    try:
+        plan = default_plan_for(plans, default_plan)  # the library's rule, and the CLI's
+    except ConfigError as exc:  # no --default-plan, no default_plan in the file, no 'free'
+        _fail(f"{exc.message}; or give --default-plan")
     os.environ[_CONFIG_ENV] = json.dumps(
         {
             "token": token,

@@ -20,12 +20,18 @@ The request::
     POST <url>
     Content-Type: application/json
     TokenFence-Event: budget_alert
-    TokenFence-Delivery: 3f0c...e1      (the same on every retry of one alert: deduplicate on it)
+    TokenFence-Delivery: 3f0c...e1      (the same for every report of one alert: deduplicate on it)
     TokenFence-Signature: t=1767225600,v1=5d41402abc4b2a76b9719d911017c592...
 
-    {"alert": {"feature": null, "limit": "5", "metric": "cost", "pool": null, "scope": "tenant",
-     "tenant_id": "acme", "threshold": 80, "used": "4.02", "window": "1d"},
+    {"alert": {"feature": null, "limit": "5", "metric": "cost", "pool": null,
+     "repeated": false, "reservation_id": "9b1d...07", "scope": "tenant", "tenant_id": "acme",
+     "threshold": 80, "used": "4.02", "window": "1d"},
      "created_at": "2026-01-01T00:00:00Z", "id": "3f0c...e1", "text": "...", "type": "budget_alert"}
+
+The delivery id is the same on every retry of a delivery and, when the alert names the
+reservation that raised it, on every report of that alert: a call repeated after a lost reply
+reports its alerts again (``"repeated": true``), from this or another instance, under the id of
+the first report (see ``delivery_id``).
 
 ``v1`` is the lowercase hex HMAC-SHA256, keyed with the shared secret, of ``f"{t}."`` (the
 Unix time of the attempt in seconds, then a dot) followed by the raw request body. To verify:
@@ -64,6 +70,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "WebhookSender",
     "WebhookStats",
+    "delivery_id",
     "sign_payload",
     "verify_signature",
 ]
@@ -77,6 +84,7 @@ _MIN_SECRET_BYTES = 16
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _THRESHOLDS = (50, 80, 100)
 _MAX = 10 * MAX_LIMIT_NANOS  # spend may pass a limit; it never gets near this
+_DELIVERY_LABEL = "tokenfence-asgi alert delivery v1"
 
 
 def _secret_bytes(secret: str | bytes, what: str = "secret") -> bytes:
@@ -131,6 +139,20 @@ def verify_signature(
             # no early exit: the time taken does not depend on which entry matched
             matched |= hmac.compare_digest(expected.encode(), candidate.encode("ascii", "replace"))
     return matched
+
+
+def delivery_id(alert: Alert) -> str:
+    """The ``TokenFence-Delivery`` id of ``alert``: 32 hex digits.
+
+    With a ``reservation_id``, derived from the alert's identity (tenant, pool, reservation id,
+    scope, window, metric, threshold), so every report of one alert, a ``repeated`` one from
+    any instance included, has the same id; without one, random.
+    """
+    if alert.reservation_id is None:
+        return uuid.uuid4().hex
+    identity: list[object] = [_DELIVERY_LABEL, alert.tenant_id, alert.pool, alert.reservation_id]
+    identity += [alert.scope, alert.window, alert.metric, alert.threshold]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -296,7 +318,7 @@ class WebhookSender:
             )  # fmt: skip
             return False
         self._ensure_workers()
-        self._queue.append(_Item(alert, uuid.uuid4().hex, datetime.now(UTC)))
+        self._queue.append(_Item(alert, delivery_id(alert), datetime.now(UTC)))
         self.stats.queued += 1
         assert self._wakeup is not None
         self._wakeup.set()

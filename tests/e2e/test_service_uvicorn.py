@@ -95,7 +95,9 @@ def test_four_client_processes_never_overspend_through_serve(
     redis_url: str, cleanup: str, tmp_path: Path
 ) -> None:
     plans = tmp_path / "plans.toml"
-    plans.write_text('[plans.shared]\nlimits = [{ window = "1d", max_cost = "6.00" }]\n')
+    plans.write_text(
+        'default_plan = "shared"\n[plans.shared]\nlimits = [{ window = "1d", max_cost = "6.00" }]\n'
+    )
     tenant = f"shared-{uuid.uuid4().hex[:8]}"
     processes, tasks, max_estimate = 4, 25, 20_000_000  # estimates up to $0.02
     with serve_subprocess(
