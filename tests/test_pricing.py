@@ -428,3 +428,18 @@ def test_litellms_map_prices_only_once_imported_and_prices_never_move() -> None:
         "print(PriceBook(default_price=fallback).price(name) is fallback)\n"
     )
     assert out.split() == ["refused", "True", "True", "True", "False"]
+
+
+def test_audio_models_are_held_at_their_audio_prices() -> None:
+    """gpt-audio: $32 per million audio input tokens, $64 per million audio output tokens."""
+    book = PriceBook()
+    text = book.estimate("gpt-audio", [{"role": "user", "content": "hi"}], max_output_tokens=10)
+    assert text.amount_nanos == to_nanos(
+        text.input_tokens * Decimal("2.5e-6") + 10 * Decimal("64e-6"), rounding="up"
+    )
+    clip = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    audio = book.estimate("gpt-audio", [{"role": "user", "content": [clip]}], max_output_tokens=10)
+    assert audio.input_tokens >= 128_000  # an audio part: the context window
+    assert audio.amount_nanos == to_nanos(
+        audio.input_tokens * Decimal("32e-6") + 10 * Decimal("64e-6"), rounding="up"
+    )

@@ -441,9 +441,10 @@ class PriceBook:
         model's maximum output is cut to it. ``input_tokens`` skips counting them again. Input
         tokens cost the highest rate they may be billed at: the long-context tier the count
         reaches, a cache write's when the call marks content to cache, a media token's when it
-        carries images or audio. Raises ``ModelNotPriced`` when the model has no price, and
-        ``ConfigError`` when a generating call has no output allowance, or when the call's kind
-        cannot be bounded without a ``per_call`` price.
+        carries images or audio; output tokens at the audio output price when the model has a
+        higher one. Raises ``ModelNotPriced`` when the model has no price, and ``ConfigError``
+        when a generating call has no output allowance, or when the call's kind cannot be
+        bounded without a ``per_call`` price.
         """
         price = self.price(model, deployment)
         if shape.kind in FLAT_KINDS and price.per_call is None:
@@ -483,7 +484,7 @@ class PriceBook:
         worst = price.at(counted)
         cache_write, media = _input_flags((shape.messages, shape.tools, shape.extra))
         dollars = counted * worst.worst_input_per_token(cache_write=cache_write, media=media)
-        dollars += shape.choices * output * worst.output_per_token
+        dollars += shape.choices * output * worst.worst_output_per_token()
         dollars += price.cost(0, 0, units=units, characters=characters)
         nanos = to_nanos(dollars, rounding="up", field="estimate")
         return Estimate(

@@ -63,6 +63,8 @@ class ModelPrice:
     Optional, as the snapshot fills them: ``cache_read_per_token``, ``cache_write_per_token``
     (a 5-minute cache write) and ``cache_write_1h_per_token`` (``None``: the input price);
     ``media_input_per_token``, the highest price of an audio or image input token;
+    ``audio_output_per_token``, the price of an audio output token (a model that can answer in
+    audio is held at it, when it is higher);
     ``max_input_tokens``, the context window (bounds audio and file inputs); ``tiers``,
     ``(start, price)`` pairs: a call with more than ``start`` input tokens pays ``price`` for
     every token (the long-context "cliff" of Anthropic's and OpenAI's price lists).
@@ -77,6 +79,7 @@ class ModelPrice:
     cache_write_per_token: Decimal | None
     cache_write_1h_per_token: Decimal | None
     media_input_per_token: Decimal | None
+    audio_output_per_token: Decimal | None
     max_input_tokens: int | None
     tiers: tuple[tuple[int, ModelPrice], ...]
 
@@ -92,6 +95,7 @@ class ModelPrice:
         cache_write_per_token: MoneyInput | None = None,
         cache_write_1h_per_token: MoneyInput | None = None,
         media_input_per_token: MoneyInput | None = None,
+        audio_output_per_token: MoneyInput | None = None,
         max_input_tokens: int | None = None,
         tiers: Iterable[tuple[int, ModelPrice]] = (),
     ) -> None:
@@ -112,6 +116,7 @@ class ModelPrice:
             ("cache_write_per_token", cache_write_per_token),
             ("cache_write_1h_per_token", cache_write_1h_per_token),
             ("media_input_per_token", media_input_per_token),
+            ("audio_output_per_token", audio_output_per_token),
         ):
             setattr_(self, name, _optional(name, value))
         checked: list[tuple[int, ModelPrice]] = []
@@ -160,6 +165,12 @@ class ModelPrice:
         if media:
             rates.append(self.media_input_per_token)
         return max(rate for rate in rates if rate is not None)
+
+    def worst_output_per_token(self) -> Decimal:
+        """The most one output token can cost: the output price, or an audio token's."""
+        if self.audio_output_per_token is None:
+            return self.output_per_token
+        return max(self.output_per_token, self.audio_output_per_token)
 
     def cost(
         self,
@@ -270,6 +281,7 @@ def snapshot_price(entry: snapshot.SnapshotModel) -> ModelPrice | None:
             cache_write_per_token=_per_million(prices.get("cache_write_mtok"), tier),
             cache_write_1h_per_token=_per_million(prices.get("cache_write_1h_mtok"), tier),
             media_input_per_token=max((m for m in media if m is not None), default=None),
+            audio_output_per_token=_per_million(prices.get("output_audio_mtok"), tier),
             **extra,
         )
 
