@@ -443,3 +443,51 @@ def test_audio_models_are_held_at_their_audio_prices() -> None:
     assert audio.amount_nanos == to_nanos(
         audio.input_tokens * Decimal("32e-6") + 10 * Decimal("64e-6"), rounding="up"
     )
+
+
+@pytest.mark.slow
+# LiteLLM's own use of pydantic warns; nothing to do with this project.
+@pytest.mark.filterwarnings(
+    "ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning",
+    "ignore:Accessing the 'model_(computed_)?fields' attribute on the inst:DeprecationWarning",
+)
+async def test_a_litellm_call_to_an_unpriced_model_is_a_json_422_and_never_sent(
+    make_fence: Callable[..., TokenFence],
+) -> None:
+    from tests.e2e.fake_provider import FakeProvider, serve
+    from tokenfence_asgi.litellm import TokenFenceCallback
+
+    provider = FakeProvider()
+    fence = make_fence(default_plan="enterprise")  # every model allowed
+    callback = TokenFenceCallback(fence)
+    saved = list(litellm.callbacks)
+    litellm.callbacks = [callback]
+    try:
+        with serve(provider.app()) as url:
+
+            async def chat(request: Request) -> Response:
+                await litellm.acompletion(
+                    model=request.query_params["model"], messages=MSGS, max_tokens=50,
+                    api_base=f"{url}/v1", api_key="sk-fake",
+                )  # fmt: skip
+                return JSONResponse({"ok": True})
+
+            app = Starlette(routes=[Route("/chat", chat)])
+            app.add_middleware(TokenFenceMiddleware, fence=fence)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                answers = {
+                    model: await client.get(
+                        "/chat", params={"model": model}, headers={"X-Tenant-ID": "acme"}
+                    )
+                    for model in ("gpt-4o-mini", "gpt-4o ", "openai/gpt-4o\t", "acme-llm-7b")
+                }
+    finally:
+        callback.close()
+        litellm.callbacks = saved
+    assert answers.pop("gpt-4o-mini").status_code == 200
+    for model, response in answers.items():
+        assert response.status_code == 422
+        assert response.json()["error"] == "ai_model_not_priced"
+        assert response.json()["models"] == [model]
+    assert provider.calls == 1  # only the priced call was sent
