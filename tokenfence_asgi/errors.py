@@ -8,7 +8,8 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     ├── InvalidId (ValueError)            a tenant, feature or reservation id that is not acceptable
     ├── InvalidCall (ValueError)          an LLM call's n or output limit is not a positive int
     ├── ConfigError (ValueError)          a bad Limit, Plan, TOML plan file or TokenFence option
-    │   └── UnknownPlan                   a plan name that is not configured
+    │   ├── UnknownPlan                   a plan name that is not configured
+    │   └── ModelNotPriced                a model nothing prices, or a malformed model name (422)
     ├── TenantRequired                    no tenant could be resolved for a fenced call (401)
     ├── Refused                           a call the fence will not allow
     │   ├── BudgetExceeded                a cost limit would be exceeded (402)
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidAmount",
     "InvalidId",
     "ModelNotAllowed",
+    "ModelNotPriced",
     "PolicyDenied",
     "Refused",
     "RequestLimitExceeded",
@@ -142,6 +144,27 @@ class UnknownPlan(ConfigError):
             f"{where}unknown plan {name!r}; configured plans: {', '.join(sorted(known))}"
         )
         self.name = name
+
+
+class ModelNotPriced(ConfigError):
+    """A model nothing prices (no configured price, no snapshot or LiteLLM entry, no
+    ``default_price``), or a model name with surrounding whitespace or control characters.
+
+    ``models`` names every model concerned (``PriceBook.check`` reports them all at once). A
+    ``ConfigError`` for code that catches those, but answered as a 422 JSON body
+    (``ai_model_not_priced``): the call names a model this app cannot bound, so it is refused
+    before anything is sent, and it is never treated as free.
+    """
+
+    status_code = 422
+    error_code = "ai_model_not_priced"
+
+    def __init__(self, message: str, *, models: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.models = tuple(models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "models": list(self.models)}
 
 
 class TenantRequired(TokenFenceError):

@@ -1,0 +1,1 @@
+"""Data the price book ships: the price snapshot and the tokenizer files (see ``snapshot``)."""
