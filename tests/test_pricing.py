@@ -455,21 +455,24 @@ async def test_a_litellm_call_to_an_unpriced_model_is_a_json_422_and_never_sent(
     make_fence: Callable[..., TokenFence],
 ) -> None:
     from tests.e2e.fake_provider import FakeProvider, serve
+    from tests.litellm_support import close_litellm_clients, saved_callbacks
     from tokenfence_asgi.litellm import TokenFenceCallback
 
     provider = FakeProvider()
     fence = make_fence(default_plan="enterprise")  # every model allowed
     callback = TokenFenceCallback(fence)
-    saved = list(litellm.callbacks)
-    litellm.callbacks = [callback]
-    try:
-        with serve(provider.app()) as url:
+    with saved_callbacks(), serve(provider.app()) as url:
+        litellm.callbacks = [callback]
+        try:
 
             async def chat(request: Request) -> Response:
                 await litellm.acompletion(
-                    model=request.query_params["model"], messages=MSGS, max_tokens=50,
-                    api_base=f"{url}/v1", api_key="sk-fake",
-                )  # fmt: skip
+                    model=request.query_params["model"],
+                    messages=MSGS,
+                    max_tokens=50,
+                    api_base=f"{url}/v1",
+                    api_key="sk-fake",
+                )
                 return JSONResponse({"ok": True})
 
             app = Starlette(routes=[Route("/chat", chat)])
@@ -482,9 +485,9 @@ async def test_a_litellm_call_to_an_unpriced_model_is_a_json_422_and_never_sent(
                     )
                     for model in ("gpt-4o-mini", "gpt-4o ", "openai/gpt-4o\t", "acme-llm-7b")
                 }
-    finally:
-        callback.close()
-        litellm.callbacks = saved
+        finally:
+            callback.close()
+            await close_litellm_clients()
     assert answers.pop("gpt-4o-mini").status_code == 200
     for model, response in answers.items():
         assert response.status_code == 422

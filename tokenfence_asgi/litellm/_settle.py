@@ -19,6 +19,7 @@ log = structlog.get_logger("tokenfence_asgi")
 
 _GRACE_YIELDS = 50  # a finished call's success event is scheduled a few loop steps later
 _WAIT_S = 5.0
+_POLL_S = 0.005
 _FORGET_AFTER_S = 3600.0
 
 
@@ -155,7 +156,14 @@ class Settling(CallBook):
             and task is not asyncio.current_task()
         ):
             return
-        if call.state == "open" and produced_text is None and call.produced():
+        if call.state == "open" and produced_text is None and call.finished:
+            # the stream reached its end: LiteLLM's success event, with the provider's usage,
+            # is on its way (a task it scheduled); wait for it rather than count
+            for _ in range(int(_WAIT_S / _POLL_S)):
+                if call.state != "open":
+                    break
+                await asyncio.sleep(_POLL_S)
+        elif call.state == "open" and produced_text is None and call.produced():
             for _ in range(_GRACE_YIELDS):  # its success event may be one step away
                 await asyncio.sleep(0)
                 if call.state != "open":

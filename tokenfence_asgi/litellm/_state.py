@@ -99,7 +99,8 @@ class Call:
     response: object = None
     streamed_text: str = ""
     chunks: int = 0
-    observed: bool = False  # a stream whose chunks ``_observe_stream`` counts
+    observed: bool = False  # a stream whose chunks ``observe_stream`` counts
+    finished: bool = False  # a stream whose last chunk LiteLLM passed on
     state: Literal["open", "settling", "done"] = "open"
     done: asyncio.Event = field(default_factory=asyncio.Event)
 

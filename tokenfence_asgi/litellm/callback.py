@@ -255,6 +255,16 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
                     raise for_litellm(exc, router=is_router_call(request_data)) from None
         return None
 
+    async def async_post_call_streaming_deployment_hook(
+        self, request_data: dict[str, Any], response_chunk: Any, call_type: CallTypes | None
+    ) -> Any:
+        """Note that a stream reached its last chunk, so that its success event is awaited at
+        the end of the request rather than the stream charged as abandoned (LiteLLM hook)."""
+        call = self._find(request_data)
+        if call is not None:
+            call.finished = True
+        return None
+
     async def _check_calls(
         self, call: Call, request_data: Mapping[str, object], response: object
     ) -> None:
