@@ -9,7 +9,7 @@ charged its configured price.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +17,7 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
-from tests.e2e.fake_provider import FakeProvider, serve
+from tests.e2e.fake_provider import FakeProvider
 from tests.e2e.test_litellm_http import MSGS, window
 from tests.litellm_support import close_litellm_clients, own_client, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
@@ -55,19 +55,6 @@ class Costs(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         self.costs.append(kwargs["response_cost"])
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider()
-    with serve(provider.app()) as url:
-        yield provider, f"{url}/v1"
-
-
-@pytest.fixture
-def provider(server: tuple[FakeProvider, str]) -> FakeProvider:
-    server[0].reset()
-    return server[0]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from tests.e2e.fake_provider import FakeProvider, serve
+from tests.e2e.fake_provider import FakeProvider
 from tests.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import FenceContext, feature, tenant_scope
@@ -53,25 +53,6 @@ needs_http_status = pytest.mark.skipif(
 OPEN = Plan("open", [Limit("1d", max_cost="10")])
 TINY = Plan("tiny", [Limit("1d", max_cost="0.001")], upgrade_url="https://example.com/up")
 PLANS = [*BUILTIN_PLANS, OPEN, TINY]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider()
-    with serve(provider.app()) as url:
-        yield provider, f"{url}/v1"
-
-
-@pytest.fixture
-def provider(server: tuple[FakeProvider, str]) -> FakeProvider:
-    server[0].reset()
-    return server[0]
-
-
-@pytest.fixture
-def api(server: tuple[FakeProvider, str]) -> dict[str, str]:
-    """What routes a call to the fake provider: its base URL and a dummy key."""
-    return {"api_base": server[1], "api_key": "sk-fake"}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from tests.e2e.fake_provider import FakeProvider, serve
+from tests.e2e.fake_provider import FakeProvider
 from tests.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import feature
@@ -51,19 +51,6 @@ TOOLS = [
     {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
     for n in ("search_docs", "drop_table", "send_email")
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider()
-    with serve(provider.app()) as url:
-        yield provider, f"{url}/v1"
-
-
-@pytest.fixture
-def provider(server: tuple[FakeProvider, str]) -> FakeProvider:
-    server[0].reset()
-    return server[0]
 
 
 @pytest.fixture
