@@ -1,0 +1,405 @@
+"""Where a guarded client is intercepted: ``request()``, the response parser, ``copy()``.
+
+Both SDKs are generated the same way: every method of every resource (``create``, ``parse``,
+``stream``, ``with_raw_response``, ``with_streaming_response``, pagination, ``client.post``)
+builds ``FinalRequestOptions`` and calls the client's ``request()``, whose retries are inside
+it; ``_process_response`` turns the last attempt's HTTP response into what the caller gets.
+``copy()`` (aliased ``with_options``) makes every derived client. So ``guard(client)`` makes a
+copy of the client whose class is a subclass (one per SDK class, cached) overriding:
+
+- ``request``: decide by method and path (paid, free, or refused: an unknown paid path never
+  goes through), reserve and rewrite the body before sending; settle after; release on error;
+- ``_process_response``: read the usage of a JSON answer, or tap a body still to be read (a
+  stream) at its decoded bytes, so that every reader (``Stream``, ``iter_lines``, ``read``)
+  feeds the same meter, and ``close`` settles what was produced;
+- ``copy`` and ``with_options``: the copy carries the same fence state;
+- the websocket helpers (realtime): refused.
+
+A copy made without the fence state (``openai.OpenAI.copy(guarded)``) refuses every request:
+the guard fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import urlsplit
+
+from tokenfence_asgi.errors import InvalidCall, TokenFenceError
+from tokenfence_asgi.guard._fenced import Fenced, GuardedCall, log
+
+__all__ = ["STATE", "guarded_class", "state_of"]
+
+STATE = "_tokenfence_guard"
+"""The attribute holding a guarded client's ``Fenced`` state."""
+
+_ACTIVE: ContextVar[tuple[Fenced, GuardedCall] | None] = ContextVar(
+    "tokenfence_guard_call", default=None
+)
+_FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_SENTINELS = frozenset({"Omit", "NotGiven"})
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\n|\r")
+_MAX_BUFFER = 32 * 1024 * 1024  # a body larger than this is not parsed: the hold is charged
+_WEBSOCKET_HOOKS = (
+    "_websocket_query_params",
+    "_websocket_query_params_fallback",
+    "_configure_realtime",
+    "_configure_realtime_with_api_key",
+)
+
+_CLASSES: dict[type, type] = {}  # a memo of derived classes, like a cache
+
+
+def state_of(client: object) -> Fenced:
+    """The fence state of a guarded client; a copy made without it refuses every call."""
+    state = getattr(client, "__dict__", {}).get(STATE)
+    if not isinstance(state, Fenced):
+        raise RuntimeError(
+            f"this {type(client).__name__} was copied without its fence state (a base class's "
+            "copy()); guard the client again with fence.guard(...)"
+        )
+    return state
+
+
+def _clean(value: object) -> dict[str, Any]:
+    """A JSON body as a dict, without the SDK's 'not given' sentinels."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidCall("the body of a paid call must be JSON") from None
+    if not isinstance(value, Mapping):
+        raise InvalidCall("the body of a paid call must be a JSON object")
+    return {k: v for k, v in value.items() if type(v).__name__ not in _SENTINELS}
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path or "/"
+
+
+def _absolute(client: Any, url: str) -> str:
+    if urlsplit(url).scheme:
+        return url
+    return str(client.base_url).rstrip("/") + "/" + url.lstrip("/")
+
+
+def _prepare(state: Fenced, client: Any, options: Any, stream: bool) -> tuple[Any, Any] | None:
+    """The kind and body of a paid request, ``None`` for a free one; refuses the rest."""
+    method = str(options.method).upper()
+    if method in _FREE_METHODS:
+        return None
+    path = _path(str(options.url))
+    route = state.adapter.route(method, path)
+    if route == "free":
+        return None
+    if route == "refuse":
+        raise state.refuse(f"{method} {path}")
+    if options.content is not None and not isinstance(options.content, bytes | bytearray):
+        raise InvalidCall(f"{method} {path}: a streamed request body cannot be bounded")
+    body = _clean(options.content if options.json_data is None else options.json_data)
+    if options.extra_json:  # extra_body= is merged into the body: bound what is sent
+        body.update(_clean(options.extra_json))
+    return route, body
+
+
+def _sent(options: Any, body: dict[str, Any]) -> Any:
+    sent = copy.copy(options)
+    sent.json_data = body
+    sent.extra_json = None
+    sent.content = None
+    return sent
+
+
+def _flavoured(state: Fenced, exc: TokenFenceError, client: Any, options: Any) -> Exception:
+    if exc.http_status == 500:  # a bug or a configuration error: ours, as it is
+        return exc
+    return state.adapter.error(exc, str(options.method).upper(), _absolute(client, options.url))
+
+
+# -- the response: usage of a JSON answer, or a tap on a body still to be read -----------------
+
+
+class _Reader:
+    """Feeds a response body to the call's meter: SSE events, or a JSON document at the end."""
+
+    __slots__ = ("buffer", "busy", "call", "parsed", "sse", "state")
+
+    def __init__(self, state: Fenced, call: GuardedCall, sse: bool) -> None:
+        self.state = state
+        self.call = call
+        self.sse = sse
+        self.buffer = bytearray()
+        self.busy = False  # inside the SDK's own read: a close() now is the end of the body
+        self.parsed = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Read ``chunk``; return what to pass on (the usage chunk nobody asked for removed)."""
+        if not self.parsed:
+            return chunk
+        self.buffer += chunk
+        if len(self.buffer) > _MAX_BUFFER:
+            self.parsed = False
+            self.call.usage = None
+            return chunk
+        if not self.sse:
+            return chunk
+        out = bytearray()
+        start = 0
+        for match in _EVENT_END.finditer(self.buffer):
+            raw = bytes(self.buffer[start : match.end()])
+            start = match.end()
+            if self._event(raw) or not self.call.strip_usage:
+                out += raw
+        del self.buffer[:start]
+        return chunk if not self.call.strip_usage else bytes(out)
+
+    def flush(self) -> bytes:
+        """The end of the body: parse what is left; return what is left to pass on."""
+        if not self.parsed:
+            return b""
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        if not self.sse:
+            _read_json(self.state, self.call, rest)
+            return b""
+        keep = self._event(rest) if rest.strip() else True
+        return rest if self.call.strip_usage and keep else b""
+
+    def _event(self, raw: bytes) -> bool:
+        name: str | None = None
+        data: list[bytes] = []
+        for line in _LINE.split(raw):
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif line.startswith(b"event:"):
+                name = line[6:].strip().decode("utf-8", "replace")
+        text = b"\n".join(data)
+        if not data or text.startswith(b"[DONE]"):
+            return True
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return True
+        return self.state.adapter.on_event(self.call, name, payload)
+
+
+def _read_json(state: Fenced, call: GuardedCall, content: bytes) -> None:
+    try:
+        body = json.loads(content) if content else None
+    except ValueError:
+        return  # not JSON (audio, an image): priced by its units
+    if isinstance(body, Mapping):
+        model = body.get("model")
+        if isinstance(model, str):
+            call.model = model
+        call.usage = state.adapter.usage(call.kind, body)
+
+
+def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
+    """Note a successful response; a reader when its body is still to be read."""
+    call.observed = True
+    if response.is_stream_consumed:  # read already: a JSON answer, or audio
+        _read_json(state, call, response.content)
+        return None
+    call.streaming = True
+    sse = "text/event-stream" in response.headers.get("content-type", "")
+    return _Reader(state, call, sse)
+
+
+def _tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
+    reader = _observe(state, call, response)
+    if reader is None:
+        return
+    iter_bytes, close = response.iter_bytes, response.close
+
+    def tapped(chunk_size: int | None = None) -> Iterator[bytes]:
+        chunks = iter_bytes(chunk_size)
+        try:
+            while True:
+                reader.busy = True
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                finally:
+                    reader.busy = False
+                out = reader.feed(chunk)
+                if out:
+                    yield out
+            tail = reader.flush()
+            if tail:
+                yield tail
+        finally:
+            _end_sync(state, call)
+
+    def closing() -> None:
+        close()
+        if not reader.busy:  # the caller closed it (abandoned, or done reading)
+            _end_sync(state, call)
+
+    response.iter_bytes, response.close = tapped, closing
+
+
+def _end_sync(state: Fenced, call: GuardedCall) -> None:
+    if call.state == "open":
+        try:
+            state.run(lambda: state.end(call))
+        except RuntimeError as exc:  # closed by the garbage collector on a loop's thread
+            log.warning("stream_not_settled", reservation=call.reservation.id, error=repr(exc))
+
+
+def _tap_async(state: Fenced, call: GuardedCall, response: Any) -> None:
+    reader = _observe(state, call, response)
+    if reader is None:
+        return
+    aiter_bytes, aclose = response.aiter_bytes, response.aclose
+
+    async def tapped(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        chunks = aiter_bytes(chunk_size)
+        try:
+            while True:
+                reader.busy = True
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    reader.busy = False
+                out = reader.feed(chunk)
+                if out:
+                    yield out
+            tail = reader.flush()
+            if tail:
+                yield tail
+        finally:
+            await chunks.aclose()
+            await state.end(call)
+
+    async def closing() -> None:
+        await aclose()
+        if not reader.busy:
+            await state.end(call)
+
+    response.aiter_bytes, response.aclose = tapped, closing
+
+
+# -- the subclass --------------------------------------------------------------------------------
+
+
+def _async_methods(cls: Any) -> dict[str, Any]:
+    async def request(
+        self: Any, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        state = state_of(self)
+        try:
+            prepared = _prepare(state, self, options, stream)
+            if prepared is None:
+                return await cls.request(
+                    self, cast_to, options, stream=stream, stream_cls=stream_cls
+                )
+            kind, body = prepared
+            call = await state.begin(kind, body, stream or body.get("stream") is True)
+        except TokenFenceError as exc:
+            raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
+        state.fence.portal.app_loop = asyncio.get_running_loop()
+        token = _ACTIVE.set((state, call))
+        try:
+            result = await cls.request(
+                self, cast_to, _sent(options, body), stream=stream, stream_cls=stream_cls
+            )
+        except BaseException:
+            await state.fail(call)
+            raise
+        finally:
+            _ACTIVE.reset(token)
+        await state.finish(call)
+        return result
+
+    async def process(self: Any, *args: Any, **kwargs: Any) -> Any:
+        active = _ACTIVE.get()
+        response = kwargs.get("response")
+        if active is not None and response is not None and response.is_success:
+            _tap_async(active[0], active[1], response)
+        return await cls._process_response(self, *args, **kwargs)
+
+    return {"request": request, "_process_response": process}
+
+
+def _sync_methods(cls: Any) -> dict[str, Any]:
+    def request(
+        self: Any, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        state = state_of(self)
+        try:
+            prepared = _prepare(state, self, options, stream)
+            if prepared is None:
+                return cls.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
+            kind, body = prepared
+            streamed = stream or body.get("stream") is True
+            context = contextvars.copy_context()  # its request's or scope's tenant
+            call = state.run(lambda: state.begin(kind, body, streamed), context)
+        except TokenFenceError as exc:
+            raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
+        token = _ACTIVE.set((state, call))
+        try:
+            result = cls.request(
+                self, cast_to, _sent(options, body), stream=stream, stream_cls=stream_cls
+            )
+        except BaseException:
+            state.run(lambda: state.fail(call))
+            raise
+        finally:
+            _ACTIVE.reset(token)
+        state.run(lambda: state.finish(call))
+        return result
+
+    def process(self: Any, *args: Any, **kwargs: Any) -> Any:
+        active = _ACTIVE.get()
+        response = kwargs.get("response")
+        if active is not None and response is not None and response.is_success:
+            _tap_sync(active[0], active[1], response)
+        return cls._process_response(self, *args, **kwargs)
+
+    return {"request": request, "_process_response": process}
+
+
+def guarded_class(cls: type) -> type:
+    """The guarded subclass of an SDK client class (made once per class)."""
+    found = _CLASSES.get(cls)
+    if found is not None:
+        return found
+    base: Any = cls
+
+    def copy_client(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = state_of(self)
+        new = base.copy(self, *args, **kwargs)
+        new.__dict__[STATE] = state
+        return new
+
+    def refuse_websocket(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise state_of(self).refuse("a realtime websocket")
+
+    is_async = inspect.iscoroutinefunction(base.request)
+    namespace: dict[str, Any] = {
+        "__module__": "tokenfence_asgi.guard",
+        "__qualname__": f"Guarded{cls.__name__}",
+        "__doc__": f"A fenced {cls.__name__}: made by ``fence.guard(client)``.",
+        "__tokenfence_base__": cls,
+        "copy": copy_client,
+        "with_options": copy_client,
+        **(_async_methods(base) if is_async else _sync_methods(base)),
+    }
+    for name in _WEBSOCKET_HOOKS:
+        if hasattr(cls, name):
+            namespace[name] = refuse_websocket
+    sub = type(f"Guarded{cls.__name__}", (cls,), namespace)
+    _CLASSES[cls] = sub
+    return sub
