@@ -105,6 +105,7 @@ class GuardedCall:
     chunks: int = 0
     observed: bool = False  # a successful response reached the SDK's parser
     streaming: bool = False  # its body is read later: the tap settles it
+    sse: bool = False  # an event stream: stopped early, it is charged what it produced
     created: float = field(default_factory=time.monotonic)
     state: Literal["open", "settling", "done"] = "open"
 
@@ -208,7 +209,7 @@ class Fenced:
         elif call.kind not in OUTPUT_KINDS:  # no usage to read: its units and characters
             cost = min(estimate.cost_of(0), hold)
             await self._settle(call, cost, estimate.input_tokens, 0)
-        elif call.streaming and (call.chunks or call.text or call.output_seen):
+        elif call.sse:
             await self._settle_produced(call)
         else:  # an answer whose usage cannot be read: the whole hold, never nothing
             if call.observed:

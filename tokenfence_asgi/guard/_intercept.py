@@ -210,8 +210,8 @@ def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
         _read_json(state, call, response.content)
         return None
     call.streaming = True
-    sse = "text/event-stream" in response.headers.get("content-type", "")
-    return _Reader(state, call, sse)
+    call.sse = "text/event-stream" in response.headers.get("content-type", "")
+    return _Reader(state, call, call.sse)
 
 
 def _tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
