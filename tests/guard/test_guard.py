@@ -11,6 +11,8 @@ call), and the paths that are refused (batches, unknown POSTs, realtime sockets)
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -29,6 +31,7 @@ from tokenfence_asgi.context import FenceContext, pop_context, push_context, ten
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     BudgetExceeded,
+    ConfigError,
     InputTooLong,
     InvalidId,
     PolicyDenied,
@@ -352,3 +355,21 @@ def test_other_clients_are_refused(fence: TokenFence) -> None:
                 aws_region="us-east-1", aws_access_key="a", aws_secret_key="b"
             )
         )
+
+
+def test_the_library_imports_no_sdk_until_a_client_is_guarded() -> None:
+    code = (
+        "import sys, tokenfence_asgi; from tokenfence_asgi import TokenFence, CallNotFenced; "
+        "print(sorted(m for m in ('openai', 'anthropic', 'litellm', 'httpx2') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_missing_sdk_module_names_the_extra(
+    fence: TokenFence, make_client: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client("AsyncAnthropic")
+    monkeypatch.setitem(sys.modules, "tokenfence_asgi.guard.anthropic", None)
+    with pytest.raises(ConfigError, match=r"pip install 'tokenfence-asgi\[anthropic\]'"):
+        fence.guard(client)
