@@ -7,7 +7,8 @@ Anthropic sends (``message_start`` with the input usage, one ``content_block_del
 request body (``requests``, ``calls``) so a test can tell whether a refused call reached it and
 what the guard wrote into it. ``fail_next`` makes the next calls answer 500; ``chunk_delay_s``
 slows a stream so that it can be abandoned midway; ``fail_midstream`` sends an ``error`` event
-after the first word. ``POST /v1/messages/count_tokens`` is free and answers ``input_tokens``.
+after the first word; ``tool_uses`` (tool names) makes a JSON answer call those tools.
+``POST /v1/messages/count_tokens`` is free and answers ``input_tokens``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FakeAnthropic:
     chunk_delay_s: float = 0.0
     fail_next: int = 0
     fail_midstream: bool = False
+    tool_uses: tuple[str, ...] = ()
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,6 +56,7 @@ class FakeAnthropic:
         self.chunk_delay_s = 0.0
         self.fail_next = 0
         self.fail_midstream = False
+        self.tool_uses = ()
 
     def _message(
         self, model: str, content: list[dict[str, Any]], stop: str | None
@@ -86,8 +89,13 @@ class FakeAnthropic:
             return JSONResponse(error, status_code=500)
         model = body["model"]
         if not body.get("stream"):
-            text = [{"type": "text", "text": "".join(self.words)}]
-            return JSONResponse(self._message(model, text, "end_turn"))
+            text: list[dict[str, Any]] = [{"type": "text", "text": "".join(self.words)}]
+            text += [
+                {"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": {}}
+                for n, name in enumerate(self.tool_uses)
+            ]
+            stop = "tool_use" if self.tool_uses else "end_turn"
+            return JSONResponse(self._message(model, text, stop))
         return StreamingResponse(self._events(model), media_type="text/event-stream")
 
     async def _events(self, model: str) -> AsyncIterator[str]:

@@ -30,6 +30,7 @@ from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import FenceContext, pop_context, push_context, tenant_scope
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
+    ApprovalRequired,
     BudgetExceeded,
     ConfigError,
     InputTooLong,
@@ -226,6 +227,34 @@ async def test_tool_policy_removes_denied_tools_and_refuses_forcing_one(
     )
     assert "tools" not in ant.requests[0]  # nothing left to offer
     assert oai.calls == 1
+
+
+async def test_tool_calls_in_an_answer_are_checked_after_it_is_charged(
+    make_fence: Callable[..., TokenFence],
+    make_client: Callable[[str], Any],
+    oai: GuardProvider,
+    ant: FakeAnthropic,
+) -> None:
+    policy = Policy().deny("tool:delete_*").require_approval("tool:refund")
+    fence = make_fence(plans=PLANS, default_plan="open", policy=policy)
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    oai.tool_calls = ("delete_user",)
+    with pytest.raises(PolicyDenied) as denied:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, tools=TOOLS)
+    assert isinstance(denied.value, openai.PermissionDeniedError)
+    assert await spent(fence) == (CHAT, 0)  # the call was made: it is charged
+    oai.tool_calls = ("refund",)
+    with pytest.raises(ApprovalRequired) as pending:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
+    answer = pending.value.model_response
+    assert answer.choices[0].message.tool_calls[0].function.name == "refund"
+    assert await fence.approve(pending.value.approval_id)
+    await fence.check_tool("tool:refund", tenant_id="acme", approval_id=pending.value.approval_id)
+    claude = fence.guard(make_client("AsyncAnthropic"), tenant="acme")
+    ant.tool_uses = ("delete_user",)
+    with pytest.raises(anthropic.PermissionDeniedError, match="delete_user"):
+        await claude.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=MSGS)
+    assert await spent(fence) == (2 * CHAT + list_cost("claude-haiku-4-5", 1000, 200), 0)
 
 
 async def test_feature_shares_apply(

@@ -9,7 +9,8 @@ usage is). For each paid request it:
    upper bound, one reserve; the body is then rewritten to what was reserved (model, output
    limit, tools, ``include_usage`` for a chat stream);
 2. after the SDK returns, commits the provider's usage at the price book's price, or releases
-   the hold when the call failed before the provider answered;
+   the hold when the call failed before the provider answered; then checks the tools the
+   answer calls against the policy (``PolicyDenied``, ``ApprovalRequired``);
 3. for a stream, commits when its usage arrives or it ends; a stream abandoned midway (closed,
    or still open when its request or scope ends) is charged its input and the output it
    produced (never more than the hold).
@@ -83,6 +84,8 @@ class Adapter(Protocol):
 
     def usage(self, kind: CallKind, body: Mapping[str, Any]) -> Usage | None: ...
 
+    def tool_calls(self, body: Mapping[str, Any]) -> list[str]: ...
+
     def on_event(self, call: GuardedCall, event: str | None, data: Any) -> bool: ...
 
     def error(self, exc: TokenFenceError, method: str, url: str) -> Exception: ...
@@ -102,6 +105,7 @@ class GuardedCall:
     output_seen: int = 0  # output tokens reported so far (Anthropic, cumulative)
     model: str | None = None  # the model that answered
     text: list[str] = field(default_factory=list)  # output streamed so far
+    tool_calls: list[str] = field(default_factory=list)  # tools a JSON answer calls
     chunks: int = 0
     observed: bool = False  # a successful response reached the SDK's parser
     streaming: bool = False  # its body is read later: the tap settles it
@@ -187,6 +191,12 @@ class Fenced:
                 charged=str(call.reservation.amount),
             )
         await self.end(call)
+
+    async def check_tools(self, call: GuardedCall) -> None:
+        """Check the tools a charged JSON answer calls against the policy (see the planner's
+        ``check_tool_calls``): ``PolicyDenied`` or ``ApprovalRequired`` after it is charged."""
+        if call.tool_calls:
+            await self.planner.check_tool_calls(call.reservation, call.tool_calls)
 
     async def fail(self, call: GuardedCall) -> None:
         """The SDK raised: release the hold, unless a response was read (then charge it)."""

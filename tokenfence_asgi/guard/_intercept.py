@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
-from tokenfence_asgi.errors import InvalidCall, TokenFenceError
+from tokenfence_asgi.errors import ApprovalRequired, InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._fenced import Fenced, GuardedCall, log
 
 __all__ = ["STATE", "guarded_class", "state_of"]
@@ -124,6 +124,15 @@ def _flavoured(state: Fenced, exc: TokenFenceError, client: Any, options: Any) -
     return state.adapter.error(exc, str(options.method).upper(), _absolute(client, options.url))
 
 
+def _answered(
+    state: Fenced, exc: TokenFenceError, client: Any, options: Any, result: Any
+) -> Exception:
+    """A refusal of a tool call in an answer (charged already); the answer goes with it."""
+    if isinstance(exc, ApprovalRequired):
+        exc.model_response = result
+    return _flavoured(state, exc, client, options).with_traceback(exc.__traceback__)
+
+
 # -- the response: usage of a JSON answer, or a tap on a body still to be read -----------------
 
 
@@ -201,6 +210,7 @@ def _read_json(state: Fenced, call: GuardedCall, content: bytes) -> None:
         if isinstance(model, str):
             call.model = model
         call.usage = state.adapter.usage(call.kind, body)
+        call.tool_calls = state.adapter.tool_calls(body)
 
 
 def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
@@ -321,6 +331,10 @@ def _async_methods(cls: Any) -> dict[str, Any]:
         finally:
             _ACTIVE.reset(token)
         await state.finish(call)
+        try:
+            await state.check_tools(call)
+        except TokenFenceError as exc:
+            raise _answered(state, exc, self, options, result) from None
         return result
 
     async def process(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -359,6 +373,10 @@ def _sync_methods(cls: Any) -> dict[str, Any]:
         finally:
             _ACTIVE.reset(token)
         state.run(lambda: state.finish(call))
+        try:
+            state.run(lambda: state.check_tools(call))
+        except TokenFenceError as exc:
+            raise _answered(state, exc, self, options, result) from None
         return result
 
     def process(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -155,6 +155,15 @@ class AnthropicAdapter:
             return None
         return Usage(_billed(usage), _int(usage.get("output_tokens")))
 
+    def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
+        """The tools a message calls (its ``tool_use`` blocks)."""
+        content = body.get("content")
+        return [
+            str(block.get("name", ""))
+            for block in (content if isinstance(content, list) else ())
+            if isinstance(block, Mapping) and block.get("type") == "tool_use"
+        ]
+
     def on_event(self, call: GuardedCall, event: str | None, data: Any) -> bool:
         """Read one streamed event: input at ``message_start``, output at ``message_delta``."""
         if not isinstance(data, Mapping):

@@ -140,6 +140,25 @@ class OpenAIAdapter:
             return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")))
         return None
 
+    def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
+        """The tools a chat completion or a response calls (``tool_calls``, ``function_call``,
+        a Responses ``function_call`` item)."""
+        names: list[str] = []
+        for choice in _list(body.get("choices")):
+            message = choice.get("message") if isinstance(choice, Mapping) else None
+            if isinstance(message, Mapping):
+                for tool_call in _list(message.get("tool_calls")):
+                    function = tool_call.get("function") if isinstance(tool_call, Mapping) else None
+                    if isinstance(function, Mapping):
+                        names.append(str(function.get("name", "")))
+                legacy = message.get("function_call")
+                if isinstance(legacy, Mapping):
+                    names.append(str(legacy.get("name", "")))
+        for item in _list(body.get("output")):
+            if isinstance(item, Mapping) and item.get("type") == "function_call":
+                names.append(str(item.get("name", "")))
+        return names
+
     def on_event(self, call: GuardedCall, event: str | None, data: Any) -> bool:
         """Read one streamed event; ``False`` drops it (the usage chunk nobody asked for)."""
         if not isinstance(data, Mapping):
@@ -172,6 +191,10 @@ class OpenAIAdapter:
     def error(self, exc: TokenFenceError, method: str, url: str) -> Exception:
         """``exc`` as a subclass of the matching ``openai`` status error."""
         return self.errors.make(exc, method, url)
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _read_choice(call: GuardedCall, choice: object) -> None:
