@@ -35,6 +35,7 @@ from tokenfence_asgi.errors import (
     ConfigError,
     InputTooLong,
     InvalidId,
+    ModelNotAllowed,
     PolicyDenied,
     TenantRequired,
 )
@@ -285,6 +286,33 @@ async def test_an_azure_deployment_is_priced_by_its_name(
     assert await spent(fence) == ((1000 * Decimal("2.5") + 200 * Decimal(10)) / 1_000_000, 0)
 
 
+async def test_an_azure_client_made_for_one_deployment_is_that_deployment(
+    fence: TokenFence,
+    make_fence: Callable[..., TokenFence],
+    openai_server: tuple[GuardProvider, str],
+    oai: GuardProvider,
+) -> None:
+    pinned = openai.AsyncAzureOpenAI(
+        api_key="k",
+        api_version="2024-10-21",
+        azure_endpoint=openai_server[1],
+        azure_deployment="gpt-4o",
+        max_retries=0,
+    )
+    try:
+        client = fence.guard(pinned, tenant="acme")
+        with pytest.raises(ModelNotAllowed, match="'gpt-4o'"):  # the body's model does not matter
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
+        assert oai.calls == 0
+        fence = make_fence(plans=[Plan("any", [Limit("1d", max_cost="1")])], default_plan="any")
+        client = fence.guard(pinned, tenant="acme")
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, max_tokens=50)
+        gpt_4o = (1000 * Decimal("2.5") + 200 * Decimal(10)) / 1_000_000
+        assert await spent(fence) == (gpt_4o, 0)
+    finally:
+        await pinned.close()
+
+
 async def test_paid_calls_the_guard_cannot_bound_are_refused(
     fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider, ant: FakeAnthropic
 ) -> None:
@@ -317,6 +345,15 @@ async def test_a_realtime_socket_is_refused(
         client = fence.guard(make_client(kind), tenant="acme")
         with pytest.raises(CallNotFenced, match="realtime"):
             async with client.realtime.connect(model="gpt-realtime"):
+                pass
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    for manager in (
+        client.beta.realtime.connect(model="gpt-realtime"),
+        client.responses.connect(),
+        client.realtime.translations.connect(model="gpt-realtime-translate"),
+    ):
+        with pytest.raises(CallNotFenced, match="realtime"):
+            async with manager:
                 pass
     sync = fence.guard(make_client("OpenAI"), tenant="acme")
 

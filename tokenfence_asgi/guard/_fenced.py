@@ -76,6 +76,8 @@ class Adapter(Protocol):
 
     def route(self, method: str, path: str) -> Route: ...
 
+    def pinned_model(self, client: Any, path: str) -> str | None: ...
+
     def describe(self, kind: CallKind, body: Mapping[str, Any]) -> CallRequest: ...
 
     def rewrite(
@@ -147,12 +149,22 @@ class Fenced:
 
     # -- before the call -------------------------------------------------------------------------
 
-    async def begin(self, kind: CallKind, body: dict[str, Any], stream: bool) -> GuardedCall:
-        """Reserve the call's worst case and rewrite ``body`` to what was reserved."""
+    async def begin(
+        self, kind: CallKind, body: dict[str, Any], stream: bool, pinned: str | None = None
+    ) -> GuardedCall:
+        """Reserve the call's worst case and rewrite ``body`` to what was reserved.
+
+        ``pinned`` is the model the client itself fixes whatever the body says (an Azure
+        client made for one deployment): the call is priced, allowed and held as that model,
+        and never downgraded.
+        """
         tenant, feature, ctx = self.who()
-        planned = await self.planner.reserve(
-            self.adapter.describe(kind, body), tenant=tenant, feature=feature
-        )
+        request = self.adapter.describe(kind, body)
+        if pinned is not None:
+            request = CallRequest(
+                pinned, request.shape, fixed_model=True, tool_choice=request.tool_choice
+            )
+        planned = await self.planner.reserve(request, tenant=tenant, feature=feature)
         strip = self.adapter.rewrite(kind, body, planned, stream)
         call = GuardedCall(planned.reservation, planned.estimate, kind, ctx, strip)
         self._register(call)

@@ -91,8 +91,11 @@ def _absolute(client: Any, url: str) -> str:
     return str(client.base_url).rstrip("/") + "/" + url.lstrip("/")
 
 
-def _prepare(state: Fenced, client: Any, options: Any, stream: bool) -> tuple[Any, Any] | None:
-    """The kind and body of a paid request, ``None`` for a free one; refuses the rest."""
+def _prepare(
+    state: Fenced, client: Any, options: Any, stream: bool
+) -> tuple[Any, Any, str | None] | None:
+    """The kind, body and pinned model of a paid request, ``None`` for a free one; refuses
+    the rest."""
     method = str(options.method).upper()
     if method in _FREE_METHODS:
         return None
@@ -107,7 +110,7 @@ def _prepare(state: Fenced, client: Any, options: Any, stream: bool) -> tuple[An
     body = _clean(options.content if options.json_data is None else options.json_data)
     if options.extra_json:  # extra_body= is merged into the body: bound what is sent
         body.update(_clean(options.extra_json))
-    return route, body
+    return route, body, state.adapter.pinned_model(client, path)
 
 
 def _sent(options: Any, body: dict[str, Any]) -> Any:
@@ -315,8 +318,8 @@ def _async_methods(cls: Any) -> dict[str, Any]:
                 return await cls.request(
                     self, cast_to, options, stream=stream, stream_cls=stream_cls
                 )
-            kind, body = prepared
-            call = await state.begin(kind, body, stream or body.get("stream") is True)
+            kind, body, pinned = prepared
+            call = await state.begin(kind, body, stream or body.get("stream") is True, pinned)
         except TokenFenceError as exc:
             raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
         state.fence.portal.app_loop = asyncio.get_running_loop()
@@ -356,10 +359,10 @@ def _sync_methods(cls: Any) -> dict[str, Any]:
             prepared = _prepare(state, self, options, stream)
             if prepared is None:
                 return cls.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
-            kind, body = prepared
+            kind, body, pinned = prepared
             streamed = stream or body.get("stream") is True
             context = contextvars.copy_context()  # its request's or scope's tenant
-            call = state.run(lambda: state.begin(kind, body, streamed), context)
+            call = state.run(lambda: state.begin(kind, body, streamed, pinned), context)
         except TokenFenceError as exc:
             raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
         token = _ACTIVE.set((state, call))

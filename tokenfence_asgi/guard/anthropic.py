@@ -109,6 +109,10 @@ class AnthropicAdapter:
             return "chat"
         return "free" if _FREE.match(path) else "refuse"
 
+    def pinned_model(self, client: Any, path: str) -> str | None:
+        """Anthropic clients name the model in the body only."""
+        return None
+
     def describe(self, kind: CallKind, body: Mapping[str, Any]) -> CallRequest:
         """The call as the planner sees it: its model and its shape."""
         model = body.get("model")

@@ -26,8 +26,9 @@ conversations), organisation administration. Every other POST is refused with
 stores, agents, realtime sessions and sockets; their cost is not known before they run.
 
 On Azure, ``model`` is the deployment name: plans and prices name deployments
-(``prices={"my-gpt4o": ModelPrice(...)}``). Cached input tokens are charged at the input price
-(an upper bound of their discounted price).
+(``prices={"my-gpt4o": ModelPrice(...)}``); a client made for one deployment
+(``azure_deployment=``) is priced and allowed as that deployment, whatever ``model`` says.
+Cached input tokens are charged at the input price (an upper bound of their discounted price).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import httpx2
 import openai
@@ -70,6 +72,20 @@ _FREE = re.compile(
     r"|organization/.*|projects/.*|webhook_endpoints(/.*)?"
     r"|.*/(cancel|pause))$"
 )
+# The paths an Azure client sends to its deployment (``/deployments/{model}/...``).
+_DEPLOYMENT_PATHS = frozenset(
+    {
+        "/completions",
+        "/chat/completions",
+        "/embeddings",
+        "/audio/transcriptions",
+        "/audio/translations",
+        "/audio/speech",
+        "/images/generations",
+        "/images/edits",
+    }
+)
+_DEPLOYMENT = re.compile(r"/deployments/([^/]+)")
 _LIMIT_KEYS: dict[str, tuple[str, ...]] = {
     "chat": ("max_completion_tokens", "max_tokens"),  # the first is what newer models take
     "responses": ("max_output_tokens",),
@@ -95,6 +111,16 @@ class OpenAIAdapter:
         if kind is not None:
             return kind
         return "free" if _FREE.match(path) else "refuse"
+
+    def pinned_model(self, client: Any, path: str) -> str | None:
+        """The deployment an Azure client was made for (``azure_deployment=``): it serves its
+        deployment paths whatever ``model`` the body names."""
+        if not isinstance(client, openai.AzureOpenAI | openai.AsyncAzureOpenAI):
+            return None
+        if path.rstrip("/") not in _DEPLOYMENT_PATHS:
+            return None
+        found = _DEPLOYMENT.search(client.base_url.path)
+        return None if found is None else unquote(found.group(1))
 
     def describe(self, kind: CallKind, body: Mapping[str, Any]) -> CallRequest:
         """The call as the planner sees it: its model and its shape."""
