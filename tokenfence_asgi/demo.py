@@ -207,25 +207,27 @@ def build_app(
     @feature("chat")
     async def sdk_chat(body: ChatRequest) -> dict[str, Any]:
         """A chat turn through ``fence.guard(AsyncOpenAI())``, the OpenAI SDK without LiteLLM."""
-        messages = [{"role": "user", "content": body.message}]
+        messages: Any = [{"role": "user", "content": body.message}]
         response = await sdk.chat.completions.create(
             model=body.model, messages=messages, max_tokens=600
         )
         ctx = current_context()
         usage = response.usage
+        input_tokens = 0 if usage is None else usage.prompt_tokens
+        output_tokens = 0 if usage is None else usage.completion_tokens
         cost = fence.prices.actual_cost(
             response.model,
             response_cost=None,
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         ) or Decimal(0)
         return {
             "tenant": ctx.tenant_id if ctx else None,
             "feature": ctx.feature if ctx else None,
             "model": response.model,
             "answer": response.choices[0].message.content,
-            "input_tokens": usage.prompt_tokens,
-            "output_tokens": usage.completion_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
             "cost_usd": f"{cost:.6f}",
         }
 
