@@ -9,9 +9,8 @@ copy of the client whose class is a subclass (one per SDK class, cached) overrid
 
 - ``request``: decide by method and path (paid, free, or refused: an unknown paid path never
   goes through), reserve and rewrite the body before sending; settle after; release on error;
-- ``_process_response``: read the usage of a JSON answer, or tap a body still to be read (a
-  stream) at its decoded bytes, so that every reader (``Stream``, ``iter_lines``, ``read``)
-  feeds the same meter, and ``close`` settles what was produced;
+- ``_process_response``: read the usage of the answer (``guard._taps``: a JSON answer now, a
+  body still to be read, such as a stream, as it is read, and ``close`` settles it);
 - ``copy`` and ``with_options``: the copy carries the same fence state;
 - the websocket helpers (realtime): refused.
 
@@ -26,14 +25,14 @@ import contextvars
 import copy
 import inspect
 import json
-import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
 from tokenfence_asgi.errors import ApprovalRequired, InvalidCall, TokenFenceError
-from tokenfence_asgi.guard._fenced import Fenced, GuardedCall, log
+from tokenfence_asgi.guard._fenced import Fenced, GuardedCall
+from tokenfence_asgi.guard._taps import tap_async, tap_sync
 
 __all__ = ["STATE", "guarded_class", "state_of"]
 
@@ -45,9 +44,6 @@ _ACTIVE: ContextVar[tuple[Fenced, GuardedCall] | None] = ContextVar(
 )
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SENTINELS = frozenset({"Omit", "NotGiven"})
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINE = re.compile(rb"\r\n|\n|\r")
-_MAX_BUFFER = 32 * 1024 * 1024  # a body larger than this is not parsed: the hold is charged
 _WEBSOCKET_HOOKS = (
     "_websocket_query_params",
     "_websocket_query_params_fallback",
@@ -136,174 +132,6 @@ def _answered(
     return _flavoured(state, exc, client, options).with_traceback(exc.__traceback__)
 
 
-# -- the response: usage of a JSON answer, or a tap on a body still to be read -----------------
-
-
-class _Reader:
-    """Feeds a response body to the call's meter: SSE events, or a JSON document at the end."""
-
-    __slots__ = ("buffer", "busy", "call", "parsed", "sse", "state")
-
-    def __init__(self, state: Fenced, call: GuardedCall, sse: bool) -> None:
-        self.state = state
-        self.call = call
-        self.sse = sse
-        self.buffer = bytearray()
-        self.busy = False  # inside the SDK's own read: a close() now is the end of the body
-        self.parsed = True
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Read ``chunk``; return what to pass on (the usage chunk nobody asked for removed)."""
-        if not self.parsed:
-            return chunk
-        self.buffer += chunk
-        if len(self.buffer) > _MAX_BUFFER:
-            self.parsed = False
-            self.call.usage = None
-            return chunk
-        if not self.sse:
-            return chunk
-        out = bytearray()
-        start = 0
-        for match in _EVENT_END.finditer(self.buffer):
-            raw = bytes(self.buffer[start : match.end()])
-            start = match.end()
-            if self._event(raw) or not self.call.strip_usage:
-                out += raw
-        del self.buffer[:start]
-        return chunk if not self.call.strip_usage else bytes(out)
-
-    def flush(self) -> bytes:
-        """The end of the body: parse what is left; return what is left to pass on."""
-        if not self.parsed:
-            return b""
-        rest = bytes(self.buffer)
-        self.buffer.clear()
-        if not self.sse:
-            _read_json(self.state, self.call, rest)
-            return b""
-        keep = self._event(rest) if rest.strip() else True
-        return rest if self.call.strip_usage and keep else b""
-
-    def _event(self, raw: bytes) -> bool:
-        name: str | None = None
-        data: list[bytes] = []
-        for line in _LINE.split(raw):
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            elif line.startswith(b"event:"):
-                name = line[6:].strip().decode("utf-8", "replace")
-        text = b"\n".join(data)
-        if not data or text.startswith(b"[DONE]"):
-            return True
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            return True
-        return self.state.adapter.on_event(self.call, name, payload)
-
-
-def _read_json(state: Fenced, call: GuardedCall, content: bytes) -> None:
-    try:
-        body = json.loads(content) if content else None
-    except ValueError:
-        return  # not JSON (audio, an image): priced by its units
-    if isinstance(body, Mapping):
-        model = body.get("model")
-        if isinstance(model, str):
-            call.model = model
-        call.usage = state.adapter.usage(call.kind, body)
-        call.tool_calls = state.adapter.tool_calls(body)
-
-
-def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
-    """Note a successful response; a reader when its body is still to be read."""
-    call.observed = True
-    if response.is_stream_consumed:  # read already: a JSON answer, or audio
-        _read_json(state, call, response.content)
-        return None
-    call.streaming = True
-    call.sse = "text/event-stream" in response.headers.get("content-type", "")
-    return _Reader(state, call, call.sse)
-
-
-def _tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
-    reader = _observe(state, call, response)
-    if reader is None:
-        return
-    iter_bytes, close = response.iter_bytes, response.close
-
-    def tapped(chunk_size: int | None = None) -> Iterator[bytes]:
-        chunks = iter_bytes(chunk_size)
-        try:
-            while True:
-                reader.busy = True
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                finally:
-                    reader.busy = False
-                out = reader.feed(chunk)
-                if out:
-                    yield out
-            tail = reader.flush()
-            if tail:
-                yield tail
-        finally:
-            _end_sync(state, call)
-
-    def closing() -> None:
-        close()
-        if not reader.busy:  # the caller closed it (abandoned, or done reading)
-            _end_sync(state, call)
-
-    response.iter_bytes, response.close = tapped, closing
-
-
-def _end_sync(state: Fenced, call: GuardedCall) -> None:
-    if call.state == "open":
-        try:
-            state.run(lambda: state.end(call))
-        except RuntimeError as exc:  # closed by the garbage collector on a loop's thread
-            log.warning("stream_not_settled", reservation=call.reservation.id, error=repr(exc))
-
-
-def _tap_async(state: Fenced, call: GuardedCall, response: Any) -> None:
-    reader = _observe(state, call, response)
-    if reader is None:
-        return
-    aiter_bytes, aclose = response.aiter_bytes, response.aclose
-
-    async def tapped(chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        chunks = aiter_bytes(chunk_size)
-        try:
-            while True:
-                reader.busy = True
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    reader.busy = False
-                out = reader.feed(chunk)
-                if out:
-                    yield out
-            tail = reader.flush()
-            if tail:
-                yield tail
-        finally:
-            await chunks.aclose()
-            await state.end(call)
-
-    async def closing() -> None:
-        await aclose()
-        if not reader.busy:
-            await state.end(call)
-
-    response.aiter_bytes, response.aclose = tapped, closing
-
-
 # -- the subclass --------------------------------------------------------------------------------
 
 
@@ -344,7 +172,7 @@ def _async_methods(cls: Any) -> dict[str, Any]:
         active = _ACTIVE.get()
         response = kwargs.get("response")
         if active is not None and response is not None and response.is_success:
-            _tap_async(active[0], active[1], response)
+            tap_async(active[0], active[1], response)
         return await cls._process_response(self, *args, **kwargs)
 
     return {"request": request, "_process_response": process}
@@ -386,7 +214,7 @@ def _sync_methods(cls: Any) -> dict[str, Any]:
         active = _ACTIVE.get()
         response = kwargs.get("response")
         if active is not None and response is not None and response.is_success:
-            _tap_sync(active[0], active[1], response)
+            tap_sync(active[0], active[1], response)
         return cls._process_response(self, *args, **kwargs)
 
     return {"request": request, "_process_response": process}
