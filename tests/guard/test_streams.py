@@ -111,6 +111,21 @@ async def test_an_abandoned_anthropic_stream(
     assert low <= used <= list_cost("claude-haiku-4-5", 1000, len(ant.words))
 
 
+async def test_a_streaming_response_is_charged_when_read_and_its_hold_when_not(
+    fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider
+) -> None:
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    create = client.chat.completions.with_streaming_response.create
+    async with create(model="gpt-4o-mini", messages=MSGS, max_tokens=300) as response:
+        assert (await response.parse()).choices[0].message.content
+    chat = list_cost("gpt-4o-mini", 1000, 200)
+    assert await spent(fence) == (chat, 0)
+    async with create(model="gpt-4o-mini", messages=MSGS, max_tokens=300):
+        pass  # the answer was made, and nobody read its usage: the hold is charged
+    hold = Decimal(openai_estimate(fence, 300).amount_nanos) / 10**9
+    assert await spent(fence) == (chat + hold, 0)
+
+
 async def test_a_stream_left_open_is_settled_when_its_scope_ends(
     fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider
 ) -> None:

@@ -30,13 +30,13 @@ class _Reader:
 
     __slots__ = ("buffer", "busy", "call", "parsed", "sse", "state")
 
-    def __init__(self, state: Fenced, call: GuardedCall, sse: bool) -> None:
+    def __init__(self, state: Fenced, call: GuardedCall, sse: bool, parsed: bool) -> None:
         self.state = state
         self.call = call
         self.sse = sse
         self.buffer = bytearray()
         self.busy = False  # inside the SDK's own read: a close() now is the end of the body
-        self.parsed = True
+        self.parsed = parsed  # an event stream or JSON; not audio or an image
 
     def feed(self, chunk: bytes) -> bytes:
         """Read ``chunk``; return what to pass on (the usage chunk nobody asked for removed)."""
@@ -108,12 +108,14 @@ def _read_json(state: Fenced, call: GuardedCall, content: bytes) -> None:
 def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
     """Note a successful response; a reader when its body is still to be read."""
     call.observed = True
+    kind = response.headers.get("content-type", "")
     if response.is_stream_consumed:  # read already: a JSON answer, or audio
-        _read_json(state, call, response.content)
+        if "json" in kind:
+            _read_json(state, call, response.content)
         return None
     call.streaming = True
-    call.sse = "text/event-stream" in response.headers.get("content-type", "")
-    return _Reader(state, call, call.sse)
+    call.sse = "text/event-stream" in kind
+    return _Reader(state, call, call.sse, call.sse or "json" in kind)
 
 
 def tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
