@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -25,12 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.e2e.fake_provider import serve
+from tests.e2e.fake_anthropic import FakeAnthropic
+from tests.e2e.fake_provider import free_port, serve
 from tests.guard.conftest import MSGS, PLANS, PRICES, list_cost
 from tests.guard.providers import GuardProvider
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context, feature
 from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.errors import StoreUnavailable
 from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.pricing import CallShape
 
@@ -165,3 +168,30 @@ def test_a_client_that_disconnects_leaves_nothing_held(
     assert Decimal(spent["held"]) == 0
     estimate = fence.prices.bound("gpt-4o-mini", CallShape("chat", tuple(MSGS), output_limit=300))
     assert estimate.cost_of(1) <= Decimal(spent["used"]) <= estimate.cost_of(len(oai.words))
+
+
+async def test_a_store_outage_and_an_anonymous_request_become_503_and_401(
+    make_client: Callable[[str], Any], oai: GuardProvider, ant: FakeAnthropic
+) -> None:
+    down = TokenFence(redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    try:
+        app = chat_app(down, down.guard(make_client("AsyncOpenAI")))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            outage = await http.post("/chat", headers=ACME)
+        assert (outage.status_code, outage.json()["error"]) == (503, "ai_budget_unavailable")
+        claude = down.guard(make_client("AsyncAnthropic"), tenant="acme")
+        with pytest.raises(StoreUnavailable) as info:
+            await claude.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=MSGS)
+        assert isinstance(info.value, anthropic.ServiceUnavailableError)
+        anonymous_app = Starlette(
+            routes=[Route("/chat", app.routes[0].endpoint, methods=["POST"])],
+            middleware=[Middleware(TokenFenceMiddleware, fence=down, allow_anonymous=True)],
+        )
+        transport = httpx.ASGITransport(app=anonymous_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            anonymous = await http.post("/chat")
+        assert (anonymous.status_code, anonymous.json()["error"]) == (401, "tenant_required")
+        assert (oai.calls, ant.calls) == (0, 0)
+    finally:
+        await down.aclose()
