@@ -19,6 +19,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import httpx2
 import openai
 import pytest
 
@@ -363,6 +364,17 @@ async def test_a_realtime_socket_is_refused(
 
     with pytest.raises(CallNotFenced):
         await anyio.to_thread.run_sync(connect)
+
+
+async def test_a_stream_read_whole_by_a_raw_post_is_charged_its_usage(
+    fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider
+) -> None:
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    body = {"model": "gpt-4o-mini", "messages": MSGS, "stream": True, "max_tokens": 300}
+    raw = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+    assert raw.text.rstrip().endswith("data: [DONE]")
+    assert oai.requests[0]["stream_options"] == {"include_usage": True}
+    assert await spent(fence) == (CHAT, 0)
 
 
 async def test_free_calls_pass_without_a_tenant(

@@ -109,9 +109,13 @@ def _observe(state: Fenced, call: GuardedCall, response: Any) -> _Reader | None:
     """Note a successful response; a reader when its body is still to be read."""
     call.observed = True
     kind = response.headers.get("content-type", "")
-    if response.is_stream_consumed:  # read already: a JSON answer, or audio
+    if response.is_stream_consumed:  # read already: a JSON answer, audio, or a whole stream
         if "json" in kind:
             _read_json(state, call, response.content)
+        elif "text/event-stream" in kind:
+            reader = _Reader(state, call, True, True)
+            reader.feed(response.content)
+            reader.flush()
         return None
     call.streaming = True
     call.sse = "text/event-stream" in kind

@@ -29,6 +29,10 @@ On Azure, ``model`` is the deployment name: plans and prices name deployments
 (``prices={"my-gpt4o": ModelPrice(...)}``); a client made for one deployment
 (``azure_deployment=``) is priced and allowed as that deployment, whatever ``model`` says.
 Cached input tokens are charged at the input price (an upper bound of their discounted price).
+
+Not seen before a call: input a Responses call names by reference (``previous_response_id``,
+``conversation``, a stored ``prompt``) is charged from the usage afterwards but not held; hosted
+tool fees and the priority tier's surcharge are not priced.
 """
 
 from __future__ import annotations
