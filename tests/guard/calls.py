@@ -130,6 +130,25 @@ def speech_s(c: Any, m: str) -> None:
     assert c.audio.speech.create(model=m, voice="alloy", input=SPEECH).content
 
 
+async def completions(c: Any, m: str) -> None:
+    assert (await c.completions.create(model=m, prompt="Say hello.")).choices[0].text
+
+
+def completions_s(c: Any, m: str) -> None:
+    assert c.completions.create(model=m, prompt="Say hello.").choices[0].text
+
+
+AUDIO = ("hello.mp3", b"ID3 not really audio")
+
+
+async def transcription(c: Any, m: str) -> None:
+    assert (await c.audio.transcriptions.create(model=m, file=AUDIO)).text
+
+
+def transcription_s(c: Any, m: str) -> None:
+    assert c.audio.transcriptions.create(model=m, file=AUDIO).text
+
+
 async def raw(c: Any, m: str) -> None:
     response = await c.chat.completions.with_raw_response.create(model=m, messages=MSGS)
     assert response.parse().choices
@@ -281,6 +300,22 @@ CASES = [
         "tts-1-hd",
         Decimal("0.000015") * len(SPEECH),
         (speech, speech_s),
+    ),
+    _case(
+        "completions",
+        "openai",
+        "gpt-3.5-turbo-instruct",
+        "davinci-002",
+        list_cost("gpt-3.5-turbo-instruct", 1000, 200),
+        (completions, completions_s),
+    ),
+    _case(
+        "transcription",
+        "openai",
+        "whisper-1",
+        "gpt-4o-transcribe",
+        Decimal("0.006"),
+        (transcription, transcription_s),
     ),
     _case("with_raw_response", "openai", "gpt-4o-mini", "gpt-4o", CHAT, (raw, raw_s)),
     _case(

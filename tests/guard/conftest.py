@@ -19,6 +19,7 @@ from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.pricing import ModelPrice
 
 MODELS = (
+    "gpt-3.5-turbo-instruct",
     "gpt-4o-mini",
     "gpt-4.1-mini",
     "text-embedding-3-small",
@@ -39,6 +40,7 @@ MSGS = [{"role": "user", "content": "Say hello."}]
 
 # List prices in dollars per million tokens (input, output), as the providers publish them.
 LIST_PRICES: dict[str, tuple[str, str]] = {
+    "gpt-3.5-turbo-instruct": ("1.50", "2.00"),
     "gpt-4o-mini": ("0.15", "0.60"),
     "gpt-4.1-mini": ("0.40", "1.60"),
     "text-embedding-3-small": ("0.02", "0"),

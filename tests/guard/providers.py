@@ -107,6 +107,7 @@ class GuardProvider(FakeProvider):
             "responses": self.responses,
             "images/generations": self.images,
             "audio/speech": self.speech,
+            "audio/transcriptions": self.transcriptions,
         }.get(rest)
         if handler is None:
             return JSONResponse({"error": {"message": f"no route {rest}"}}, status_code=404)
