@@ -7,7 +7,8 @@ Anthropic sends (``message_start`` with the input usage, one ``content_block_del
 request body (``requests``, ``calls``) so a test can tell whether a refused call reached it and
 what the guard wrote into it. ``fail_next`` makes the next calls answer 500; ``chunk_delay_s``
 slows a stream so that it can be abandoned midway; ``fail_midstream`` sends an ``error`` event
-after the first word; ``tool_uses`` (tool names) makes a JSON answer call those tools.
+after the first word; ``tool_uses`` (tool names) makes a JSON answer call those tools;
+``cache`` reports cache reads and five-minute and one-hour cache writes.
 ``POST /v1/messages/count_tokens`` is free and answers ``input_tokens``.
 """
 
@@ -40,6 +41,7 @@ class FakeAnthropic:
     fail_next: int = 0
     fail_midstream: bool = False
     tool_uses: tuple[str, ...] = ()
+    cache: tuple[int, int, int] = (0, 0, 0)  # cache reads, 5-minute and 1-hour writes
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,6 +59,7 @@ class FakeAnthropic:
         self.fail_next = 0
         self.fail_midstream = False
         self.tool_uses = ()
+        self.cache = (0, 0, 0)
 
     def _message(
         self, model: str, content: list[dict[str, Any]], stop: str | None
@@ -69,11 +72,19 @@ class FakeAnthropic:
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+            "usage": self._usage(self.output_tokens),
+        }
+
+    def _usage(self, output_tokens: int) -> dict[str, Any]:
+        reads, writes, writes_1h = self.cache
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": reads,
+            "cache_creation_input_tokens": writes + writes_1h,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": writes,
+                "ephemeral_1h_input_tokens": writes_1h,
             },
         }
 
@@ -103,7 +114,7 @@ class FakeAnthropic:
             return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
 
         start = self._message(model, [], None)
-        start["usage"] = {"input_tokens": self.input_tokens, "output_tokens": 1}
+        start["usage"] = self._usage(1)
         yield event("message_start", {"message": start})
         yield event(
             "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}

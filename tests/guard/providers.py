@@ -26,7 +26,20 @@ __all__ = ["GuardProvider"]
 
 
 class GuardProvider(FakeProvider):
-    """``FakeProvider`` plus streamed responses, images and the Azure paths."""
+    """``FakeProvider`` plus streamed responses, images and the Azure paths; ``cached_tokens``
+    of the prompt reported as cached (``prompt_tokens_details``)."""
+
+    cached_tokens: int = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.cached_tokens = 0
+
+    def _usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = dict(super()._usage())
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
     async def responses(self, request: Request) -> Response:
         body = json.loads(await request.body())

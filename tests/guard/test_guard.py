@@ -259,6 +259,36 @@ async def test_tool_calls_in_an_answer_are_checked_after_it_is_charged(
     assert await spent(fence) == (2 * CHAT + list_cost("claude-haiku-4-5", 1000, 200), 0)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_cached_input_is_charged_at_its_own_list_price(
+    stream: bool,
+    fence: TokenFence,
+    make_client: Callable[[str], Any],
+    oai: GuardProvider,
+    ant: FakeAnthropic,
+) -> None:
+    oai.cached_tokens = 600  # of the 1,000 prompt tokens, at $0.075/M instead of $0.15/M
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    answer = await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=stream)
+    if stream:
+        async for _ in answer:
+            pass
+    chat = (400 * Decimal("0.15") + 600 * Decimal("0.075") + 200 * Decimal("0.60")) / 10**6
+    assert await spent(fence) == (chat, 0)
+    ant.cache = (3000, 500, 100)  # reads $0.10/M, 5-minute writes $1.25/M, 1-hour $2/M
+    claude = fence.guard(make_client("AsyncAnthropic"), tenant="acme")
+    if stream:
+        async with claude.messages.stream(
+            model="claude-haiku-4-5", max_tokens=300, messages=MSGS
+        ) as events:
+            await events.get_final_message()
+    else:
+        await claude.messages.create(model="claude-haiku-4-5", max_tokens=300, messages=MSGS)
+    cached = 3000 * Decimal("0.10") + 500 * Decimal("1.25") + 100 * Decimal(2)
+    message = (1000 * Decimal(1) + cached + 200 * Decimal(5)) / 10**6
+    assert await spent(fence) == (chat + message, 0)
+
+
 async def test_feature_shares_apply(
     make_fence: Callable[..., TokenFence], make_client: Callable[[str], Any], oai: GuardProvider
 ) -> None:

@@ -30,6 +30,7 @@ from tests.e2e.fake_anthropic import FakeAnthropic
 from tests.e2e.fake_provider import free_port, serve
 from tests.guard.conftest import MSGS, PLANS, PRICES, list_cost
 from tests.guard.providers import GuardProvider
+from tests.guard.test_streams import all_of
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context, feature
 from tokenfence_asgi.engine import TokenFence
@@ -167,7 +168,9 @@ def test_a_client_that_disconnects_leaves_nothing_held(
             time.sleep(0.05)
     assert Decimal(spent["held"]) == 0
     estimate = fence.prices.bound("gpt-4o-mini", CallShape("chat", tuple(MSGS), output_limit=300))
-    assert estimate.cost_of(1) <= Decimal(spent["used"]) <= estimate.cost_of(len(oai.words))
+    assert (
+        estimate.cost_of(1) <= Decimal(spent["used"]) <= estimate.cost_of(all_of(fence, oai.words))
+    )
 
 
 async def test_a_store_outage_and_an_anonymous_request_become_503_and_401(

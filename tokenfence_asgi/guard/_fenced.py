@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -63,10 +63,25 @@ class CallNotFenced(PolicyDenied):
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens a provider reported for a call, as billed at the input and output price."""
+    """Tokens a provider reported for a call. ``input_tokens`` are those billed at the plain
+    input price; cached input the provider reports apart is in ``cache_read_tokens``,
+    ``cache_write_tokens`` (five-minute writes) and ``cache_write_1h_tokens``."""
 
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    @property
+    def all_input_tokens(self) -> int:
+        """Every input token, cached or not (what the ledger records)."""
+        return (
+            self.input_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+            + self.cache_write_1h_tokens
+        )
 
 
 class Adapter(Protocol):
@@ -103,7 +118,7 @@ class GuardedCall:
     ctx: FenceContext | None
     strip_usage: bool = False  # drop the usage-only chunk the caller did not ask for
     usage: Usage | None = None  # the provider's final usage
-    input_seen: int | None = None  # input tokens reported before the end (Anthropic)
+    input_seen: Usage | None = None  # input reported before the end (Anthropic)
     output_seen: int = 0  # output tokens reported so far (Anthropic, cumulative)
     model: str | None = None  # the model that answered
     text: list[str] = field(default_factory=list)  # output streamed so far
@@ -226,8 +241,8 @@ class Fenced:
         estimate, hold = call.estimate, call.reservation.amount
         usage = call.usage
         if usage is not None:
-            cost = self._price(estimate, usage.input_tokens, usage.output_tokens)
-            await self._settle(call, cost, usage.input_tokens, usage.output_tokens)
+            cost = self._price(estimate, usage)
+            await self._settle(call, cost, usage.all_input_tokens, usage.output_tokens)
         elif call.kind not in OUTPUT_KINDS:  # no usage to read: its units and characters
             cost = min(estimate.cost_of(0), hold)
             await self._settle(call, cost, estimate.input_tokens, 0)
@@ -255,27 +270,31 @@ class Fenced:
             1,
         )
         output_tokens = min(produced, estimate.output_tokens * estimate.choices)
-        input_tokens = estimate.input_tokens if call.input_seen is None else call.input_seen
-        cost = min(self._price(estimate, input_tokens, output_tokens), call.reservation.amount)
+        seen = call.input_seen or Usage(estimate.input_tokens, 0)
+        produced_usage = replace(seen, output_tokens=output_tokens)
+        cost = min(self._price(estimate, produced_usage), call.reservation.amount)
         log.info(
             "stream_abandoned",
             reservation=call.reservation.id,
             charged=str(cost),
             output_tokens=output_tokens,
         )
-        await self._settle(call, cost, input_tokens, output_tokens)
+        await self._settle(call, cost, produced_usage.all_input_tokens, output_tokens)
 
-    def _price(self, estimate: Estimate, input_tokens: int, output_tokens: int) -> Decimal:
-        cost = self.fence.prices.actual_cost(
-            estimate.model,
-            response_cost=None,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
+    def _price(self, estimate: Estimate, usage: Usage) -> Decimal:
+        """The usage at the price the estimate used (the price book's for the model held)."""
+        price = estimate.price
+        if price is None:  # pragma: no cover - the planner's estimates always carry a price
+            return from_nanos(estimate.amount_nanos)
+        return price.cost(
+            usage.input_tokens,
+            usage.output_tokens,
             units=estimate.units,
             characters=estimate.characters,
-            deployment=estimate.price,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
         )
-        return from_nanos(estimate.amount_nanos) if cost is None else cost
 
     async def _settle(
         self,

@@ -5,9 +5,8 @@
 and tools, with ``max_tokens`` (which Anthropic requires) as the output limit; settled from
 ``usage``, or for a stream from ``message_start`` (input) and ``message_delta`` (output).
 
-Billed input is ``input_tokens`` plus the cache tokens Anthropic reports apart: cache reads at
-the input price (an upper bound: Anthropic bills them at a tenth), cache writes at 1.25 times
-it (2 times for one-hour writes), as Anthropic prices them.
+Anthropic reports cached input apart from ``input_tokens``: cache reads, five-minute and
+one-hour cache writes are each charged at the model's price for them.
 
 Free and passed through: GET and DELETE, ``/v1/messages/count_tokens``, files, skills,
 cancels and archives, organisation administration. Every other POST is refused with
@@ -18,9 +17,9 @@ before they run.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import anthropic
@@ -85,14 +84,19 @@ def _messages(value: object) -> tuple[object, ...]:
     return tuple(found)
 
 
-def _billed(usage: Mapping[str, Any]) -> int:
-    """Input tokens as billed at the input price (see the module doc)."""
-    reads = _int(usage.get("cache_read_input_tokens"))
+def _usage(usage: Mapping[str, Any], output_tokens: int) -> Usage:
+    """A message's usage: cache reads and five-minute and one-hour writes apart."""
     writes = _int(usage.get("cache_creation_input_tokens"))
     detail = usage.get("cache_creation")
     hour = _int(detail.get("ephemeral_1h_input_tokens")) if isinstance(detail, Mapping) else 0
     hour = min(hour, writes)
-    return _int(usage.get("input_tokens")) + reads + math.ceil((writes - hour) * 1.25) + 2 * hour
+    return Usage(
+        _int(usage.get("input_tokens")),
+        output_tokens,
+        cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
+        cache_write_tokens=writes - hour,
+        cache_write_1h_tokens=hour,
+    )
 
 
 class AnthropicAdapter:
@@ -157,7 +161,7 @@ class AnthropicAdapter:
         usage = body.get("usage")
         if not isinstance(usage, Mapping):
             return None
-        return Usage(_billed(usage), _int(usage.get("output_tokens")))
+        return _usage(usage, _int(usage.get("output_tokens")))
 
     def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
         """The tools a message calls (its ``tool_use`` blocks)."""
@@ -187,16 +191,16 @@ class AnthropicAdapter:
                     call.model = message["model"]
                 usage = message.get("usage")
                 if isinstance(usage, Mapping):
-                    call.input_seen = _billed(usage)
+                    call.input_seen = _usage(usage, 0)
                     call.output_seen = _int(usage.get("output_tokens"))
         elif kind == "message_delta":
             usage = data.get("usage")
             if isinstance(usage, Mapping):  # cumulative; the input again on newer models
-                if "input_tokens" in usage or "cache_read_input_tokens" in usage:
-                    call.input_seen = max(call.input_seen or 0, _billed(usage))
+                if usage.get("input_tokens") is not None:
+                    call.input_seen = _usage(usage, 0)
                 call.output_seen = max(call.output_seen, _int(usage.get("output_tokens")))
                 if call.input_seen is not None:
-                    call.usage = Usage(call.input_seen, call.output_seen)
+                    call.usage = replace(call.input_seen, output_tokens=call.output_seen)
         return True
 
     def error(self, exc: TokenFenceError, method: str, url: str) -> Exception:

@@ -28,7 +28,7 @@ stores, agents, realtime sessions and sockets; their cost is not known before th
 On Azure, ``model`` is the deployment name: plans and prices name deployments
 (``prices={"my-gpt4o": ModelPrice(...)}``); a client made for one deployment
 (``azure_deployment=``) is priced and allowed as that deployment, whatever ``model`` says.
-Cached input tokens are charged at the input price (an upper bound of their discounted price).
+Cached input tokens (``cached_tokens``) are charged at the model's cached input price.
 
 Not seen before a call: input a Responses call names by reference (``previous_response_id``,
 ``conversation``, a stored ``prompt``) is charged from the usage afterwards but not held; hosted
@@ -160,15 +160,22 @@ class OpenAIAdapter:
         return False
 
     def usage(self, kind: CallKind, body: Mapping[str, Any]) -> Usage | None:
-        """The usage of a JSON answer (chat, completions, embeddings, responses, images)."""
+        """The usage of a JSON answer (chat, completions, embeddings, responses, images):
+        cached input tokens apart, at the model's cached input price."""
         usage = body.get("usage")
         if not isinstance(usage, Mapping):
             return None
         if "prompt_tokens" in usage:
-            return Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
-        if "input_tokens" in usage:
-            return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")))
-        return None
+            prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            details = usage.get("prompt_tokens_details")
+        elif "input_tokens" in usage:
+            prompt, output = usage.get("input_tokens"), usage.get("output_tokens")
+            details = usage.get("input_tokens_details")
+        else:
+            return None
+        cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+        cached = min(cached, _int(prompt))
+        return Usage(_int(prompt) - cached, _int(output), cache_read_tokens=cached)
 
     def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
         """The tools a chat completion or a response calls (``tool_calls``, ``function_call``,
