@@ -17,6 +17,7 @@ import structlog
 
 from benchmarks import (
     bench_engine,
+    bench_guard,
     bench_litellm,
     bench_memory,
     bench_middleware,
@@ -68,6 +69,7 @@ def main() -> None:
     results.update(asyncio.run(bench_memory.run(args.redis_url)))
     results.update(bench_middleware.run(args.quick))
     results.update(asyncio.run(bench_litellm.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_guard.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_script.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_scale.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_overspend.run(args.redis_url, quick=args.quick)))

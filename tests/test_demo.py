@@ -114,7 +114,10 @@ async def test_the_scenario_in_process_on_redis(redis_url: str) -> None:
     assert re.search(r"globex spent \$4\.99\d\d of its \$5\.00 day", text)
     last = text.split("3. Meanwhile")[1].splitlines()
     statuses = [line.split()[2] for line in last if line.split()[:1] and line.split()[0] in TENANTS]
-    assert statuses == ["200", "200", "200", "402"]
+    assert statuses == ["200", "200", "200", "402", "402"]
+    # umbrella is served through fence.guard(AsyncOpenAI()); globex is refused there too
+    assert re.search(r"umbrella\s+/sdk/chat\s+200", text.split("3. Meanwhile")[0])
+    assert [line.split()[2] for line in last if "/sdk/chat" in line] == ["200", "402"]
 
 
 def _read_lines(stream: io.TextIOBase, into: queue.Queue[str]) -> None:

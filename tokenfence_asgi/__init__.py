@@ -43,6 +43,7 @@ from tokenfence_asgi.results import (
 
 if TYPE_CHECKING:
     from tokenfence_asgi.admin import admin_app
+    from tokenfence_asgi.guard import CallNotFenced
     from tokenfence_asgi.litellm import TokenFenceCallback
     from tokenfence_asgi.metrics import FenceMetrics
     from tokenfence_asgi.service import service_app
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 # Imported on first use: LiteLLM takes seconds to import, the apps pull in more than the engine.
 _LAZY = {
     "TokenFenceCallback": "tokenfence_asgi.litellm",
+    "CallNotFenced": "tokenfence_asgi.guard",
     "admin_app": "tokenfence_asgi.admin",
     "FenceMetrics": "tokenfence_asgi.metrics",
     "service_app": "tokenfence_asgi.service",
@@ -78,6 +80,7 @@ __all__ = [
     "Alert",
     "ApprovalRequired",
     "BudgetExceeded",
+    "CallNotFenced",
     "ConfigError",
     "DailyUsage",
     "Decision",

@@ -1,7 +1,9 @@
 """``tokenfence demo``: four tenants share one FastAPI app, and one of them runs out of AI budget.
 
 The app has ``/chat``, ``/document_analysis`` and ``/search`` endpoints behind
-``TokenFenceMiddleware``; each calls ``litellm.acompletion`` through ``TokenFenceCallback``. The
+``TokenFenceMiddleware``; each calls ``litellm.acompletion`` through ``TokenFenceCallback``;
+``/sdk/chat`` calls the official OpenAI SDK's ``AsyncOpenAI`` through ``fence.guard`` instead
+(umbrella is served there), on the same budgets. The
 LLM is a fake OpenAI-compatible provider served by the same process (``/provider/v1``): it
 answers with realistic token counts, so LiteLLM prices every call as it would a real one, and
 no API key or network is needed. When the server is up, a scripted scenario runs against it
@@ -9,7 +11,7 @@ over HTTP: every tenant is served, then globex's agent is told to "analyse every
 the fence downgrades it and then refuses it with a 402, while the other tenants are still
 served. Then the server keeps running for curl (``once=True``: it stops instead).
 
-Needs the ``demo`` extra (FastAPI, uvicorn, LiteLLM); LiteLLM is imported with its bundled
+Needs the ``demo`` extra (FastAPI, uvicorn, LiteLLM, openai); LiteLLM is imported with its bundled
 price map (``LITELLM_LOCAL_MODEL_COST_MAP=True``), so nothing is downloaded.
 """
 
@@ -182,6 +184,12 @@ def build_app(
             "cost_usd": f"{Decimal(str(cost)):.6f}",
         }
 
+    import openai
+
+    sdk = fence.guard(  # the official SDK, fenced directly: no LiteLLM on this path
+        openai.AsyncOpenAI(api_key="sk-demo-not-a-key", base_url=provider_url, max_retries=0)
+    )
+
     api = FastAPI(title="tokenfence demo", version="1")
     # The docs need no tenant; every other route does (401 naming the header), before any call.
     api.add_middleware(
@@ -194,6 +202,34 @@ def build_app(
         """A chat turn (asks gpt-4o; the free plan is downgraded to gpt-4o-mini)."""
         messages = [{"role": "user", "content": body.message}]
         return await complete(body.model, messages, max_tokens=600)
+
+    @api.post("/sdk/chat")
+    @feature("chat")
+    async def sdk_chat(body: ChatRequest) -> dict[str, Any]:
+        """A chat turn through ``fence.guard(AsyncOpenAI())``, the OpenAI SDK without LiteLLM."""
+        messages: Any = [{"role": "user", "content": body.message}]
+        response = await sdk.chat.completions.create(
+            model=body.model, messages=messages, max_tokens=600
+        )
+        ctx = current_context()
+        usage = response.usage
+        input_tokens = 0 if usage is None else usage.prompt_tokens
+        output_tokens = 0 if usage is None else usage.completion_tokens
+        cost = fence.prices.actual_cost(
+            response.model,
+            response_cost=None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        ) or Decimal(0)
+        return {
+            "tenant": ctx.tenant_id if ctx else None,
+            "feature": ctx.feature if ctx else None,
+            "model": response.model,
+            "answer": response.choices[0].message.content,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": f"{cost:.6f}",
+        }
 
     @api.post("/document_analysis")
     @feature("document_analysis")
@@ -231,7 +267,8 @@ def build_app(
     async def index(request: Request) -> JSONResponse:
         return JSONResponse({
             "tenants": TENANTS,
-            "endpoints": ["POST /chat", "POST /document_analysis", "POST /search", "GET /status"],
+            "endpoints": ["POST /chat", "POST /sdk/chat", "POST /document_analysis",
+                          "POST /search", "GET /status"],
             "header": "X-Tenant-ID", "docs": "/docs",
         })  # fmt: skip
 
@@ -241,7 +278,9 @@ def build_app(
     if dashboard is not None:
         routes.append(Mount("/admin", app=dashboard[0]))
     routes.append(Mount("/", app=api))
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.sdk_client = sdk  # closed by whoever serves the app
+    return app
 
 
 @dataclass
@@ -330,9 +369,12 @@ class _Scenario:
             ("acme", "/chat", {"message": "Summarise our refund policy in two lines."}),
             ("globex", "/chat", {"message": "Draft a polite reminder for an overdue invoice."}),
             ("initech", "/search", {"query": "Which contracts renew this quarter?"}),
-            ("umbrella", "/chat", {"message": "List the risks in our supplier agreements."}),
+            ("umbrella", "/sdk/chat", {"message": "List the risks in our supplier agreements."}),
         ])  # fmt: skip
-        c.print("  (acme asked for gpt-4o, which the free plan does not have: downgraded)")
+        c.print(
+            "  (acme asked for gpt-4o, which the free plan does not have: downgraded; "
+            "umbrella is served through fence.guard(AsyncOpenAI()), without LiteLLM)"
+        )
         if any(reply.status != 200 for reply in first):
             return False
         if not await self.burn():
@@ -341,10 +383,11 @@ class _Scenario:
         last = await self.round([
             ("acme", "/search", {"query": "What is our support email?"}),
             ("initech", "/document_analysis", {"document": _chunk(1, 3000)}),
-            ("umbrella", "/chat", {"message": "Prepare the board summary."}),
+            ("umbrella", "/sdk/chat", {"message": "Prepare the board summary."}),
             (BURNER, "/chat", {"message": _HELLO}),
+            (BURNER, "/sdk/chat", {"message": _HELLO}),
         ])  # fmt: skip
-        return [reply.status for reply in last] == [200, 200, 200, 402]
+        return [reply.status for reply in last] == [200, 200, 200, 402, 402]
 
     async def burn(self) -> bool:
         c = self.console
@@ -556,6 +599,7 @@ async def run_demo(
                     raise
                 finally:
                     await serving
+                    await app.state.sdk_client.close()
         finally:
             await installed.__aexit__(None, None, None)
     finally:

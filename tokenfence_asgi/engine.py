@@ -16,11 +16,11 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
@@ -57,6 +57,7 @@ from tokenfence_asgi.ledger import (
 from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.observe import FenceObserver, Observers
 from tokenfence_asgi.policy import Decision, Policy
+from tokenfence_asgi.portal import Portal
 from tokenfence_asgi.pricing import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
@@ -77,6 +78,8 @@ log = structlog.get_logger("tokenfence_asgi")
 
 Clock = Callable[[], float]
 OnStoreError = Literal["closed", "open", "allowance"]
+T = TypeVar("T")
+C = TypeVar("C")
 _MAX_TOKENS = 10**12
 _HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
 _MAX_LABEL = 200  # characters kept of a model name in the ledger
@@ -349,6 +352,8 @@ class TokenFence:
         self._switches: frozenset[str] = frozenset()
         self._switches_read_at = -math.inf
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
+        self.portal = Portal("use the async client (AsyncOpenAI, AsyncAnthropic) there")
+        """Runs this fence's coroutines for sync callers (see ``run_sync``)."""
         self.counters = FenceCounters()
         self._alerts = AlertHub(self.counters)
         self._observers = Observers()
@@ -394,6 +399,23 @@ class TokenFence:
         """Call ``observer`` on every reservation, refusal, settlement and store script."""
         self._observers.add(observer)
         return observer
+
+    def guard(self, client: C, *, tenant: str | None = None, feature: str | None = None) -> C:
+        """A fenced copy of an ``openai`` or ``anthropic`` SDK client, used exactly like it.
+
+        ``fence.guard(AsyncOpenAI())`` charges each call to the current request's or
+        ``tenant_scope``'s tenant; ``tenant=`` / ``feature=`` fix them. See
+        ``tokenfence_asgi.guard``.
+        """
+        from tokenfence_asgi.guard import guard
+
+        return guard(self, client, tenant=tenant, feature=feature)
+
+    def run_sync(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await function(*args, **kwargs)`` from sync code, on the loop this fence's
+        connections belong to (the one sync guarded clients use): ``fence.run_sync(
+        fence.status, "acme")``. Raises ``RuntimeError`` on a thread running an event loop."""
+        return self.portal.run(lambda: function(*args, **kwargs), None)
 
     # -- caches and routing ------------------------------------------------------------------
 

@@ -171,6 +171,38 @@ class CallPlanner:
                 raise PolicyDenied(action, tenant_id=tenant)
         return tuple(kept)
 
+    async def check_tool_calls(
+        self, reservation: Reservation, names: Sequence[str], *, approval_id: str | None = None
+    ) -> None:
+        """Check the tools a (charged) response calls against the tenant's plan's policy.
+
+        Raises ``PolicyDenied`` for a denied one, and ``ApprovalRequired`` (a new pending
+        approval, see ``TokenFence.check_tool``) for one that needs an operator, unless
+        ``approval_id`` is an approved one (used once, for the first such action).
+        """
+        if not names:
+            return
+        plan = self.fence.plans.get(reservation.plan)
+        policy = self.fence.policy_for(plan) if plan is not None else Policy(default="deny")
+        pending: list[str] = []
+        for name in names:
+            action, decision = self.decide(policy, name)
+            if decision == Decision.DENY:
+                log.warning(
+                    "tool_call_denied",
+                    tenant=reservation.tenant_id,
+                    action=action,
+                    reservation=reservation.id,
+                )
+                raise PolicyDenied(action, tenant_id=reservation.tenant_id)
+            if decision == Decision.REQUIRE_APPROVAL:
+                pending.append(action)
+        for action in dict.fromkeys(pending):
+            await self.fence.check_tool(
+                action, tenant_id=reservation.tenant_id, approval_id=approval_id
+            )
+            approval_id = None  # an approval is used once, for one action
+
     def allowance(self, plan: Plan) -> int | None:
         """The output allowance of a call that sets none: the plan's, else the fence's."""
         if plan.default_output_tokens is not None:
