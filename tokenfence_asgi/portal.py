@@ -19,7 +19,7 @@ from typing import TypeVar
 import anyio
 import anyio.from_thread
 
-__all__ = ["Portal"]
+__all__ = ["Portal", "caller_loop"]
 
 T = TypeVar("T")
 
@@ -98,3 +98,16 @@ class Portal:
 
 async def _wrap(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+def caller_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop of a sync caller: its own thread's, or the loop whose worker thread this
+    is (a sync endpoint of a FastAPI or Starlette app); ``None`` for a plain thread."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        return anyio.from_thread.run_sync(asyncio.get_running_loop)
+    except (anyio.NoEventLoopError, RuntimeError):
+        return None

@@ -10,9 +10,9 @@ import structlog
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import TenantRequired
-from tokenfence_asgi.litellm._portal import Portal
 from tokenfence_asgi.litellm._state import Call, reservation_id
 from tokenfence_asgi.planner import CallPlanner
+from tokenfence_asgi.portal import Portal
 from tokenfence_asgi.pricing import PriceBook
 
 __all__ = ["CallBook", "Unscoped"]

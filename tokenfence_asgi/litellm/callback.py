@@ -12,10 +12,9 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
 from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.errors import ApprovalRequired, ConfigError, PolicyDenied, TokenFenceError
+from tokenfence_asgi.errors import ApprovalRequired, ConfigError, TokenFenceError
 from tokenfence_asgi.litellm._book import Unscoped
 from tokenfence_asgi.litellm._errors import for_litellm, is_router_call
-from tokenfence_asgi.litellm._portal import Portal
 from tokenfence_asgi.litellm._state import (
     APPROVAL_KEY,
     RESERVATION_KEY,
@@ -36,7 +35,7 @@ from tokenfence_asgi.litellm.calls import (
 )
 from tokenfence_asgi.money import MoneyInput
 from tokenfence_asgi.planner import CallPlanner, CallRequest, DeniedTools, tool_action
-from tokenfence_asgi.policy import Decision, Policy
+from tokenfence_asgi.portal import Portal
 from tokenfence_asgi.pricing import CallKind, ModelPrice, PriceBook
 
 __all__ = ["TokenFenceCallback"]
@@ -145,7 +144,7 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
         self._sync_owners: dict[
             str, tuple[str, str | None, str | None, asyncio.AbstractEventLoop | None]
         ] = {}
-        self._portal = Portal()
+        self._portal = Portal("await litellm.acompletion(...) instead")
         if observe_stream not in litellm.post_call_rules:
             litellm.post_call_rules.append(observe_stream)
         self.prices.warm_up()
@@ -271,38 +270,15 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
         names = called_tools(response)
         if not names:
             return
-        reservation = call.reservation
-        plan = self.fence.plans.get(reservation.plan)
-        policy = self.fence.policy_for(plan) if plan is not None else Policy(default="deny")
-        pending = []
-        for name in names:
-            action, decision = self.planner.decide(policy, name)
-            if decision == Decision.DENY:
-                await self._charge(call)
-                log.warning(
-                    "tool_call_denied",
-                    tenant=reservation.tenant_id,
-                    action=action,
-                    reservation=reservation.id,
-                )
-                raise PolicyDenied(action, tenant_id=reservation.tenant_id)
-            if decision == Decision.REQUIRE_APPROVAL:
-                pending.append(action)
-        if not pending:
-            return
         await self._charge(call)  # the call was made: its cost is owed whatever happens next
         approval = mapping(request_data.get("metadata")).get(APPROVAL_KEY)
-        for action in dict.fromkeys(pending):
-            try:
-                await self.fence.check_tool(
-                    action,
-                    tenant_id=reservation.tenant_id,
-                    approval_id=approval if isinstance(approval, str) else None,
-                )
-            except ApprovalRequired as exc:
-                exc.model_response = response
-                raise
-            approval = None  # an approval is used once, for one action
+        try:
+            await self.planner.check_tool_calls(
+                call.reservation, names, approval_id=approval if isinstance(approval, str) else None
+            )
+        except ApprovalRequired as exc:
+            exc.model_response = response
+            raise
 
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
