@@ -184,6 +184,9 @@ async def test_budget_exceeded_is_a_402_with_body_and_limit_headers(
         "window": "1d",
         "resets_at": "2026-03-16T00:00:00Z",
         "upgrade_url": "https://example.com/upgrade",
+        "reason": "limit",
+        "feature": "chat",
+        "held": "0.000000",
     }
     assert "acme" in body["message"]
     assert refused.headers["content-type"] == "application/json"
