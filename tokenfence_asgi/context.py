@@ -9,7 +9,9 @@ callback reads it with ``current_context()``.
 Every change is made with a token and undone in ``finally``, so contexts nest and never leak
 between requests, tasks or threads. The same fields are bound with ``structlog.contextvars``
 (``tenant``, ``feature``, ``request_id``), so the app's own log lines carry them when its
-structlog configuration includes ``structlog.contextvars.merge_contextvars``.
+structlog configuration includes ``structlog.contextvars.merge_contextvars``; or, with
+``bind_to_structlog(False)``, the ``add_fence_context`` processor reads them when a line is
+logged.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
 import structlog
+from structlog.typing import EventDict
 
 from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.keys import validate_id
@@ -32,6 +35,8 @@ __all__ = [
     "ContextToken",
     "FenceContext",
     "TenantScope",
+    "add_fence_context",
+    "bind_to_structlog",
     "current_context",
     "feature",
     "misplaced_feature",
@@ -164,9 +169,42 @@ ContextToken: TypeAlias = tuple[
 ``request_id`` (``None`` where it was left alone)."""
 
 
-def _bind(var: ContextVar[Any], value: str | None) -> Token[Any] | None:
-    if value is not None:
-        return var.set(value)
+_binding = True  # see bind_to_structlog
+
+
+def bind_to_structlog(enabled: bool = True) -> None:
+    """Whether contexts are bound in ``structlog.contextvars`` (the default: yes).
+
+    Bound, the ``tenant``, ``feature`` and ``request_id`` of the current context are on every
+    log line of a structlog configuration that has ``structlog.contextvars.merge_contextvars``
+    (structlog's default has it), at the cost of three more context variables set and reset per
+    request. ``bind_to_structlog(False)`` stops that: put ``add_fence_context`` among your
+    structlog processors instead, which reads the context when a line is logged, so that a
+    request sets one context variable only. Process-wide; call it at start-up.
+    """
+    global _binding
+    _binding = bool(enabled)
+
+
+def add_fence_context(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: the current context's ``tenant``, ``feature`` and ``request_id``.
+
+    Each is added when the context has it and the line does not set that key itself, as
+    ``merge_contextvars`` adds the bound ones; a line outside any context gets none. Read when
+    the line is logged, so it costs nothing per request (see ``bind_to_structlog``).
+    """
+    ctx = _CONTEXT.get()
+    if ctx is not None:
+        if ctx.tenant_id is not None:
+            event_dict.setdefault("tenant", ctx.tenant_id)
+        if ctx.feature is not None:
+            event_dict.setdefault("feature", ctx.feature)
+        if ctx.request_id is not None:
+            event_dict.setdefault("request_id", ctx.request_id)
+    return event_dict
+
+
+def _unbind(var: ContextVar[Any]) -> Token[Any] | None:
     # structlog reads Ellipsis as "not bound": hide an outer binding of the key for the scope,
     # rather than print ``feature=None``; when there is none, there is nothing to do.
     return None if var.get() is ... else var.set(...)
@@ -176,14 +214,17 @@ def push_context(ctx: FenceContext) -> ContextToken:
     """Make ``ctx`` the current context and bind its fields for structlog.
 
     The structlog keys are ``tenant``, ``feature`` and ``request_id``; a ``None`` field is
-    unbound for the duration. Always undo with ``pop_context`` in a ``finally`` of the same task
-    or thread.
+    unbound for the duration (nothing is bound after ``bind_to_structlog(False)``). Always undo
+    with ``pop_context`` in a ``finally`` of the same task or thread.
     """
+    if not _binding:
+        return (_CONTEXT.set(ctx), None, None, None)
+    tenant, name, request_id = ctx.tenant_id, ctx.feature, ctx.request_id
     return (
         _CONTEXT.set(ctx),
-        _bind(_LOG_TENANT, ctx.tenant_id),
-        _bind(_LOG_FEATURE, ctx.feature),
-        _bind(_LOG_REQUEST_ID, ctx.request_id),
+        _LOG_TENANT.set(tenant) if tenant is not None else _unbind(_LOG_TENANT),
+        _LOG_FEATURE.set(name) if name is not None else _unbind(_LOG_FEATURE),
+        _LOG_REQUEST_ID.set(request_id) if request_id is not None else _unbind(_LOG_REQUEST_ID),
     )
 
 
@@ -202,7 +243,7 @@ def pop_context(token: ContextToken) -> None:
 def _push_feature(name: str) -> ContextToken:
     parent = _CONTEXT.get()
     ctx = FenceContext(None, name) if parent is None else parent.with_feature(name)
-    return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name), None)
+    return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name) if _binding else None, None)
 
 
 def feature(name: str) -> Callable[[F], F]:

@@ -62,8 +62,9 @@ def _with_header(
 ) -> list[tuple[bytes, bytes]]:
     """``headers`` plus ``name: value``, unless the app already set ``name``."""
     result = list(headers)
+    size = len(name)
     for key, _ in result:
-        if key.lower() == name:
+        if len(key) == size and key.lower() == name:
             return result
     result.append((name, value))
     return result
@@ -148,7 +149,9 @@ class TokenFenceMiddleware:
       ``uuid4().hex``); it is echoed on every response, error responses included, unless the
       app set that header itself. ``request_id_header=None`` neither reads nor echoes one.
     - ``current_context()`` returns the request's ``FenceContext``; ``tenant``, ``feature`` and
-      ``request_id`` are bound in ``structlog.contextvars`` for the request.
+      ``request_id`` are bound in ``structlog.contextvars`` for the request, unless
+      ``bind_to_structlog(False)`` (then the ``add_fence_context`` processor adds them to log
+      lines; see ``context``).
     - A ``TokenFenceError`` raised inside becomes its JSON response (see ``responses``) when no
       response has started; so does an ``ExceptionGroup`` made only of them (a task group in the
       endpoint), answered as its first. Once a response has started (streaming), the error is
@@ -218,13 +221,7 @@ class TokenFenceMiddleware:
                 request_id = value.decode("ascii") if _REQUEST_ID.fullmatch(value) else ""
         # None or not sane: 128 random bits as 32 hex digits, like uuid4().hex but cheaper (an id
         # to correlate logs, not a secret; the random module reseeds in forked workers)
-        return request_id or f"{getrandbits(128):032x}", tenant
-
-    def _header_tenant(self, values: list[bytes]) -> str | None:
-        header = self._tenant_header or b""
-        if len(values) > 1:  # e.g. a gateway that appends its value to the client's
-            raise InvalidId(f"the {header.decode()} header was sent more than once")
-        return decode_tenant(values[0] if values else None, header)
+        return request_id or getrandbits(128).to_bytes(16, "big").hex(), tenant
 
     async def _resolved(self, resolver: TenantResolver, scope: Scope) -> str | None:
         found = resolver(scope)
@@ -236,7 +233,10 @@ class TokenFenceMiddleware:
         return tenant
 
     def _from_header(self, values: list[bytes]) -> str | None:
-        tenant = self._header_tenant(values)
+        header = self._tenant_header or b""
+        if len(values) > 1:  # e.g. a gateway that appends its value to the client's
+            raise InvalidId(f"the {header.decode()} header was sent more than once")
+        tenant = decode_tenant(values[0] if values else None, header)
         if tenant is None and not self._allow_anonymous:
             raise TenantRequired(header=self._wanted_header)
         return tenant
@@ -308,20 +308,21 @@ class TokenFenceMiddleware:
             await self._reply(response, request_id, scope, receive, send)
             return
 
-        echo_value = request_id.encode("ascii")
         response_started = False
         response_complete = False
 
-        async def send_wrapper(message: Message) -> None:
+        echo_value = b"" if echo is None else request_id.encode("ascii")
+
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            # A plain function returning send's awaitable: no coroutine of its own per message.
             nonlocal response_started, response_complete
-            kind = message["type"]
-            if kind == "http.response.start":
+            if message["type"] == "http.response.start":
                 response_started = True
                 if echo is not None:
                     message["headers"] = _with_header(message.get("headers", ()), echo, echo_value)
-            elif kind == "http.response.body" and not message.get("more_body", False):
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
                 response_complete = True
-            await send(message)
+            return send(message)
 
         ctx = FenceContext(tenant, None, request_id)
         token = push_context(ctx)
