@@ -17,6 +17,7 @@ from tokenfence_asgi.context import (
     current_context,
     feature,
     misplaced_feature,
+    settle_context,
     tenant_scope,
 )
 from tokenfence_asgi.errors import InvalidId, TenantRequired
@@ -304,6 +305,39 @@ async def test_feature_shares_the_scope_open_reservations() -> None:
         scope_ctx.untrack("r-1")
         scope_ctx.untrack("unknown")
         assert scope_ctx.open_reservations == {}
+
+
+async def test_settlers_registered_anywhere_in_a_scope_run_once_at_its_end() -> None:
+    ran: list[tuple[str, str | None]] = []
+
+    async def settle_a(ctx: FenceContext) -> None:
+        ran.append(("a", ctx.feature))
+
+    async def settle_b(ctx: FenceContext) -> None:
+        ran.append(("b", ctx.feature))
+
+    @feature("chat")
+    async def inner() -> None:
+        ctx = current_context()
+        assert ctx is not None
+        ctx.on_end(settle_a)  # registered on the derived context
+        ctx.on_end(settle_a)  # once per settler
+
+    @feature("search")
+    async def other() -> None:
+        ctx = current_context()
+        assert ctx is not None
+        ctx.on_end(settle_b)
+
+    async with tenant_scope("acme") as scope_ctx:
+        await inner()
+        await other()
+        scope_ctx.on_end(settle_b)
+        await settle_context(scope_ctx)
+    assert ran == [("a", None), ("b", None)]
+    ran.clear()
+    await settle_context(FenceContext("acme"))  # nothing registered: nothing runs
+    assert ran == []
 
 
 async def test_concurrent_scopes_never_see_each_other() -> None:

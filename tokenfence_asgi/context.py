@@ -56,15 +56,16 @@ class FenceContext:
     ``tenant_id`` is ``None`` only in an anonymous request (``allow_anonymous=True``): a fenced
     call made there must be refused with ``TenantRequired`` (see ``require_tenant``).
     ``open_reservations`` maps reservation id to ``Reservation`` for holds taken in this scope
-    and not yet settled: the LiteLLM callback adds and removes them (``track`` / ``untrack``) so
-    that whoever ends the scope can settle what is left. It is the only mutable part, and it is
+    and not yet settled (made on first use; ``has_open_reservations`` asks without making it):
+    the LiteLLM callback adds and removes them (``track`` / ``untrack``) so that whoever ends the
+    scope can settle what is left. It is the only mutable part, and it is
     shared by the contexts ``@feature`` derives within one request or scope. The other fields
     are read-only by contract (a plain slotted class rather than a frozen dataclass: one is built
     per request, and this is three times cheaper). Contexts compare equal on tenant, feature and
     request id.
     """
 
-    __slots__ = ("feature", "open_reservations", "request_id", "settlers", "tenant_id")
+    __slots__ = ("_reservations", "feature", "request_id", "settlers", "tenant_id")
 
     def __init__(
         self,
@@ -77,10 +78,22 @@ class FenceContext:
         self.tenant_id = tenant_id
         self.feature = feature
         self.request_id = request_id
-        self.open_reservations: dict[str, Reservation] = (
-            {} if open_reservations is None else open_reservations
-        )
-        self.settlers: list[Settler] = [] if settlers is None else settlers
+        # Both made on first need (track, on_end, with_feature): most requests hold nothing,
+        # and under load every object a waiting request keeps alive costs collector time.
+        self._reservations = open_reservations
+        self.settlers: list[Settler] | None = settlers
+
+    @property
+    def open_reservations(self) -> dict[str, Reservation]:
+        """Reservation id to ``Reservation``, for the holds taken in this scope and not settled."""
+        if self._reservations is None:
+            self._reservations = {}
+        return self._reservations
+
+    @property
+    def has_open_reservations(self) -> bool:
+        """Whether a hold taken in this scope is not settled yet."""
+        return bool(self._reservations)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FenceContext):
@@ -116,11 +129,15 @@ class FenceContext:
         The LiteLLM callback registers itself here, to settle the calls no LiteLLM event will
         (a stream the client abandoned, a cancelled call).
         """
-        if settler not in self.settlers:
+        if self.settlers is None:
+            self.settlers = [settler]
+        elif settler not in self.settlers:
             self.settlers.append(settler)
 
     def with_feature(self, name: str | None) -> FenceContext:
         """The same tenant, request id, open reservations and settlers, with ``feature``."""
+        if self.settlers is None:  # shared from now on, whichever of the two registers one
+            self.settlers = []
         return FenceContext(
             self.tenant_id, name, self.request_id, self.open_reservations, self.settlers
         )
@@ -138,7 +155,7 @@ async def settle_context(ctx: FenceContext) -> None:
     A failing settler is logged and the others still run; the holds it left are reclaimed when
     their leases run out.
     """
-    for settler in list(ctx.settlers):
+    for settler in list(ctx.settlers or ()):
         try:
             await settler(ctx)
         except Exception as exc:
@@ -440,7 +457,7 @@ class TenantScope:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._context.open_reservations:
+            if self._context.has_open_reservations:
                 await settle_context(self._context)
         finally:
             self.__exit__(exc_type, exc, tb)
