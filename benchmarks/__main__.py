@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from benchmarks import (
+    bench_embedded,
     bench_engine,
     bench_guard,
     bench_litellm,
@@ -66,6 +67,7 @@ def main() -> None:
     quiet_logs()
     results: dict[str, Any] = {}
     results.update(asyncio.run(bench_engine.run(args.redis_url, quick=args.quick)))
+    results.update(asyncio.run(bench_embedded.run(args.redis_url, quick=args.quick)))
     results.update(asyncio.run(bench_memory.run(args.redis_url)))
     results.update(bench_middleware.run(args.quick))
     results.update(asyncio.run(bench_litellm.run(args.redis_url, quick=args.quick)))

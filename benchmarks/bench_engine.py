@@ -1,7 +1,12 @@
 """Engine round trips against real Redis, beside PING on the same client in the same run.
 
-Prints p50 / p99 of one reserve + one commit and of one PING (sequential, one process), and
-pairs/s vs PINGs/s with 64 concurrent tasks. The ratios are what to compare between machines.
+Measures p50 / p99 of one reserve + one commit and of one PING (sequential, one process), the
+p50 of the reserve alone (what a caller waits for before its LLM call when the commit is not
+awaited: ``reserve_p50_over_ping_p50``), and pairs/s vs PINGs/s with 64 concurrent tasks. The
+ratios are what to compare between machines.
+
+``python -m benchmarks.bench_engine [--quick] [--redis-url URL]`` prints a table, then one JSON
+line. ``run`` is a coroutine function.
 """
 
 from __future__ import annotations
@@ -36,15 +41,18 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
             await fence.commit(await fence.reserve("warm", "0.01"), "0.005")
 
         pings: list[float] = []
+        reserves: list[float] = []
         pairs: list[float] = []
         for i in range(n):  # interleaved, so drift on the machine hits both alike
             t0 = time.perf_counter()
             await client.ping()
             t1 = time.perf_counter()
             r = await fence.reserve(f"tenant-{i % 100}", "0.0123", feature="chat")
+            tr = time.perf_counter()
             await fence.commit(r, "0.0101", input_tokens=1000, output_tokens=200)
             t2 = time.perf_counter()
             pings.append(t1 - t0)
+            reserves.append(tr - t1)
             pairs.append(t2 - t1)
 
         async def ping_worker(count: int) -> None:
@@ -71,6 +79,8 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
     return {
         "ping_p50_us": round(_pct(pings, 50) * 1e6, 1),
         "ping_p99_us": round(_pct(pings, 99) * 1e6, 1),
+        "reserve_p50_us": round(_pct(reserves, 50) * 1e6, 1),
+        "reserve_p50_over_ping_p50": round(_pct(reserves, 50) / _pct(pings, 50), 3),
         "reserve_commit_p50_us": round(_pct(pairs, 50) * 1e6, 1),
         "reserve_commit_p99_us": round(_pct(pairs, 99) * 1e6, 1),
         "reserve_commit_p50_over_ping_p50": round(_pct(pairs, 50) / _pct(pings, 50), 3),
@@ -79,3 +89,13 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
         "pairs_per_s_64_tasks": round(pair_rate),
         "engine_pairs_per_s_over_ping_per_s": round(pair_rate / ping_rate, 3),
     }
+
+
+def main() -> None:
+    from benchmarks.__main__ import run_alone
+
+    run_alone("python -m benchmarks.bench_engine", lambda url, quick: run(url, quick=quick))
+
+
+if __name__ == "__main__":
+    main()

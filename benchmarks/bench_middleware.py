@@ -1,16 +1,19 @@
-"""Requests/s of a trivial endpoint under uvicorn: bare, with TokenFenceMiddleware, and with a
-``BaseHTTPMiddleware`` doing the same work (the reference a pure ASGI middleware is meant to beat).
+"""Requests/s of a trivial endpoint under uvicorn: bare, with TokenFenceMiddleware, with the least
+a pure ASGI middleware can do (read the tenant header, set one context variable: the floor), and
+with a ``BaseHTTPMiddleware`` doing TokenFenceMiddleware's work (what a pure ASGI middleware is
+meant to beat).
 
-One uvicorn server (h11, access log off) runs as a child process on loopback and serves the three
-variants side by side, at ``/plain``, ``/fenced`` and ``/basehttp``: identical server processes
-differ by up to ~8% in speed on a shared VM (memory layout, hash seeds), more than the effect
-measured, so the variants share one process and each session starts a fresh one. The load comes
-from this process: ``connections`` (64) keep-alive connections each sending the next request as
-soon as a response is complete. The variants are measured in turns (plain, fenced, basehttp;
-fenced, basehttp, plain; ...) after a warm-up turn, so drift on the machine hits all three alike;
-each ratio is the median of the per-round ratios. With two or more CPUs the server is pinned to
-one CPU and the load generator to another, so the server is what saturates. Beside requests/s,
-the server's CPU time per request is read from ``/proc`` (Linux).
+One uvicorn server (h11, access log off) runs as a child process on loopback and serves the four
+variants side by side, at ``/plain``, ``/fenced``, ``/minimal`` and ``/basehttp``: identical
+server processes differ by up to ~8% in speed on a shared VM (memory layout, hash seeds), more
+than the effect measured, so the variants share one process and each session starts a fresh
+one. The load comes from this process: ``connections`` (64) keep-alive connections each sending
+the next request as soon as a response is complete. The variants are measured in turns (plain,
+fenced, minimal, basehttp; fenced, minimal, basehttp, plain; ...) after a warm-up turn, so
+drift on the machine hits all alike; each ratio is the median of the per-round ratios. With two
+or more CPUs the server is pinned to one CPU and the load generator to another, so the server
+is what saturates. Beside requests/s, the server's CPU time per request is read from ``/proc``
+(Linux).
 
 ``python -m benchmarks.bench_middleware [--quick]`` prints a table, then one JSON line.
 """
@@ -27,6 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -43,7 +47,7 @@ from tokenfence_asgi.keys import validate_id
 from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.responses import FenceErrorResponse
 
-VARIANTS = ("plain", "fenced", "basehttp")
+VARIANTS = ("plain", "fenced", "minimal", "basehttp")
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,6 +60,30 @@ async def _hello(request: Request) -> Response:
 
 def _endpoint_app(path: str) -> Starlette:
     return Starlette(routes=[Route(path, _hello)])
+
+
+_TENANT: ContextVar[str | None] = ContextVar("bench_tenant", default=None)
+
+
+class _Minimal:
+    """Reads the tenant header and sets one context variable: the floor, not for use."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tenant = None
+        for key, value in scope["headers"]:
+            if key == b"x-tenant-id":
+                tenant = value.decode("latin-1")
+        token = _TENANT.set(tenant)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _TENANT.reset(token)
 
 
 class _BaseHTTPFence(BaseHTTPMiddleware):
@@ -88,13 +116,21 @@ class _BaseHTTPFence(BaseHTTPMiddleware):
 
 def variants_app() -> ASGIApp:
     """``/plain``: the endpoint alone; ``/fenced``: behind ``TokenFenceMiddleware``;
-    ``/basehttp``: behind the ``BaseHTTPMiddleware`` equivalent. Each is a whole Starlette app."""
+    ``/minimal``: behind the floor; ``/basehttp``: behind the ``BaseHTTPMiddleware`` equivalent.
+    Each is a whole Starlette app."""
     plain = _endpoint_app("/plain")
     fenced = _endpoint_app("/fenced")
     fenced.add_middleware(TokenFenceMiddleware, fence=TokenFence())
+    minimal = _endpoint_app("/minimal")
+    minimal.add_middleware(_Minimal)
     basehttp = _endpoint_app("/basehttp")
     basehttp.add_middleware(_BaseHTTPFence)
-    apps: dict[str, ASGIApp] = {"/plain": plain, "/fenced": fenced, "/basehttp": basehttp}
+    apps: dict[str, ASGIApp] = {
+        "/plain": plain,
+        "/fenced": fenced,
+        "/minimal": minimal,
+        "/basehttp": basehttp,
+    }
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         await apps[scope["path"]](scope, receive, send)
@@ -248,7 +284,8 @@ def _session(rounds: int, duration_s: float, connections: int, runs: Runs) -> No
             for variant in VARIANTS:  # warm-up turn, not counted
                 await _load(port, proc.pid, variant, 0.5, connections)
             for i in range(rounds):  # rotated, so that no variant always runs after another
-                for variant in VARIANTS[i % 3 :] + VARIANTS[: i % 3]:
+                turn = i % len(VARIANTS)
+                for variant in VARIANTS[turn:] + VARIANTS[:turn]:
                     result = await _load(port, proc.pid, variant, duration_s, connections)
                     runs[variant].append(result)
 
@@ -263,10 +300,11 @@ def _session(rounds: int, duration_s: float, connections: int, runs: Runs) -> No
 def run(quick: bool = False, *, connections: int = 64) -> dict[str, float]:
     """Measure the three variants in turns; return requests/s, CPU per request and ratios.
 
-    ``middleware_throughput_ratio`` is fenced / plain requests/s and
-    ``basehttp_throughput_ratio`` basehttp / plain, each the median of the per-round ratios;
-    ``*_cpu_ratio`` make the same comparison from the server's CPU time per request (plain /
-    variant, so that higher is better in both). ``quick`` takes about 40 seconds.
+    ``middleware_throughput_ratio`` is fenced / plain requests/s, ``minimal_throughput_ratio``
+    and ``basehttp_throughput_ratio`` the references' likewise, each the median of the
+    per-round ratios; ``*_cpu_ratio`` make the same comparison from the server's CPU time per
+    request (plain / variant, so that higher is better in both). ``quick`` takes about 50
+    seconds.
     """
     sessions, rounds, duration_s = (3, 6, 0.5) if quick else (5, 8, 1.0)
     runs: Runs = {v: [] for v in VARIANTS}
@@ -287,20 +325,24 @@ def run(quick: bool = False, *, connections: int = 64) -> dict[str, float]:
     return {
         "plain_rps": median("plain", 0),
         "middleware_rps": median("fenced", 0),
+        "minimal_rps": median("minimal", 0),
         "basehttp_rps": median("basehttp", 0),
         "plain_cpu_us_per_request": median("plain", 1),
         "middleware_cpu_us_per_request": median("fenced", 1),
+        "minimal_cpu_us_per_request": median("minimal", 1),
         "basehttp_cpu_us_per_request": median("basehttp", 1),
         "middleware_throughput_ratio": ratio("fenced", 0),
+        "minimal_throughput_ratio": ratio("minimal", 0),
         "basehttp_throughput_ratio": ratio("basehttp", 0),
         "middleware_cpu_ratio": ratio("fenced", 1),
+        "minimal_cpu_ratio": ratio("minimal", 1),
         "basehttp_cpu_ratio": ratio("basehttp", 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_middleware")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (~40 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (~50 s)")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
     from benchmarks.__main__ import report

@@ -33,6 +33,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from tests.reliability.servers import LocalCluster, have_redis_binaries
+from tokenfence_asgi._embedded import EmbeddedServer, embedded_client
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.testing import START as _START
 from tokenfence_asgi.testing import FakeClock
@@ -174,7 +175,7 @@ class Backend:
         self.prefix = prefix
         self.url = url
         self.cluster = cluster
-        self.server = fakeredis.FakeServer() if kind == "embedded" else None
+        self.server = EmbeddedServer() if kind == "embedded" else None
         self.fences: list[TokenFence] = []
         self.clients: list[Any] = []
 
@@ -193,7 +194,7 @@ class Backend:
         if "redis" in options or "redis_url" in options:
             pass
         elif self.server is not None:
-            client = fakeredis.FakeAsyncRedis(server=self.server, max_connections=2**31)
+            client = embedded_client(self.server)  # the embedded store TokenFence() makes
             self.clients.append(client)
             options["redis"] = client
         elif self.cluster is not None:

@@ -12,9 +12,12 @@ import structlog
 
 from tokenfence_asgi.context import (
     FenceContext,
+    add_fence_context,
+    bind_to_structlog,
     current_context,
     feature,
     misplaced_feature,
+    settle_context,
     tenant_scope,
 )
 from tokenfence_asgi.errors import InvalidId, TenantRequired
@@ -83,6 +86,67 @@ def test_structlog_bindings_of_the_app_are_restored() -> None:
         assert structlog.contextvars.get_contextvars() == {"tenant": "app-value", "user": "u1"}
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def unbound() -> Iterator[None]:
+    """Contexts not bound in structlog.contextvars, for the duration of a test."""
+    bind_to_structlog(False)
+    try:
+        yield
+    finally:
+        bind_to_structlog(True)
+
+
+def test_add_fence_context_reads_the_context_when_a_line_is_logged(unbound: None) -> None:
+    log = structlog.get_logger("my_app")
+
+    @feature("chat")
+    def answer() -> None:
+        assert structlog.contextvars.get_contextvars() == {}  # nothing bound
+        log.info("answering")
+        log.info("on behalf", tenant="other")  # the line's own key wins
+
+    with structlog.testing.capture_logs(processors=[add_fence_context]) as logs:
+        log.info("outside")
+        with tenant_scope("acme", request_id="job-1"):
+            answer()
+            log.info("after")
+        with tenant_scope("acme"):
+            log.info("no request id")
+    fields = [{k: v for k, v in line.items() if k not in ("log_level",)} for line in logs]
+    assert fields == [
+        {"event": "outside"},
+        {"event": "answering", "tenant": "acme", "feature": "chat", "request_id": "job-1"},
+        {"event": "on behalf", "tenant": "other", "feature": "chat", "request_id": "job-1"},
+        {"event": "after", "tenant": "acme", "request_id": "job-1"},
+        {"event": "no request id", "tenant": "acme"},
+    ]
+
+
+def test_the_processor_agrees_with_the_bound_fields() -> None:
+    # Bound (the default), merge_contextvars and add_fence_context give the same fields.
+    log = structlog.get_logger("my_app")
+    scope = tenant_scope("acme", feature="batch", request_id="job-1")
+    with structlog.testing.capture_logs(processors=[add_fence_context]) as by_processor, scope:
+        log.info("line")
+        bound = log_fields()
+    (line,) = by_processor
+    assert {k: line[k] for k in ("tenant", "feature", "request_id")} == bound
+
+
+def test_binding_can_be_turned_off_and_on_within_a_scope() -> None:
+    with tenant_scope("outer", feature="chat", request_id="r1"):
+        bind_to_structlog(False)
+        try:
+            with tenant_scope("inner"):
+                assert log_fields() == {"tenant": "outer", "feature": "chat", "request_id": "r1"}
+        finally:
+            bind_to_structlog(True)
+        with tenant_scope("inner"):
+            assert log_fields() == {"tenant": "inner", "request_id": "r1"}
+        assert log_fields() == {"tenant": "outer", "feature": "chat", "request_id": "r1"}
+    assert log_fields() == {}
 
 
 @pytest.mark.parametrize(
@@ -241,6 +305,39 @@ async def test_feature_shares_the_scope_open_reservations() -> None:
         scope_ctx.untrack("r-1")
         scope_ctx.untrack("unknown")
         assert scope_ctx.open_reservations == {}
+
+
+async def test_settlers_registered_anywhere_in_a_scope_run_once_at_its_end() -> None:
+    ran: list[tuple[str, str | None]] = []
+
+    async def settle_a(ctx: FenceContext) -> None:
+        ran.append(("a", ctx.feature))
+
+    async def settle_b(ctx: FenceContext) -> None:
+        ran.append(("b", ctx.feature))
+
+    @feature("chat")
+    async def inner() -> None:
+        ctx = current_context()
+        assert ctx is not None
+        ctx.on_end(settle_a)  # registered on the derived context
+        ctx.on_end(settle_a)  # once per settler
+
+    @feature("search")
+    async def other() -> None:
+        ctx = current_context()
+        assert ctx is not None
+        ctx.on_end(settle_b)
+
+    async with tenant_scope("acme") as scope_ctx:
+        await inner()
+        await other()
+        scope_ctx.on_end(settle_b)
+        await settle_context(scope_ctx)
+    assert ran == [("a", None), ("b", None)]
+    ran.clear()
+    await settle_context(FenceContext("acme"))  # nothing registered: nothing runs
+    assert ran == []
 
 
 async def test_concurrent_scopes_never_see_each_other() -> None:

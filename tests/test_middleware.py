@@ -22,12 +22,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.conftest import FakeClock, _free_port
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.context import current_context, feature, tenant_scope
+from tokenfence_asgi.context import (
+    add_fence_context,
+    bind_to_structlog,
+    current_context,
+    feature,
+    tenant_scope,
+)
 from tokenfence_asgi.engine import TokenFence
 from tokenfence_asgi.errors import (
     BudgetExceeded,
@@ -835,6 +841,22 @@ async def test_a_request_id_set_by_the_app_is_not_duplicated(fence: TokenFence) 
     assert [v for k, v in messages[0]["headers"] if k.lower() == b"x-request-id"] == [b"from-app"]
 
 
+@pytest.mark.parametrize("name", [b"X-Request-ID", b"x-request-id", b"X-REQUEST-ID"])
+async def test_a_request_id_header_of_any_case_from_a_raw_app_is_kept(
+    fence: TokenFence, name: bytes
+) -> None:
+    async def raw(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"2"), (b"x-request-ic", b"near"), (name, b"from-app")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    messages = await call_asgi(
+        TokenFenceMiddleware(raw, fence=fence), "/", [(b"x-tenant-id", b"acme")]
+    )
+    headers = messages[0]["headers"]
+    assert headers == [(b"content-length", b"2"), (b"x-request-ic", b"near"), (name, b"from-app")]
+
+
 # -- the context inside endpoints --------------------------------------------------------------
 
 
@@ -877,6 +899,31 @@ async def test_app_log_lines_carry_tenant_feature_and_request_id(fence: TokenFen
     (line,) = [entry for entry in logs if entry["event"] == "answering"]
     assert (line["tenant"], line["feature"], line["request_id"]) == ("acme", "chat", "r-log")
     assert structlog.contextvars.get_contextvars() == {}
+
+
+async def test_without_structlog_binding_the_processor_gives_log_lines_the_same_fields(
+    fence: TokenFence,
+) -> None:
+    app = FastAPI()
+    app_log = structlog.get_logger("my_app")
+
+    @app.get("/")
+    @feature("chat")
+    async def endpoint() -> dict[str, object]:
+        app_log.info("answering")
+        return structlog.contextvars.get_contextvars()
+
+    app.add_middleware(TokenFenceMiddleware, fence=fence)
+    bind_to_structlog(False)
+    try:
+        with structlog.testing.capture_logs(processors=[add_fence_context]) as logs:
+            async with client(app, **{"X-Tenant-ID": "acme", "X-Request-ID": "r-log"}) as c:
+                r = await c.get("/")
+    finally:
+        bind_to_structlog(True)
+    assert (r.json(), r.headers["x-request-id"]) == ({}, "r-log")  # nothing bound
+    (line,) = [entry for entry in logs if entry["event"] == "answering"]
+    assert (line["tenant"], line["feature"], line["request_id"]) == ("acme", "chat", "r-log")
 
 
 async def test_200_concurrent_requests_of_50_tenants_stay_apart(fence: TokenFence) -> None:

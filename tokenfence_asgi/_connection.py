@@ -20,13 +20,13 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; plain redis-py still works
     _pack = None
 
-__all__ = ["FastPackConnection"]
+__all__ = ["FastPackConnection", "FastPackMixin"]
 
 _FAST = frozenset({"EVALSHA", "EVAL", b"EVALSHA", b"EVAL"})
 
 
-class FastPackConnection(Connection):
-    """``redis.asyncio.Connection`` packing EVALSHA / EVAL with hiredis."""
+class FastPackMixin:
+    """Packs EVALSHA / EVAL with hiredis; put it before a redis-py ``Connection`` class."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if _pack is not None and args and args[0] in _FAST:
@@ -34,4 +34,9 @@ class FastPackConnection(Connection):
                 return [_pack(args)]
             except TypeError:
                 pass  # e.g. an argument type only redis-py's encoder knows how to refuse
-        return super().pack_command(*args)
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
+
+
+class FastPackConnection(FastPackMixin, Connection):
+    """``redis.asyncio.Connection`` packing EVALSHA / EVAL with hiredis."""

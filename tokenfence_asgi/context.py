@@ -9,7 +9,9 @@ callback reads it with ``current_context()``.
 Every change is made with a token and undone in ``finally``, so contexts nest and never leak
 between requests, tasks or threads. The same fields are bound with ``structlog.contextvars``
 (``tenant``, ``feature``, ``request_id``), so the app's own log lines carry them when its
-structlog configuration includes ``structlog.contextvars.merge_contextvars``.
+structlog configuration includes ``structlog.contextvars.merge_contextvars``; or, with
+``bind_to_structlog(False)``, the ``add_fence_context`` processor reads them when a line is
+logged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
 import structlog
+from structlog.typing import EventDict
 
 from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.keys import validate_id
@@ -33,6 +36,8 @@ __all__ = [
     "ContextToken",
     "FenceContext",
     "TenantScope",
+    "add_fence_context",
+    "bind_to_structlog",
     "current_context",
     "feature",
     "misplaced_feature",
@@ -52,15 +57,16 @@ class FenceContext:
     ``tenant_id`` is ``None`` only in an anonymous request (``allow_anonymous=True``): a fenced
     call made there must be refused with ``TenantRequired`` (see ``require_tenant``).
     ``open_reservations`` maps reservation id to ``Reservation`` for holds taken in this scope
-    and not yet settled: the LiteLLM callback adds and removes them (``track`` / ``untrack``) so
-    that whoever ends the scope can settle what is left. It is the only mutable part, and it is
+    and not yet settled (made on first use; ``has_open_reservations`` asks without making it):
+    the LiteLLM callback adds and removes them (``track`` / ``untrack``) so that whoever ends the
+    scope can settle what is left. It is the only mutable part, and it is
     shared by the contexts ``@feature`` derives within one request or scope. The other fields
     are read-only by contract (a plain slotted class rather than a frozen dataclass: one is built
     per request, and this is three times cheaper). Contexts compare equal on tenant, feature and
     request id.
     """
 
-    __slots__ = ("feature", "open_reservations", "request_id", "settlers", "tenant_id")
+    __slots__ = ("_reservations", "feature", "request_id", "settlers", "tenant_id")
 
     def __init__(
         self,
@@ -73,10 +79,22 @@ class FenceContext:
         self.tenant_id = tenant_id
         self.feature = feature
         self.request_id = request_id
-        self.open_reservations: dict[str, Reservation] = (
-            {} if open_reservations is None else open_reservations
-        )
-        self.settlers: list[Settler] = [] if settlers is None else settlers
+        # Both made on first need (track, on_end, with_feature): most requests hold nothing,
+        # and under load every object a waiting request keeps alive costs collector time.
+        self._reservations = open_reservations
+        self.settlers: list[Settler] | None = settlers
+
+    @property
+    def open_reservations(self) -> dict[str, Reservation]:
+        """Reservation id to ``Reservation``, for the holds taken in this scope and not settled."""
+        if self._reservations is None:
+            self._reservations = {}
+        return self._reservations
+
+    @property
+    def has_open_reservations(self) -> bool:
+        """Whether a hold taken in this scope is not settled yet."""
+        return bool(self._reservations)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FenceContext):
@@ -112,11 +130,15 @@ class FenceContext:
         The LiteLLM callback registers itself here, to settle the calls no LiteLLM event will
         (a stream the client abandoned, a cancelled call).
         """
-        if settler not in self.settlers:
+        if self.settlers is None:
+            self.settlers = [settler]
+        elif settler not in self.settlers:
             self.settlers.append(settler)
 
     def with_feature(self, name: str | None) -> FenceContext:
         """The same tenant, request id, open reservations and settlers, with ``feature``."""
+        if self.settlers is None:  # shared from now on, whichever of the two registers one
+            self.settlers = []
         return FenceContext(
             self.tenant_id, name, self.request_id, self.open_reservations, self.settlers
         )
@@ -135,7 +157,7 @@ async def settle_context(ctx: FenceContext) -> None:
     A failing settler is logged and the others still run; the holds it left are reclaimed when
     their leases run out.
     """
-    for settler in list(ctx.settlers):
+    for settler in list(ctx.settlers or ()):
         try:
             await settler(ctx)
         except Exception as exc:
@@ -166,9 +188,42 @@ ContextToken: TypeAlias = tuple[
 ``request_id`` (``None`` where it was left alone)."""
 
 
-def _bind(var: ContextVar[Any], value: str | None) -> Token[Any] | None:
-    if value is not None:
-        return var.set(value)
+_binding = True  # see bind_to_structlog
+
+
+def bind_to_structlog(enabled: bool = True) -> None:
+    """Whether contexts are bound in ``structlog.contextvars`` (the default: yes).
+
+    Bound, the ``tenant``, ``feature`` and ``request_id`` of the current context are on every
+    log line of a structlog configuration that has ``structlog.contextvars.merge_contextvars``
+    (structlog's default has it), at the cost of three more context variables set and reset per
+    request. ``bind_to_structlog(False)`` stops that: put ``add_fence_context`` among your
+    structlog processors instead, which reads the context when a line is logged, so that a
+    request sets one context variable only. Process-wide; call it at start-up.
+    """
+    global _binding
+    _binding = bool(enabled)
+
+
+def add_fence_context(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: the current context's ``tenant``, ``feature`` and ``request_id``.
+
+    Each is added when the context has it and the line does not set that key itself, as
+    ``merge_contextvars`` adds the bound ones; a line outside any context gets none. Read when
+    the line is logged, so it costs nothing per request (see ``bind_to_structlog``).
+    """
+    ctx = _CONTEXT.get()
+    if ctx is not None:
+        if ctx.tenant_id is not None:
+            event_dict.setdefault("tenant", ctx.tenant_id)
+        if ctx.feature is not None:
+            event_dict.setdefault("feature", ctx.feature)
+        if ctx.request_id is not None:
+            event_dict.setdefault("request_id", ctx.request_id)
+    return event_dict
+
+
+def _unbind(var: ContextVar[Any]) -> Token[Any] | None:
     # structlog reads Ellipsis as "not bound": hide an outer binding of the key for the scope,
     # rather than print ``feature=None``; when there is none, there is nothing to do.
     return None if var.get() is ... else var.set(...)
@@ -178,14 +233,17 @@ def push_context(ctx: FenceContext) -> ContextToken:
     """Make ``ctx`` the current context and bind its fields for structlog.
 
     The structlog keys are ``tenant``, ``feature`` and ``request_id``; a ``None`` field is
-    unbound for the duration. Always undo with ``pop_context`` in a ``finally`` of the same task
-    or thread.
+    unbound for the duration (nothing is bound after ``bind_to_structlog(False)``). Always undo
+    with ``pop_context`` in a ``finally`` of the same task or thread.
     """
+    if not _binding:
+        return (_CONTEXT.set(ctx), None, None, None)
+    tenant, name, request_id = ctx.tenant_id, ctx.feature, ctx.request_id
     return (
         _CONTEXT.set(ctx),
-        _bind(_LOG_TENANT, ctx.tenant_id),
-        _bind(_LOG_FEATURE, ctx.feature),
-        _bind(_LOG_REQUEST_ID, ctx.request_id),
+        _LOG_TENANT.set(tenant) if tenant is not None else _unbind(_LOG_TENANT),
+        _LOG_FEATURE.set(name) if name is not None else _unbind(_LOG_FEATURE),
+        _LOG_REQUEST_ID.set(request_id) if request_id is not None else _unbind(_LOG_REQUEST_ID),
     )
 
 
@@ -204,7 +262,7 @@ def pop_context(token: ContextToken) -> None:
 def _push_feature(name: str) -> ContextToken:
     parent = _CONTEXT.get()
     ctx = FenceContext(None, name) if parent is None else parent.with_feature(name)
-    return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name), None)
+    return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name) if _binding else None, None)
 
 
 def feature(name: str) -> Callable[[F], F]:
@@ -418,7 +476,7 @@ class TenantScope:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._context.open_reservations:
+            if self._context.has_open_reservations:
                 await settle_context(self._context)
         finally:
             token, self._token = self._token, None

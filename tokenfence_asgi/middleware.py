@@ -62,11 +62,43 @@ def _with_header(
 ) -> list[tuple[bytes, bytes]]:
     """``headers`` plus ``name: value``, unless the app already set ``name``."""
     result = list(headers)
+    size = len(name)
     for key, _ in result:
-        if key.lower() == name:
+        if len(key) == size and key.lower() == name:
             return result
     result.append((name, value))
     return result
+
+
+class _Sender:
+    """The ``send`` the app is given: notes whether the response started and ended, and adds
+    the request id header to the response start (``echo``: its name, or None).
+
+    One small object per request rather than a closure with its cells, and a plain callable
+    returning ``send``'s awaitable, so no coroutine of its own per message: under load, every
+    object a request keeps alive while it waits costs garbage-collector time.
+    """
+
+    __slots__ = ("complete", "echo", "request_id", "send", "started")
+
+    def __init__(self, send: Send, echo: bytes | None, request_id: str) -> None:
+        self.send = send
+        self.echo = echo
+        self.request_id = request_id
+        self.started = False
+        self.complete = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            echo = self.echo
+            if echo is not None:
+                value = self.request_id.encode("ascii")
+                message["headers"] = _with_header(message.get("headers", ()), echo, value)
+        elif kind == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        return self.send(message)
 
 
 def _exclude_prefixes(paths: Iterable[str]) -> tuple[str, ...]:
@@ -148,7 +180,9 @@ class TokenFenceMiddleware:
       ``uuid4().hex``); it is echoed on every response, error responses included, unless the
       app set that header itself. ``request_id_header=None`` neither reads nor echoes one.
     - ``current_context()`` returns the request's ``FenceContext``; ``tenant``, ``feature`` and
-      ``request_id`` are bound in ``structlog.contextvars`` for the request.
+      ``request_id`` are bound in ``structlog.contextvars`` for the request, unless
+      ``bind_to_structlog(False)`` (then the ``add_fence_context`` processor adds them to log
+      lines; see ``context``).
     - A ``TokenFenceError`` raised inside becomes its JSON response (see ``responses``) when no
       response has started; so does an ``ExceptionGroup`` made only of them (a task group in the
       endpoint), answered as its first. Once a response has started (streaming), the error is
@@ -205,26 +239,23 @@ class TokenFenceMiddleware:
         self._clock = clock
         self._endpoints_seen: set[object] = set()
 
-    def _read_headers(self, scope: Scope) -> tuple[str, list[bytes]]:
-        # One pass over the headers: the request id and, in header mode, the tenant's values.
+    def _read_headers(self, scope: Scope) -> tuple[str, bytes | None, bool]:
+        # One pass over the headers: the request id and, in header mode, the tenant's value and
+        # whether it was sent more than once.
         rid_name, tenant_name = self._request_id_header, self._tenant_header
         request_id: str | None = None
-        tenant: list[bytes] = []
+        tenant: bytes | None = None
+        repeated = False
         value: bytes
         for key, value in scope["headers"]:
             if key == tenant_name:
-                tenant.append(value)
+                repeated = tenant is not None
+                tenant = value
             elif key == rid_name and request_id is None:
                 request_id = value.decode("ascii") if _REQUEST_ID.fullmatch(value) else ""
         # None or not sane: 128 random bits as 32 hex digits, like uuid4().hex but cheaper (an id
         # to correlate logs, not a secret; the random module reseeds in forked workers)
-        return request_id or f"{getrandbits(128):032x}", tenant
-
-    def _header_tenant(self, values: list[bytes]) -> str | None:
-        header = self._tenant_header or b""
-        if len(values) > 1:  # e.g. a gateway that appends its value to the client's
-            raise InvalidId(f"the {header.decode()} header was sent more than once")
-        return decode_tenant(values[0] if values else None, header)
+        return request_id or getrandbits(128).to_bytes(16, "big").hex(), tenant, repeated
 
     async def _resolved(self, resolver: TenantResolver, scope: Scope) -> str | None:
         found = resolver(scope)
@@ -235,8 +266,11 @@ class TokenFenceMiddleware:
             raise TenantRequired(header=self._wanted_header)
         return tenant
 
-    def _from_header(self, values: list[bytes]) -> str | None:
-        tenant = self._header_tenant(values)
+    def _from_header(self, raw: bytes | None, repeated: bool) -> str | None:
+        header = self._tenant_header or b""
+        if repeated:  # e.g. a gateway that appends its value to the client's
+            raise InvalidId(f"the {header.decode()} header was sent more than once")
+        tenant = decode_tenant(raw, header)
         if tenant is None and not self._allow_anonymous:
             raise TenantRequired(header=self._wanted_header)
         return tenant
@@ -278,13 +312,13 @@ class TokenFenceMiddleware:
                 await self.app(scope, receive, send)
             return
 
-        request_id, tenant_values = self._read_headers(scope)
+        request_id, raw_tenant, repeated = self._read_headers(scope)
         echo = self._request_id_header
         try:
             if self._excluded and self._is_excluded(scope):
                 tenant = None  # no tenant asked for, none taken: an anonymous request
             elif self._resolver is None:  # header mode: no coroutine to create and await
-                tenant = self._from_header(tenant_values)
+                tenant = self._from_header(raw_tenant, repeated)
             else:
                 tenant = await self._resolved(self._resolver, scope)
         except InvalidId as exc:
@@ -308,30 +342,16 @@ class TokenFenceMiddleware:
             await self._reply(response, request_id, scope, receive, send)
             return
 
-        echo_value = request_id.encode("ascii")
-        response_started = False
-        response_complete = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal response_started, response_complete
-            kind = message["type"]
-            if kind == "http.response.start":
-                response_started = True
-                if echo is not None:
-                    message["headers"] = _with_header(message.get("headers", ()), echo, echo_value)
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                response_complete = True
-            await send(message)
-
+        sender = _Sender(send, echo, request_id)
         ctx = FenceContext(tenant, None, request_id)
         token = push_context(ctx)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, sender)
         except Exception as raised:
             error = _fence_error(raised)
             if error is None:
                 raise
-            if not response_started:
+            if not sender.started:
                 if error.http_status >= 500:  # the detail (a store's address) is for the log only
                     log.warning(
                         "fence_error_response",
@@ -349,15 +369,15 @@ class TokenFenceMiddleware:
                 log.warning(
                     "fence_error_after_response_start", error=error.error_code, detail=error.message
                 )
-                if not response_complete:
+                if not sender.complete:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             try:
-                if ctx.open_reservations:
+                if ctx.has_open_reservations:
                     # Also after a disconnect or cancellation: shielded, so the settlers run.
                     with anyio.CancelScope(shield=True):
                         await settle_context(ctx)
-                if ctx.open_reservations:  # the holds' leases reclaim these
+                if ctx.has_open_reservations:  # the holds' leases reclaim these
                     log.warning(
                         "reservations_left_open", reservation_ids=sorted(ctx.open_reservations)
                     )
@@ -381,12 +401,12 @@ class TokenFenceMiddleware:
         await response(scope, receive, send)
 
     async def _ws(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id, tenant_values = self._read_headers(scope)
+        request_id, raw_tenant, repeated = self._read_headers(scope)
         try:
             if self._excluded and self._is_excluded(scope):
                 tenant = None
             elif self._resolver is None:
-                tenant = self._from_header(tenant_values)
+                tenant = self._from_header(raw_tenant, repeated)
             else:
                 tenant = await self._resolved(self._resolver, scope)
         except (InvalidId, TenantRequired) as exc:

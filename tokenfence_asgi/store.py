@@ -283,15 +283,13 @@ class Store:
             if pool.connection_class is Connection:  # TCP; TLS and unix sockets keep theirs
                 pool.connection_class = FastPackConnection
             return cls(Redis.from_pool(pool), owned=True, timeout_s=timeout_s)
-        import fakeredis  # the embedded default; imported only when used
+        from tokenfence_asgi._embedded import embedded_client  # imported only when used
 
         log.warning(
             "embedded_store",
             detail="no redis_url: budgets live in this process only; use Redis to share them",
         )
-        # In-process "connections" cost nothing: no pool limit to trip over in a burst.
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), max_connections=2**31)
-        return cls(client, owned=True, embedded=True)
+        return cls(embedded_client(), owned=True, embedded=True)
 
     @staticmethod
     def _raise_outage(
