@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 
 PLAN = Plan(
     "bench",

@@ -32,7 +32,7 @@ import openai
 import redis.asyncio as aioredis
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 
 PLAN = Plan("bench", [Limit("1d", max_cost="1000000", max_requests=10**9)])
 MSGS = [{"role": "user", "content": "Summarise this support ticket in one sentence, please."}]

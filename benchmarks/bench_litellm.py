@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import tenant_scope
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.litellm import TokenFenceCallback
 
 PLAN = Plan("bench", [Limit("1d", max_cost="1000000", max_requests=10**9)])

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from tokenfence_asgi.config import DEFAULT_FEATURE_WEIGHTS, Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 
 PLAN = Plan(
     "realistic",

@@ -41,11 +41,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenfence_asgi.context import FenceContext, pop_context, push_context
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import InvalidId, TenantRequired, TokenFenceError
-from tokenfence_asgi.keys import validate_id
-from tokenfence_asgi.middleware import TokenFenceMiddleware
-from tokenfence_asgi.responses import FenceErrorResponse
+from tokenfence_asgi.store.keys import validate_id
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
+from tokenfence_asgi.web.problem import FenceErrorResponse
 
 VARIANTS = ("plain", "fenced", "minimal", "basehttp")
 _ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from tokenfence import async_guard
 from tokenfence.exceptions import BudgetExceeded as TheirBudgetExceeded
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded
 
 CALL_COST = Decimal("0.00027")  # 1000 x $0.15/M + 200 x $0.60/M

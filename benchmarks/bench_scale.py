@@ -20,8 +20,8 @@ import uuid
 from typing import Any
 
 from tokenfence_asgi.config import DEFAULT_FEATURE_WEIGHTS, Limit, Plan
-from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.keys import encode_id
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.store.keys import encode_id
 
 PLAN = Plan(
     "realistic",

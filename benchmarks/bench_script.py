@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 
 PLAN = Plan(
     "realistic",

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 
 TOKEN = "bench-service-token-0123456789"
 PLAN = Plan(
@@ -65,7 +65,7 @@ def _start_server(
     port = _free_port()
     log = (workdir / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenfence_asgi.service", "serve", "--host", "127.0.0.1",
+        [sys.executable, "-m", "tokenfence_asgi.web.service", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--redis-url", redis_url, "--prefix", prefix, "--config",
          str(plans), "--log-level", "warning"],
         env={**os.environ, "TOKENFENCE_SERVICE_TOKEN": TOKEN},

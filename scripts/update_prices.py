@@ -1,4 +1,4 @@
-"""Regenerate the price snapshot the library ships: ``tokenfence_asgi/_prices/prices.json``.
+"""Regenerate the price snapshot the library ships: ``tokenfence_asgi/pricing/_prices/prices.json``.
 
 Run by hand, never at import, with the dev extras installed::
 
@@ -28,7 +28,13 @@ from typing import Any
 from genai_prices import types
 from genai_prices.data_snapshot import get_snapshot
 
-OUT = Path(__file__).resolve().parent.parent / "tokenfence_asgi" / "_prices" / "prices.json"
+OUT = (
+    Path(__file__).resolve().parent.parent
+    / "tokenfence_asgi"
+    / "pricing"
+    / "_prices"
+    / "prices.json"
+)
 PROVIDERS = ("openai", "azure", "anthropic")
 
 # Maximum output tokens of chat models LiteLLM's map does not list, from the providers' model

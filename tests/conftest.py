@@ -33,8 +33,8 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from tests.reliability.servers import LocalCluster, have_redis_binaries
-from tokenfence_asgi._embedded import EmbeddedServer, embedded_client
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.store._embedded import EmbeddedServer, embedded_client
 from tokenfence_asgi.testing import START as _START
 from tokenfence_asgi.testing import FakeClock
 

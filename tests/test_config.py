@@ -33,7 +33,7 @@ from tokenfence_asgi.config import (
     load_plans,
     plans_from_mapping,
 )
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ConfigError, InvalidAmount, UnknownPlan
 
 # --- Limit -------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tokenfence_asgi.scripts import SCRIPT_NAMES, script_source
+from tokenfence_asgi.store.scripts import SCRIPT_NAMES, script_source
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA = sorted(p.name for p in (ROOT / "lua").glob("*.lua"))
+LUA = sorted(p.name for p in (ROOT / "tokenfence_asgi" / "store" / "lua").glob("*.lua"))
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_wheel_ships_every_lua_script(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert LUA, "no Lua scripts found"
     for name in LUA:
-        assert f"tokenfence_asgi/lua/{name}" in names
+        assert f"tokenfence_asgi/store/lua/{name}" in names
     assert "tokenfence_asgi/py.typed" in names
 
 
@@ -39,7 +39,7 @@ def test_every_script_has_a_file_and_the_shared_helpers() -> None:
 @pytest.mark.parametrize("name", LUA)
 def test_scripts_avoid_what_real_redis_refuses_or_fakeredis_lacks(name: str) -> None:
     """No os/io/dofile, no shebang flags, no bit/struct/cmsgpack, no float money commands."""
-    text = (ROOT / "lua" / name).read_text()
+    text = (ROOT / "tokenfence_asgi" / "store" / "lua" / name).read_text()
     code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
     assert not text.startswith("#!")
     for banned in (

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Backend
 from tokenfence_asgi.config import Limit, Plan, load_plans
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, InvalidId, PolicyDenied
 from tokenfence_asgi.policy import Decision, Policy, policy_from_mapping
 

@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
 from tokenfence_asgi.context import FenceContext, current_context, feature, tenant_scope
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
@@ -26,10 +27,8 @@ from tokenfence_asgi.errors import (
     TooManyOpenHolds,
     UnknownPlan,
 )
-from tokenfence_asgi.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
-from tokenfence_asgi.observe import FenceObserver
 from tokenfence_asgi.policy import Decision, Policy
-from tokenfence_asgi.pricing import ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
     Alert,
     DailyUsage,
@@ -40,24 +39,25 @@ from tokenfence_asgi.results import (
     UsageRecord,
     WindowStatus,
 )
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware, sign_tenant, signed_tenant_header
 
 if TYPE_CHECKING:
-    from tokenfence_asgi.admin import admin_app
     from tokenfence_asgi.guard import CallNotFenced
     from tokenfence_asgi.litellm import TokenFenceCallback
-    from tokenfence_asgi.metrics import FenceMetrics
-    from tokenfence_asgi.service import service_app
-    from tokenfence_asgi.webhooks import WebhookSender, verify_signature
+    from tokenfence_asgi.ops.metrics import FenceMetrics
+    from tokenfence_asgi.ops.webhooks import WebhookSender, verify_signature
+    from tokenfence_asgi.web.admin import admin_app
+    from tokenfence_asgi.web.service import service_app
 
 # Imported on first use: LiteLLM takes seconds to import, the apps pull in more than the engine.
 _LAZY = {
     "TokenFenceCallback": "tokenfence_asgi.litellm",
     "CallNotFenced": "tokenfence_asgi.guard",
-    "admin_app": "tokenfence_asgi.admin",
-    "FenceMetrics": "tokenfence_asgi.metrics",
-    "service_app": "tokenfence_asgi.service",
-    "WebhookSender": "tokenfence_asgi.webhooks",
-    "verify_signature": "tokenfence_asgi.webhooks",
+    "admin_app": "tokenfence_asgi.web.admin",
+    "FenceMetrics": "tokenfence_asgi.ops.metrics",
+    "service_app": "tokenfence_asgi.web.service",
+    "WebhookSender": "tokenfence_asgi.ops.webhooks",
+    "verify_signature": "tokenfence_asgi.ops.webhooks",
 }
 
 

@@ -19,14 +19,14 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from tests.e2e.fake_provider import FakeProvider
 from tests.e2e.test_litellm_http import MSGS, window
-from tests.litellm_support import close_litellm_clients, own_client, saved_callbacks
+from tests.litellm.litellm_support import close_litellm_clients, own_client, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import tenant_scope
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, TenantDisabled
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
-from tokenfence_asgi.pricing import ModelPrice
+from tokenfence_asgi.pricing.book import ModelPrice
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,14 +22,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 
 from tests.e2e.fake_provider import FakeProvider
-from tests.litellm_support import close_litellm_clients, saved_callbacks
+from tests.litellm.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import FenceContext, feature, tenant_scope
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, InputTooLong, ModelNotAllowed, TokenFenceError
 from tokenfence_asgi.litellm import TokenFenceCallback
-from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.money import from_nanos, to_nanos
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,9 +22,9 @@ import redis
 from tests.e2e.servers import serve
 from tests.e2e.service_helpers import serve_subprocess, spend
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.money import to_nanos
-from tokenfence_asgi.service import service_app
+from tokenfence_asgi.web.service import service_app
 
 pytestmark = pytest.mark.slow
 

@@ -23,13 +23,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 
 from tests.e2e.fake_provider import FakeProvider
-from tests.litellm_support import close_litellm_clients, saved_callbacks
+from tests.litellm.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import feature
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.litellm import APPROVAL_KEY, TokenFenceCallback
-from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.policy import Policy
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 pytestmark = [
     pytest.mark.slow,

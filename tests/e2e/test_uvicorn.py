@@ -14,8 +14,8 @@ from tests.conftest import FakeClock
 from tests.e2e.servers import serve
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context, feature
-from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.middleware import TokenFenceMiddleware
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from tests.e2e.fake_anthropic import FakeAnthropic
 from tests.e2e.fake_provider import serve
 from tests.guard.providers import GuardProvider
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.pricing import ModelPrice
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.pricing.book import ModelPrice
 
 MODELS = (
     "gpt-3.5-turbo-instruct",

@@ -29,7 +29,8 @@ from tests.guard.providers import GuardProvider
 from tests.guard.test_matrix import spent
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import FenceContext, pop_context, push_context, tenant_scope
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
@@ -41,9 +42,8 @@ from tokenfence_asgi.errors import (
     TenantRequired,
 )
 from tokenfence_asgi.guard import CallNotFenced
-from tokenfence_asgi.observe import FenceObserver
 from tokenfence_asgi.policy import Policy
-from tokenfence_asgi.pricing import CallShape, ModelPrice
+from tokenfence_asgi.pricing.book import CallShape, ModelPrice
 from tokenfence_asgi.results import Reservation
 
 pytestmark = pytest.mark.slow

@@ -33,10 +33,10 @@ from tests.guard.providers import GuardProvider
 from tests.guard.test_streams import all_of
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context, feature
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import StoreUnavailable
-from tokenfence_asgi.middleware import TokenFenceMiddleware
-from tokenfence_asgi.pricing import CallShape
+from tokenfence_asgi.pricing.book import CallShape
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 pytestmark = pytest.mark.slow
 

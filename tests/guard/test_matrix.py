@@ -24,7 +24,7 @@ from tests.e2e.fake_anthropic import FakeAnthropic
 from tests.guard.calls import CASES, Case
 from tests.guard.conftest import CLIENT_KINDS
 from tests.guard.providers import GuardProvider
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, ModelNotAllowed, TenantDisabled
 
 pytestmark = pytest.mark.slow

@@ -25,8 +25,8 @@ from tests.guard.conftest import MSGS, PLANS, PRICES, list_cost
 from tests.guard.providers import GuardProvider
 from tests.guard.test_matrix import spent
 from tokenfence_asgi.context import tenant_scope
-from tokenfence_asgi.engine import TokenFence
-from tokenfence_asgi.pricing import CallShape, Estimate
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.pricing.book import CallShape, Estimate
 
 pytestmark = pytest.mark.slow
 

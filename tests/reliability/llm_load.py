@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from tokenfence_asgi.config import Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import TokenFenceError
 from tokenfence_asgi.money import to_nanos
-from tokenfence_asgi.observe import FenceObserver
 from tokenfence_asgi.results import Reservation, Settlement
 
 __all__ = ["MSGS", "PHASES", "llm_worker"]
@@ -80,7 +80,7 @@ async def _run(
     from tests.reliability.servers import serve
     from tokenfence_asgi.context import feature
     from tokenfence_asgi.litellm import TokenFenceCallback
-    from tokenfence_asgi.middleware import TokenFenceMiddleware
+    from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
     fence = TokenFence(redis_url=url, prefix=prefix, plans=[plan], default_plan=plan.name,
                        timeout_s=5)  # fmt: skip

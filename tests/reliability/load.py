@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import StoreUnavailable
 from tokenfence_asgi.money import from_nanos
 from tokenfence_asgi.results import Reservation
@@ -118,7 +118,7 @@ async def _http_load(
 
     from tests.reliability.servers import serve
     from tokenfence_asgi.context import current_context
-    from tokenfence_asgi.middleware import TokenFenceMiddleware
+    from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
     fence = TokenFence(redis_url=url, prefix=prefix, plans=[BIG], default_plan="big")
 

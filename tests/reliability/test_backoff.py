@@ -15,9 +15,9 @@ import pytest
 from tests.reliability.figures import record
 from tests.reliability.servers import CountingProxy, RedisProcess, free_port
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import StoreUnavailable
-from tokenfence_asgi.store import BACKOFF_BASE_S, BACKOFF_CAP_S, Backoff
+from tokenfence_asgi.store.client import BACKOFF_BASE_S, BACKOFF_CAP_S, Backoff
 
 PLAN = Plan("p", [Limit("1d", max_cost="100")])
 

@@ -19,7 +19,7 @@ from tests.reliability.conftest import Workers
 from tests.reliability.figures import record
 from tests.reliability.servers import drop_prefix
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, InvalidId
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Reservation

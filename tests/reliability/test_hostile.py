@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from tests.conftest import HOSTILE_EXAMPLES, ClusterNodes
 from tokenfence_asgi.config import Limit, Plan, load_plans
 from tokenfence_asgi.context import current_context
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import (
     ConfigError,
     InvalidAmount,
@@ -35,8 +35,8 @@ from tokenfence_asgi.errors import (
     Refused,
     TokenFenceError,
 )
-from tokenfence_asgi.middleware import TokenFenceMiddleware
 from tokenfence_asgi.money import to_nanos
+from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 BIG = Plan("big", [Limit("1mo", max_cost="4000000")])
 HOSTILE = settings(
@@ -498,7 +498,7 @@ def test_hostile_metadata_and_models_through_the_litellm_callback(
 
 def test_valid_id_restates_the_documented_rule() -> None:
     """``valid_id`` (the tests' oracle) on edge ids, and the engine agreeing with it."""
-    from tokenfence_asgi.keys import validate_id
+    from tokenfence_asgi.store.keys import validate_id
 
     for value, ok in [("a", True), ("", False), ("x" * 200, True), ("x" * 201, False),
                       ("a\u200bb", False), ("é", True), ("a\ud800", False)]:  # fmt: skip

@@ -11,7 +11,7 @@ attempt per process per window (at most 1 s), not one per request.
 ``TOKENFENCE_OUTAGE_S`` shortens the outage for a quick local run.
 
 ``on_store_error="allowance"`` (a small local allowance per tenant while the store is away,
-written back after) is tested in ``tests/test_allowance.py``.
+written back after) is tested in ``tests/engine/test_allowance.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.reliability.conftest import Workers
 from tests.reliability.figures import percentile, record
 from tests.reliability.load import http_worker
 from tests.reliability.servers import CountingProxy, RedisProcess
-from tokenfence_asgi.store import BACKOFF_BASE_S, BACKOFF_CAP_S
+from tokenfence_asgi.store.client import BACKOFF_BASE_S, BACKOFF_CAP_S
 
 pytestmark = pytest.mark.slow
 

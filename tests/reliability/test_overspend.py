@@ -30,7 +30,7 @@ from tests.reliability.figures import record
 from tests.reliability.llm_load import PHASES, llm_worker
 from tests.reliability.servers import drop_prefix
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.money import from_nanos, to_nanos
 
 pytestmark = pytest.mark.slow

@@ -32,9 +32,9 @@ from tests.reliability.conftest import Workers
 from tests.reliability.figures import percentile, record
 from tests.reliability.load import BIG, engine_worker
 from tests.reliability.servers import RedisProcess
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.money import to_nanos
-from tokenfence_asgi.store import BACKOFF_CAP_S
+from tokenfence_asgi.store.client import BACKOFF_CAP_S
 
 pytestmark = pytest.mark.slow
 

@@ -44,9 +44,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from tests.conftest import HOSTILE_EXAMPLES, FakeClock
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import TenantRequired
-from tokenfence_asgi.middleware import (
+from tokenfence_asgi.web.middleware import (
     TenantResolver,
     TokenFenceMiddleware,
     sign_tenant,
@@ -419,7 +419,7 @@ async def _refuses_without_the_token(app: Starlette, token: str, public: set[str
 async def test_every_admin_route_refuses_a_missing_or_wrong_token(
     make_fence: Callable[..., TokenFence],
 ) -> None:
-    from tokenfence_asgi.admin import admin_app
+    from tokenfence_asgi.web.admin import admin_app
 
     app = admin_app(make_fence(plans=[OPEN], default_plan="open"), token=ADMIN_TOKEN,
                     metrics=False)  # fmt: skip
@@ -430,7 +430,7 @@ async def test_every_admin_route_refuses_a_missing_or_wrong_token(
 async def test_every_service_route_refuses_a_missing_or_wrong_token(
     make_fence: Callable[..., TokenFence],
 ) -> None:
-    from tokenfence_asgi.service import service_app
+    from tokenfence_asgi.web.service import service_app
 
     token = "service-token-0123456789"
     app = service_app(make_fence(plans=[OPEN], default_plan="open"), token=token)

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tokenfence_asgi.errors import ConfigError
 from tokenfence_asgi.guard._fenced import CallNotFenced
-from tokenfence_asgi.keys import validate_id
+from tokenfence_asgi.store.keys import validate_id
 
 if TYPE_CHECKING:
-    from tokenfence_asgi.engine import TokenFence
+    from tokenfence_asgi.engine.fence import TokenFence
 
 __all__ = ["CallNotFenced", "guard"]
 

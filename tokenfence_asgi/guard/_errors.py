@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from tokenfence_asgi.errors import TokenFenceError
-from tokenfence_asgi.responses import limit_headers
+from tokenfence_asgi.web.problem import limit_headers
 
 __all__ = ["StatusErrors"]
 

@@ -30,12 +30,12 @@ from typing import Any, Literal, Protocol
 import anyio
 import structlog
 
+from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, PlannedCall
 from tokenfence_asgi.context import FenceContext, current_context
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import PolicyDenied, TenantRequired, TokenFenceError
 from tokenfence_asgi.money import from_nanos
-from tokenfence_asgi.planner import CallPlanner, CallRequest, PlannedCall
-from tokenfence_asgi.pricing import OUTPUT_KINDS, CallKind, Estimate
+from tokenfence_asgi.pricing.book import OUTPUT_KINDS, CallKind, Estimate
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["Adapter", "CallNotFenced", "Fenced", "GuardedCall", "Route", "Usage"]

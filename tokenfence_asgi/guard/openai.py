@@ -1,7 +1,7 @@
 """The OpenAI SDK under the guard: ``OpenAI``, ``AsyncOpenAI`` and the Azure clients.
 
 Paid paths and how each is bounded (the body is read as the SDK sends it, ``extra_body``
-merged in; shapes as ``tokenfence_asgi.shapes`` reads them):
+merged in; shapes as ``tokenfence_asgi.calls.shapes`` reads them):
 
 =========================================  ==============  ===================================
 path                                       kind            usage settled from
@@ -45,12 +45,12 @@ from urllib.parse import unquote
 import httpx2
 import openai
 
+from tokenfence_asgi.calls.planner import CallRequest, PlannedCall
+from tokenfence_asgi.calls.shapes import shape_of
 from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
-from tokenfence_asgi.planner import CallRequest, PlannedCall
-from tokenfence_asgi.pricing import CallKind
-from tokenfence_asgi.shapes import shape_of
+from tokenfence_asgi.pricing.book import CallKind
 
 __all__ = ["ADAPTER", "CLIENTS", "OpenAIAdapter"]
 

@@ -37,8 +37,8 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before LiteLLM is imported
 
+from tokenfence_asgi.calls.planner import tool_action
 from tokenfence_asgi.litellm._state import APPROVAL_KEY, RESERVATION_KEY
 from tokenfence_asgi.litellm.callback import TokenFenceCallback
-from tokenfence_asgi.planner import tool_action
 
 __all__ = ["APPROVAL_KEY", "RESERVATION_KEY", "TokenFenceCallback", "tool_action"]

@@ -11,7 +11,9 @@ import structlog
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
-from tokenfence_asgi.engine import TokenFence
+from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, DeniedTools, tool_action
+from tokenfence_asgi.calls.portal import Portal
+from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, TokenFenceError
 from tokenfence_asgi.litellm._book import Unscoped
 from tokenfence_asgi.litellm._errors import for_litellm, is_router_call
@@ -34,9 +36,7 @@ from tokenfence_asgi.litellm.calls import (
     trusted_deployment_id,
 )
 from tokenfence_asgi.money import MoneyInput
-from tokenfence_asgi.planner import CallPlanner, CallRequest, DeniedTools, tool_action
-from tokenfence_asgi.portal import Portal
-from tokenfence_asgi.pricing import CallKind, ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import CallKind, ModelPrice, PriceBook
 
 __all__ = ["TokenFenceCallback"]
 
@@ -47,17 +47,16 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
     """Fences LiteLLM calls: ``litellm.callbacks = [TokenFenceCallback(fence)]``.
 
     Every paid async call LiteLLM makes (``acompletion``, ``aresponses``, ``atext_completion``,
-    ``aembedding``, ``aimage_generation``, ``atranscription``, ``aspeech``, ``arerank``; plain
-    or through a ``Router``; streamed or not) is described to the ``CallPlanner`` (see
-    ``tokenfence_asgi.planner``): the plan's model allow-list and downgrade chain, input limits
-    and tool-call policy are applied, and the call's worst case is reserved in one round trip on
-    the first allowed model that fits. The call then uses that model, with the output limit the
+    ``aembedding``, ``aimage_generation``, ``atranscription``, ``aspeech``, ``arerank``; plain or
+    through a ``Router``; streamed or not) is described to the ``CallPlanner`` (see
+    ``tokenfence_asgi.calls.planner``): the plan's model allow-list and downgrade chain, input
+    limits and tool-call policy are applied, and the call's worst case is reserved in one round trip
+    on the first allowed model that fits. The call then uses that model, with the output limit the
     hold covers written into it when it set none (``default_output_tokens`` of the plan or the
-    fence). After it, LiteLLM's cost of the response is committed with the token counts; a
-    failure releases the hold; a stream is charged when it ends, and a stream the caller
-    abandons is charged its input plus the output streamed so far. A call type that cannot be
-    bounded from its arguments (an image, a transcription) is refused unless its model has a
-    ``ModelPrice.flat`` price.
+    fence). After it, LiteLLM's cost of the response is committed with the token counts; a failure
+    releases the hold; a stream is charged when it ends, and a stream the caller abandons is charged
+    its input plus the output streamed so far. A call type that cannot be bounded from its arguments
+    (an image, a transcription) is refused unless its model has a ``ModelPrice.flat`` price.
 
     The tenant and feature come from the current request or ``tenant_scope``; outside them,
     from call ``metadata`` ``tenant_id`` / ``feature``. Inside a request, metadata can change

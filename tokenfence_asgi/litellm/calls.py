@@ -2,7 +2,7 @@
 
 ``kind_of(call_type)`` names the kind of a LiteLLM call type: chat (``acompletion``,
 ``aanthropic_messages``), the Responses API, text completion, embeddings, images, transcription,
-speech and rerank, whose kwargs ``tokenfence_asgi.shapes.shape_of`` turns into a ``CallShape``
+speech and rerank, whose kwargs ``tokenfence_asgi.calls.shapes.shape_of`` turns into a ``CallShape``
 (the OpenAI request format, which the SDK guards read too). Other call types that may be paid
 are ``"other"``: the planner refuses them unless their model has a ``per_call`` price. Calls
 that cost nothing (listing, retrieving, deleting, moderation) are ``None``: not fenced.
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tokenfence_asgi.pricing import CallKind
-from tokenfence_asgi.shapes import OUTPUT_LIMIT_KEYS, output_limit_keys, shape_of
+from tokenfence_asgi.calls.shapes import OUTPUT_LIMIT_KEYS, output_limit_keys, shape_of
+from tokenfence_asgi.pricing.book import CallKind
 
 __all__ = ["OUTPUT_LIMIT_KEYS", "kind_of", "output_limit_keys", "sanitized", "shape_of"]
 

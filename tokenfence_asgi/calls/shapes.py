@@ -1,0 +1,155 @@
+"""The OpenAI request format as the call planner sees it: a body's ``CallShape``.
+
+OpenAI's request bodies are the lingua franca of LLM calls: the OpenAI SDK sends them, and
+LiteLLM's call arguments follow them. ``shape_of(kind, body)`` reads what bounds a call's cost
+from one: chat (messages, tools, ``response_format``, ``n``, ``max_tokens`` /
+``max_completion_tokens``), the Responses API (``input``, ``instructions``, ``text``,
+``max_output_tokens``), text completion (``prompt``, ``n`` x ``best_of`` per prompt),
+embeddings (``input``, token ids counted as they are), images (``n``), speech (characters),
+rerank (query and documents); any other kind is one call at its ``per_call`` price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tokenfence_asgi.errors import InvalidCall
+from tokenfence_asgi.pricing.book import CallKind, CallShape
+
+__all__ = ["OUTPUT_LIMIT_KEYS", "output_limit_keys", "shape_of"]
+
+OUTPUT_LIMIT_KEYS: dict[CallKind, tuple[str, ...]] = {
+    "chat": ("max_tokens", "max_completion_tokens"),
+    "text": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+}
+"""The arguments that limit a call's output, by kind; the first is the one the fence writes."""
+
+
+def output_limit_keys(kind: CallKind) -> tuple[str, ...]:
+    """The output-limit arguments of a kind (empty for kinds that generate no tokens)."""
+    return OUTPUT_LIMIT_KEYS.get(kind, ())
+
+
+def _count(kwargs: Mapping[str, object], key: str) -> int:
+    value = kwargs.get(key)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise InvalidCall(f"{key} must be an integer in [1, 1024], got {value!r}")
+    return value
+
+
+def _output_limit(kind: CallKind, kwargs: Mapping[str, object]) -> int | None:
+    """The largest output limit the call set (several may be set: the provider honours one)."""
+    found: int | None = None
+    for key in output_limit_keys(kind):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidCall(f"{key} must be a positive integer, got {value!r}")
+        found = value if found is None else max(found, value)
+    return found
+
+
+def _texts(value: object) -> tuple[tuple[str, ...], int]:
+    """Plain texts in a prompt or embedding input, and the tokens given as token ids."""
+    if isinstance(value, str):
+        return (value,), 0
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        texts: list[str] = []
+        tokens = 0
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                tokens += 1
+            elif isinstance(item, Sequence) and not isinstance(item, bytes | bytearray):
+                tokens += len(item)
+            else:
+                texts.append(repr(item))
+        return tuple(texts), tokens
+    if value is None:
+        return (), 0
+    return (repr(value),), 0
+
+
+def _responses_input(value: object) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """Chat messages and other items (counted as JSON) from a Responses API ``input``."""
+    if isinstance(value, str):
+        return ({"role": "user", "content": value},), ()
+    messages: list[object] = []
+    extra: list[object] = []
+    for item in value if isinstance(value, Sequence) else (value,):
+        if isinstance(item, Mapping) and "role" in item and "content" in item:
+            content = item["content"]
+            if isinstance(content, list):
+                parts: list[object] = []
+                for part in content:
+                    kind = part.get("type") if isinstance(part, Mapping) else None
+                    if kind == "input_image" and isinstance(part, Mapping):
+                        url = part.get("image_url") or part.get("file_id") or ""
+                        parts.append({"type": "image_url", "image_url": {"url": str(url)}})
+                    elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                        parts.append({"type": "text", "text": part["text"]})
+                    else:
+                        extra.append(part)
+                content = parts
+            messages.append({"role": str(item["role"]), "content": content})
+        elif item is not None:
+            extra.append(item)
+    return tuple(messages), tuple(extra)
+
+
+def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = None) -> CallShape:
+    """The ``CallShape`` of a LiteLLM call of ``kind`` from its kwargs.
+
+    ``messages`` are the chat messages when LiteLLM keeps them elsewhere (a positional call).
+    Raises ``InvalidCall`` for an ``n``, ``best_of`` or output limit that is not a positive int.
+    """
+    tools = kwargs.get("tools")
+    tool_tuple = tuple(tools) if isinstance(tools, list) else None
+    limit = _output_limit(kind, kwargs)
+    if kind == "chat":
+        found = kwargs.get("messages", messages)
+        extra = tuple(kwargs[k] for k in ("response_format", "system") if kwargs.get(k))
+        return CallShape(
+            "chat",
+            messages=tuple(found) if isinstance(found, list) else (),
+            tools=tool_tuple,
+            extra=extra,
+            output_limit=limit,
+            choices=_count(kwargs, "n"),
+        )
+    if kind == "responses":
+        found_messages, items = _responses_input(kwargs.get("input"))
+        extra = tuple(kwargs[k] for k in ("instructions", "text") if kwargs.get(k))
+        return CallShape(
+            "responses",
+            messages=found_messages,
+            tools=tool_tuple,
+            extra=items + extra,
+            output_limit=limit,
+        )
+    if kind == "text":
+        texts, tokens = _texts(kwargs.get("prompt"))
+        prompts = max(1, len(texts) + (1 if tokens and not texts else 0))
+        choices = max(_count(kwargs, "n"), _count(kwargs, "best_of")) * prompts
+        return CallShape("text", texts=texts, tokens=tokens, output_limit=limit, choices=choices)
+    if kind == "embedding":
+        texts, tokens = _texts(kwargs.get("input"))
+        return CallShape("embedding", texts=texts, tokens=tokens)
+    if kind == "image":
+        return CallShape("image", texts=_texts(kwargs.get("prompt"))[0], units=_count(kwargs, "n"))
+    if kind == "speech":
+        text = kwargs.get("input")
+        text = text if isinstance(text, str) else repr(text)
+        return CallShape("speech", texts=(text,), units=1, characters=len(text))
+    if kind == "rerank":
+        documents = kwargs.get("documents")
+        parts = [str(kwargs.get("query", ""))]
+        for document in documents if isinstance(documents, list) else ():
+            parts.append(document if isinstance(document, str) else repr(document))
+        return CallShape("rerank", texts=tuple(parts), units=1)
+    return CallShape(kind, units=1)

@@ -1,0 +1,1 @@
+"""Operations: metrics, webhooks, the ledger export, spend reports and the simulation."""
