@@ -30,6 +30,7 @@ from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.config import BUILTIN_PLANS, Plan, PlanSet, default_plan_for
 from tokenfence_asgi.engine.alerts import AlertHook, AlertHub
 from tokenfence_asgi.engine.allowance import Allowance, Owed
+from tokenfence_asgi.engine.commits import CommitQueue
 from tokenfence_asgi.engine.observe import FenceObserver, Observers
 from tokenfence_asgi.errors import (
     ApprovalRequired,
@@ -231,6 +232,9 @@ class TokenFence:
     fence's one price book, ``fence.prices``, shared by the LiteLLM callback, the SDK guards and
     the HTTP API: configured prices first, then LiteLLM's bundled price map, then
     ``default_price``; a model nothing prices is refused.
+    ``commit_queue`` (default 1,000) bounds the commits ``commit_soon`` may leave to the
+    background (``fence.commits``, see ``tokenfence_asgi.engine.commits``); 0 sends each one
+    before ``commit_soon`` returns.
     """
 
     def __init__(
@@ -260,6 +264,7 @@ class TokenFence:
         default_output_tokens: int | None = 4096,
         prices: Mapping[str, ModelPrice] | PriceBook | None = None,
         default_price: ModelPrice | None = None,
+        commit_queue: int = 1000,
     ) -> None:
         if default_output_tokens is not None and not (
             type(default_output_tokens) is int and 1 <= default_output_tokens <= 10_000_000
@@ -355,6 +360,11 @@ class TokenFence:
         self.portal = Portal("use the async client (AsyncOpenAI, AsyncAnthropic) there")
         """Runs this fence's coroutines for sync callers (see ``run_sync``)."""
         self.counters = FenceCounters()
+        self.commits = CommitQueue(
+            self.commit, self._store, self.counters, max_pending=commit_queue
+        )
+        """The commits ``commit_soon`` left to the background; ``await fence.commits.flush()``
+        waits for them."""
         self._alerts = AlertHub(self.counters)
         self._observers = Observers()
 
@@ -778,6 +788,33 @@ class TokenFence:
             self._observers.committed(reservation, settlement)
         return settlement
 
+    async def commit_soon(
+        self,
+        reservation: Reservation,
+        cost: MoneyInput,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """``commit``, sent in the background with others (one round trip for many).
+
+        For a caller that does not need the ``Settlement``: the hold covers the call until the
+        commit lands, so the limits hold meanwhile. Arguments are checked now (``commit``'s
+        errors); a store error later is logged and counted (``counters.commit_errors``). When
+        ``commit_queue`` commits already wait, this one is made now, awaited. ``aclose`` sends
+        what is queued; ``await fence.commits.flush()`` waits for it.
+        """
+        await self.commits.put(
+            reservation,
+            cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=model,
+            request_id=request_id,
+        )
+
     async def _commit(
         self,
         reservation: Reservation,
@@ -910,8 +947,12 @@ class TokenFence:
     # -- status --------------------------------------------------------------------------------
 
     async def status(self, tenant_id: str) -> TenantStatus:
-        """The tenant's plan, pool, kill switches, open holds and every window of its plans."""
+        """The tenant's plan, pool, kill switches, open holds and every window of its plans.
+
+        Commits this fence queued before the call land first (``commit_soon``).
+        """
         tenant = validate_id(tenant_id, what="tenant_id")
+        await self.commits.flush()
         tenant_enc = encode_id(tenant)
 
         def build(route: _Route) -> tuple[list[str], list[str]]:
@@ -1366,8 +1407,11 @@ class TokenFence:
         """Wait briefly for alert deliveries in flight; close the store if the fence opened it.
 
         Spend owed since an outage is written back first when the store answers; what cannot
-        be is logged (``outage_spend_lost``) with its amount.
+        be is logged (``outage_spend_lost``) with its amount. Commits queued by
+        ``commit_soon`` are sent first.
         """
+        self.commits.close()
+        await self.commits.flush()
         if self._allowance is not None and self._allowance.owed:
             await self.write_back()
             if self._allowance.owed:
