@@ -23,6 +23,7 @@ import structlog
 from tests.reliability.figures import record
 from tests.reliability.servers import have_redis_binaries, redis_server
 from tokenfence_asgi.config import Limit, Plan
+from tokenfence_asgi.engine import commits as commits_module
 from tokenfence_asgi.engine.commits import MAX_BATCH, CommitQueue
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.observe import FenceObserver
@@ -122,31 +123,31 @@ async def test_queued_commits_never_let_concurrent_calls_exceed_the_limit(
     """While commits wait in the queue, their holds keep every instance within the limit."""
     fence = make_fence(plans=PLANS, default_plan="day")
     other = make_fence(plans=PLANS, default_plan="day")  # another app instance, same store
+    reader = make_fence(plans=PLANS, default_plan="day")  # a third, for status
     admitted: list[Reservation] = []
 
-    async def caller(instance: TokenFence) -> None:
-        while True:
-            try:
-                reservation = await instance.reserve("acme", "0.10", feature="chat")
-            except BudgetExceeded:
-                return
-            admitted.append(reservation)
-            await instance.commit_soon(reservation, "0.07")  # queued: the store is slow
+    async def call(instance: TokenFence) -> None:
+        reservation = await instance.reserve("acme", "0.10", feature="chat")
+        admitted.append(reservation)
+        await instance.commit_soon(reservation, "0.07")  # queued: the store is slow
 
-    await asyncio.gather(*(caller(fence if n % 2 else other) for n in range(40)))
-    assert len(admitted) == 10  # $1.00 / $0.10: not one more while the commits wait
-    assert fence.commits.pending + other.commits.pending == 10
-    reader = make_fence(plans=PLANS, default_plan="day")  # a third instance, nothing queued
+    await asyncio.gather(*(call(fence) for _ in range(10)))  # $1.00 held, commits queued
+    assert fence.commits.pending == 10
+    refused = await asyncio.gather(*(call(other) for _ in range(30)), return_exceptions=True)
+    assert all(isinstance(r, BudgetExceeded) for r in refused)  # not one more call
     assert await used_and_held(reader, "acme") == (D(0), D("1.00"))
-    assert reader.counters.commits_queued == 0
 
+    # Calls on the instance whose commits wait are refused too; each then waits for those
+    # commits to land and tries once more: $0.30 came back, so exactly 3 of 10 get through.
+    racing = [asyncio.create_task(call(fence)) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in racing)
     gate.set()  # the store answers: each hold becomes its cost
+    outcomes = await asyncio.gather(*racing, return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 3
+    assert all(isinstance(o, BudgetExceeded) for o in outcomes if o is not None)
     await fence.commits.flush()
-    await other.commits.flush()
-    assert await used_and_held(reader, "acme") == (D("0.70"), D(0))
-    await asyncio.gather(*(caller(fence) for _ in range(10)))
-    await fence.commits.flush()
-    assert len(admitted) == 13  # the $0.30 the commits gave back: 3 more calls
+    assert len(admitted) == 13
     used, held = await used_and_held(reader, "acme")
     assert (used, held) == (D("0.91"), D(0))
     assert used <= D("1.00")
@@ -256,6 +257,26 @@ async def test_a_failing_queued_commit_is_logged_and_counted_and_the_rest_land(
     assert "InvalidId" in failed[0]["error"]
     assert fence.counters.commit_errors == 1
     assert await used_and_held(fence, "acme") == (D("0.03"), D(0))
+
+
+async def test_a_call_refused_for_its_own_queued_holds_is_tried_again_after_they_land(
+    make_fence: MakeFence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sequential caller near its limit is not refused for holds its own queued commits are
+    about to replace: the refused reserve flushes them and tries once more."""
+    monkeypatch.setattr(commits_module, "LINGER_S", 3600.0)  # the commit waits until flushed
+    fence = make_fence(plans=PLANS, default_plan="day")
+    reader = make_fence(plans=PLANS, default_plan="day")
+    await fence.commit_soon(await fence.reserve("acme", "0.60"), "0.10")
+    assert fence.commits.pending == 1
+    with pytest.raises(BudgetExceeded):  # an instance with nothing queued is refused
+        await reader.reserve("acme", "0.60")
+    second = await fence.reserve("acme", "0.60")  # refused, flushed, then held
+    assert second.amount == D("0.60")
+    assert fence.commits.pending == 0
+    assert await used_and_held(reader, "acme") == (D("0.10"), D("0.60"))
+    with pytest.raises(BudgetExceeded):  # and a real refusal stays one
+        await fence.reserve("acme", "0.60")
 
 
 async def test_status_sees_the_commits_queued_before_it(make_fence: MakeFence) -> None:

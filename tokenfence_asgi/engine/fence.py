@@ -628,9 +628,11 @@ class TokenFence:
         tenant still raises ``TenantDisabled``).
         """
         if not self._observers.items:
-            return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
+            return await self._reserve_settled(
+                tenant_id, candidates, feature, reservation_id, force
+            )
         try:
-            reservation = await self._reserve_first(
+            reservation = await self._reserve_settled(
                 tenant_id, candidates, feature, reservation_id, force
             )
         except (Refused, TenantDisabled) as error:
@@ -638,6 +640,25 @@ class TokenFence:
             raise
         self._observers.reserved(reservation)
         return reservation
+
+    async def _reserve_settled(
+        self,
+        tenant_id: str,
+        candidates: Candidates,
+        feature: str | None,
+        reservation_id: str | None,
+        force: bool,
+    ) -> Reservation:
+        """``_reserve_first``; refused for budget or open holds while commits of this tenant
+        (or its pool) wait in this fence's queue, once more after they landed: their holds
+        may be taking more than the calls cost."""
+        try:
+            return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
+        except (BudgetExceeded, TooManyOpenHolds) as refusal:
+            if not self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
+                raise
+        await self.commits.flush()
+        return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
 
     async def _reserve_first(
         self,
