@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -33,21 +32,18 @@ from tokenfence_asgi.engine.allowance import Allowance, Owed
 from tokenfence_asgi.engine.observe import FenceObserver, Observers
 from tokenfence_asgi.errors import (
     ApprovalRequired,
-    BudgetExceeded,
     ConfigError,
     Contended,
     InvalidAmount,
     InvalidId,
     PolicyDenied,
     Refused,
-    RequestLimitExceeded,
     ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
-    TooManyOpenHolds,
     UnknownPlan,
 )
-from tokenfence_asgi.money import MAX_CALL_NANOS, MoneyInput, from_nanos, to_nanos
+from tokenfence_asgi.money import MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
@@ -58,8 +54,8 @@ from tokenfence_asgi.results import (
     Settlement,
     TenantStatus,
     UsageRecord,
-    WindowStatus,
 )
+from tokenfence_asgi.store import codecs
 from tokenfence_asgi.store.client import STORE_ERRORS, Store
 from tokenfence_asgi.store.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
 from tokenfence_asgi.store.ledger import (
@@ -82,7 +78,6 @@ T = TypeVar("T")
 C = TypeVar("C")
 _MAX_TOKENS = 10**12
 _HOPS = 8  # plan, pool plan, location and moved-hold corrections one call may follow
-_MAX_LABEL = 200  # characters kept of a model name in the ledger
 
 
 def _script_error(exc: ResponseError) -> Exception:
@@ -93,10 +88,6 @@ def _script_error(exc: ResponseError) -> Exception:
             "keep exactly; nothing was charged"
         )
     return exc
-
-
-def _utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _positive(name: str, value: object, *, maximum: float) -> float:
@@ -116,36 +107,6 @@ def _tokens(name: str, value: object) -> int:
 Candidates = Sequence[tuple[str | None, int]] | Callable[[Plan], Sequence[tuple[str | None, int]]]
 
 
-def _amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
-    """The candidates' amounts as script arguments, validated like any amount."""
-    if not candidates:
-        raise ValueError("reserve_first needs at least one candidate")
-    amounts = []
-    for _, nanos in candidates:
-        if isinstance(nanos, bool) or not isinstance(nanos, int):
-            raise InvalidAmount(f"candidate amounts must be int nano-dollars, got {nanos!r}")
-        if not 0 <= nanos <= MAX_CALL_NANOS:
-            raise InvalidAmount(f"candidate amount must be in [0, {MAX_CALL_NANOS}], got {nanos!r}")
-        amounts.append(str(nanos))
-    return amounts
-
-
-def _label(value: object, what: str) -> str:
-    """An optional ledger label (model, request id) as a script argument ('' for None).
-
-    A label never fails a commit (the charge matters more): it is cut to 200 characters and
-    control characters become U+FFFD. Only a non-string is refused (a programming error).
-    """
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
-    text = value[:_MAX_LABEL]
-    if not text.isprintable():
-        text = "".join(c if not unicodedata.category(c).startswith("C") else "\ufffd" for c in text)
-    return text
-
-
 def _date_range(start: date, end: date) -> tuple[int, int]:
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, date):
@@ -154,12 +115,6 @@ def _date_range(start: date, end: date) -> tuple[int, int]:
     if last < first:
         raise ValueError(f"end {end} is before start {start}")
     return first, last
-
-
-def _split(reply: list[str]) -> tuple[str, list[str], list[str]]:
-    """A script reply as (kind, alert strings, details)."""
-    count = int(reply[1])
-    return reply[0], reply[2 : 2 + count], reply[2 + count :]
 
 
 def _origin(reservation: Reservation) -> str:
@@ -183,13 +138,12 @@ class _Route:
 
     def plan_args(self, default_plan: str) -> list[str]:
         """The plan names the scripts check: tenant's, default, pool's ('' off a pool)."""
-        pool = self.pool_plan_name if self.keys.pool_state else ""
-        return [self.plan_name, default_plan, pool]
+        in_pool = self.keys.pool_state is not None
+        return codecs.plan_args(self.plan_name, default_plan, self.pool_plan_name, in_pool)
 
     def specs(self) -> list[str]:
         """Feature arguments, then the tenant's and the pool's limit specs."""
-        pool = self.pool_plan.limit_args if self.keys.pool_state else NO_LIMITS.limit_args
-        return [*self.plan.feature_args, *self.plan.limit_args, *pool]
+        return codecs.limit_specs(self.plan, self.pool_plan, self.keys.pool_state is not None)
 
     @property
     def pool(self) -> str | None:
@@ -450,7 +404,7 @@ class TokenFence:
         self,
         script: str,
         tenant_enc: str,
-        build: Callable[[_Route], tuple[list[str], list[str]]],
+        build: Callable[[_Route], codecs.Call],
         start: str | None = None,
     ) -> tuple[list[str], _Route]:
         """Run ``script`` for a tenant where it lives, following the scripts' corrections.
@@ -469,23 +423,24 @@ class TokenFence:
             route = self._route(tenant_enc, location, plan, pool_plan, follow_stubs)
             keys, args = build(route)
             reply = await self._run(script, keys, args)
-            kind = reply[0]
-            if kind == "moved":
-                location = reply[2]
-                # A hold's forwarding stub is followed only until the tenant itself is.
-                follow_stubs = "1" if reply[3:4] == ["record"] and follow_stubs == "1" else "0"
-                if reply[3:4] != ["record"]:
-                    self._remember(self._locations, tenant_enc, location)
-            elif kind == "plan":
-                plan = reply[2]
-                self._remember(self._tenant_plans, tenant_enc, plan)
-            elif kind == "pool_plan":
-                pool_plans[location] = reply[2]
-                self._remember(self._pool_plans, location, reply[2])
-            else:
+            corrected = codecs.correction(reply)
+            if corrected is None:
                 if start is None:  # not a settlement that may end at an old location
                     self._remember(self._locations, tenant_enc, location)
                 return reply, route
+            kind, value, for_record = corrected
+            if kind == "moved":
+                location = value
+                # A hold's forwarding stub is followed only until the tenant itself is.
+                follow_stubs = "1" if for_record and follow_stubs == "1" else "0"
+                if not for_record:
+                    self._remember(self._locations, tenant_enc, location)
+            elif kind == "plan":
+                plan = value
+                self._remember(self._tenant_plans, tenant_enc, plan)
+            else:
+                pool_plans[location] = value
+                self._remember(self._pool_plans, location, value)
         raise Contended("the tenant's plan or pool kept changing during the call; try again")
 
     def _now_arg(self) -> str:
@@ -547,26 +502,14 @@ class TokenFence:
         reservation_id: str,
         repeated: bool = False,
     ) -> list[Alert]:
-        alerts = []
-        for item in raw:
-            scope, window, metric, threshold, used, limit = item.split("|")
-            money = metric == "cost"
-            alerts.append(
-                Alert(
-                    tenant_id=tenant,
-                    feature=feature,
-                    scope=scope,
-                    pool=route.pool,
-                    window=window,
-                    metric=metric,
-                    threshold=int(threshold),
-                    used=from_nanos(int(used)) if money else Decimal(used),
-                    limit=from_nanos(int(limit)) if money else Decimal(limit),
-                    reservation_id=reservation_id,
-                    repeated=repeated,
-                )
-            )
-        return alerts
+        return codecs.alerts(
+            raw,
+            tenant=tenant,
+            feature=feature,
+            pool=route.pool,
+            reservation_id=reservation_id,
+            repeated=repeated,
+        )
 
     # -- reserve / commit / release ------------------------------------------------------------
 
@@ -646,20 +589,30 @@ class TokenFence:
         rid_enc = encode_id(rid)
         chosen_from: list[Sequence[tuple[str | None, int]]] = []
 
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            keys = route.keys
+        def build(route: _Route) -> codecs.Call:
             offered = candidates(route.plan.plan) if callable(candidates) else candidates
-            amounts = _amounts(offered)
+            amounts = codecs.candidate_amounts(offered)
             chosen_from.append(offered)
-            enforce = self._enforce and route.plan.plan.enforce and not force
-            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
-                self._now_arg(), route.plan_name, self._default_plan, tenant_enc, rid_enc,
-                feat_enc, self._hold_ms, self._reclaim, self._record_ttl,
-                route.location if route.location != OWN else "",
-                route.pool_plan_name if route.keys.pool_state else "",
-                "1" if enforce else "0", route.plan.mode, self._usage_days,
-                self._max_open_holds, *route.specs(), str(len(amounts)), *amounts,
-            ]  # fmt: skip
+            return codecs.reserve_call(
+                route.keys,
+                now=self._now_arg(),
+                plan=route.plan_name,
+                default_plan=self._default_plan,
+                tenant=tenant_enc,
+                reservation=rid_enc,
+                feature=feat_enc,
+                hold_ms=self._hold_ms,
+                reclaim=self._reclaim,
+                record_ttl=self._record_ttl,
+                location=route.location,
+                pool_plan=route.pool_plan_name,
+                enforce=self._enforce and route.plan.plan.enforce and not force,
+                mode=route.plan.mode,
+                usage_days=self._usage_days,
+                max_open_holds=self._max_open_holds,
+                specs=route.specs(),
+                amounts=amounts,
+            )
 
         try:
             switches = await self._global_switches()
@@ -671,7 +624,7 @@ class TokenFence:
                 raise
             plan = self._compiled(self._tenant_plans.get(tenant_enc, self._default_plan)).plan
             offered = candidates(plan) if callable(candidates) else candidates
-            _amounts(offered)
+            codecs.candidate_amounts(offered)
             model, nanos = offered[0]
             if self._allowance is not None and not self._allowance.take(rid, tenant, nanos):
                 self.counters.outage_allowance_refusals += 1
@@ -684,13 +637,13 @@ class TokenFence:
                                plan.name, degraded=True)  # fmt: skip
         candidates = chosen_from[-1]
 
-        kind, raw_alerts, details = _split(reply)
-        repeated = kind == "ok" and details[3] == "existing"
+        kind, raw_alerts, details = codecs.split(reply)
+        repeated = kind == "ok" and codecs.reserve_existing(details)
         if raw_alerts and not repeated:
             self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route, rid))
         plan = route.plan.plan
         if kind == "ok":
-            index, nanos, expires = int(details[0]) - 1, int(details[1]), int(details[2])
+            index, nanos, expires = codecs.reserve_held(details)
             if index >= len(candidates):  # a retry of an id held for a longer candidate list
                 raise ReservationIdConflict(
                     f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
@@ -701,8 +654,9 @@ class TokenFence:
                     self._alerts_from(raw_alerts, tenant, feat, route, rid, repeated=True)
                 )
             shadow = None
-            if len(details) > 4 and not force:
-                shadow = self._refusal(details[4:], tenant, feat, route)
+            shadow_details = codecs.reserve_shadow(details)
+            if shadow_details is not None and not force:
+                shadow = self._refusal(shadow_details, tenant, feat, route)
                 self.counters.shadow_refusals += 1
                 log.warning(
                     "reserve_would_refuse", tenant=tenant, feature=feat, error=shadow.error_code,
@@ -727,31 +681,15 @@ class TokenFence:
     def _refusal(
         self, details: list[str], tenant: str, feature: str | None, route: _Route
     ) -> Refused:
-        kind, scope, window = details[0], details[1], details[2]
-        plan = route.pool_plan.plan if scope == "pool" else route.plan.plan
-        if kind == "holds":
-            return TooManyOpenHolds(
-                tenant_id=tenant,
-                feature=feature,
-                open_holds=int(details[3]),
-                max_open_holds=int(details[4]),
-                resets_at=datetime.fromtimestamp(int(details[5]) / 1000, UTC),
-                upgrade_url=plan.upgrade_url,
-            )
-        if kind == "requests":
-            return RequestLimitExceeded(
-                tenant_id=tenant, feature=feature, window=window, requests=int(details[3]),
-                max_requests=int(details[4]), resets_at=_utc(int(details[5])),
-                upgrade_url=plan.upgrade_url, scope=scope, pool=route.pool,
-            )  # fmt: skip
-        used, held, limit, resets, amount, carried, reason = details[3:10]
-        return BudgetExceeded(
-            tenant_id=tenant, feature=feature, window=window, total_cost=from_nanos(int(used)),
-            held=from_nanos(int(held)), max_cost=from_nanos(int(limit)),
-            resets_at=_utc(int(resets)), requested=from_nanos(int(amount)),
-            upgrade_url=plan.upgrade_url, scope=scope, pool=route.pool, reason=reason,
-            carried=from_nanos(int(carried)), hold_ttl_s=self.hold_ttl,
-        )  # fmt: skip
+        return codecs.refusal(
+            details,
+            tenant=tenant,
+            feature=feature,
+            plan=route.plan.plan,
+            pool_plan=route.pool_plan.plan,
+            pool=route.pool,
+            hold_ttl_s=self.hold_ttl,
+        )
 
     async def commit(
         self,
@@ -793,26 +731,40 @@ class TokenFence:
         _tokens("input_tokens", input_tokens)
         _tokens("output_tokens", output_tokens)
         requested = reservation.model
-        requested_arg = "" if requested is None else _label(str(requested), "model")
-        used_arg = _label(model, "model")
+        requested_arg = "" if requested is None else codecs.label(str(requested), "model")
+        used_arg = codecs.label(model, "model")
         if used_arg == requested_arg:
             used_arg = ""  # the ledger stores the model used only when it differs
-        request_arg = _label(request_id, "request_id")
+        request_arg = codecs.label(request_id, "request_id")
         tenant = validate_id(reservation.tenant_id, what="tenant_id")
         rid = validate_id(reservation.id, what="reservation_id")
         tenant_enc, rid_enc = encode_id(tenant), encode_id(rid)
         feature = reservation.feature
         feat_enc = "" if feature is None else encode_id(validate_id(feature, what="feature"))
 
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            keys = route.keys
-            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
-                self._now_arg(), tenant_enc, rid_enc, str(nanos), self._record_ttl,
-                self._reclaim, feat_enc, str(input_tokens), str(output_tokens),
-                route.location if route.location != OWN else "", route.follow_stubs,
-                *route.plan_args(self._default_plan), requested_arg, used_arg, request_arg,
-                self._ledger_maxlen, self._ledger_retention, self._usage_days, *route.specs(),
-            ]  # fmt: skip
+        def build(route: _Route) -> codecs.Call:
+            return codecs.commit_call(
+                route.keys,
+                now=self._now_arg(),
+                tenant=tenant_enc,
+                reservation=rid_enc,
+                cost_nanos=nanos,
+                record_ttl=self._record_ttl,
+                reclaim=self._reclaim,
+                feature=feat_enc,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                location=route.location,
+                follow_stubs=route.follow_stubs,
+                plans=route.plan_args(self._default_plan),
+                model_requested=requested_arg,
+                model_used=used_arg,
+                request_id=request_arg,
+                ledger_maxlen=self._ledger_maxlen,
+                ledger_retention=self._ledger_retention,
+                usage_days=self._usage_days,
+                specs=route.specs(),
+            )
 
         try:
             # Its record is where it was reserved: a settled one there answers a repeat even
@@ -831,19 +783,19 @@ class TokenFence:
             return Settlement(reservation.id, from_nanos(nanos), recorded=False)
         if self._allowance is not None and reservation.degraded:
             self._allowance.forget(reservation)
-        kind, raw_alerts, details = _split(reply)
+        kind, raw_alerts, details = codecs.split(reply)
         if raw_alerts:  # a duplicate repeats the first commit's (its reply may have been lost)
             repeated = kind == "duplicate"
             alerts = self._alerts_from(raw_alerts, tenant, feature, route, rid, repeated)
             self._alerts.dispatch(alerts)
+        charged, late = codecs.commit_charged(kind, details)
         if kind == "duplicate":
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
             # cost: what the first settlement charged (a retried call learns it was charged)
-            return Settlement(reservation.id, from_nanos(int(details[1])), duplicate=True)
-        late = details[1] == "late"
+            return Settlement(reservation.id, from_nanos(charged), duplicate=True)
         if late:
             log.warning("commit_late", tenant=tenant, reservation=reservation.id, cost_nanos=nanos)
-        return Settlement(reservation.id, from_nanos(int(details[0])), late=late)
+        return Settlement(reservation.id, from_nanos(charged), late=late)
 
     async def charge(
         self,
@@ -889,13 +841,19 @@ class TokenFence:
         tenant_enc = encode_id(validate_id(reservation.tenant_id, what="tenant_id"))
         rid_enc = encode_id(validate_id(reservation.id, what="reservation_id"))
 
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            keys = route.keys
-            return keys.with_pool([keys.state, keys.record(rid_enc), keys.holds]), [
-                self._now_arg(), tenant_enc, rid_enc, self._record_ttl, self._reclaim,
-                route.location if route.location != OWN else "", route.follow_stubs,
-                self._default_plan, self._usage_days,
-            ]  # fmt: skip
+        def build(route: _Route) -> codecs.Call:
+            return codecs.release_call(
+                route.keys,
+                now=self._now_arg(),
+                tenant=tenant_enc,
+                reservation=rid_enc,
+                record_ttl=self._record_ttl,
+                reclaim=self._reclaim,
+                location=route.location,
+                follow_stubs=route.follow_stubs,
+                default_plan=self._default_plan,
+                usage_days=self._usage_days,
+            )
 
         try:
             reply, _ = await self._call("release", tenant_enc, build, _origin(reservation))
@@ -905,7 +863,7 @@ class TokenFence:
             log.warning("release_not_recorded", tenant=reservation.tenant_id,
                         reservation=reservation.id)  # fmt: skip
             return Settlement(reservation.id, Decimal(0), recorded=False)
-        return Settlement(reservation.id, Decimal(0), duplicate=reply[0] != "released")
+        return Settlement(reservation.id, Decimal(0), duplicate=not codecs.released(reply))
 
     # -- status --------------------------------------------------------------------------------
 
@@ -914,63 +872,30 @@ class TokenFence:
         tenant = validate_id(tenant_id, what="tenant_id")
         tenant_enc = encode_id(tenant)
 
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            keys = route.keys
-            return keys.with_pool([keys.state, keys.holds]), [
-                self._now_arg(), self._default_plan, self._reclaim, self._record_ttl,
-                route.location if route.location != OWN else "", route.plan_name,
-                route.pool_plan_name if keys.pool_state else "", *route.specs(),
-            ]  # fmt: skip
+        def build(route: _Route) -> codecs.Call:
+            return codecs.status_call(
+                route.keys,
+                now=self._now_arg(),
+                default_plan=self._default_plan,
+                reclaim=self._reclaim,
+                record_ttl=self._record_ttl,
+                location=route.location,
+                plan=route.plan_name,
+                pool_plan=route.pool_plan_name,
+                specs=route.specs(),
+            )
 
         reply, route = await self._call("status", tenant_enc, build)
-        stored_plan = reply[3]
         switches = await self._global_switches()
-        held, pool_held = int(reply[5]), int(reply[9])
-        names = [name for name, _ in route.plan.feature_ppm]
-        rest = reply[10:]
-        windows, rest = self._windows(route.plan.plan, rest, held, "tenant", names)
-        pool_windows: tuple[WindowStatus, ...] = ()
-        if route.keys.pool_state:
-            pool_windows, rest = self._windows(route.pool_plan.plan, rest, pool_held, "pool", [])
-        return TenantStatus(
-            tenant_id=tenant,
-            plan=stored_plan,
-            killed=reply[4] == "1" or "k" in switches,
-            killed_features=tuple(decode_id(f) for f in reply[7].split(",") if f),
-            held=from_nanos(held),
-            open_holds=int(reply[6]),
-            windows=windows,
+        return codecs.status_reply(
+            reply,
+            tenant=tenant,
+            plan=route.plan,
+            pool_plan=route.pool_plan,
+            in_pool=route.keys.pool_state is not None,
             pool=route.pool,
-            pool_plan=(reply[8] or None) if route.keys.pool_state else None,
-            pool_windows=pool_windows,
+            killed_globally="k" in switches,
         )
-
-    @staticmethod
-    def _windows(
-        plan: Plan, values: list[str], held: int, scope: str, features: list[str]
-    ) -> tuple[tuple[WindowStatus, ...], list[str]]:
-        windows = []
-        for limit in plan.limits:
-            used, requests, carried, resets = (int(x) for x in values[:4])
-            per_feature = values[4 : 4 + len(features)]
-            values = values[4 + len(features) :]
-            effective = None
-            if limit.max_cost_nanos is not None:
-                effective = limit.max_cost_nanos + carried
-            windows.append(
-                WindowStatus(
-                    window=limit.window, kind=limit.kind, used=from_nanos(used),
-                    held=from_nanos(held),
-                    limit=None if effective is None else from_nanos(effective),
-                    remaining=None if effective is None
-                    else from_nanos(max(0, effective - used - held)),
-                    carried=from_nanos(carried), requests=requests,
-                    max_requests=limit.max_requests, resets_at=_utc(resets), scope=scope,
-                    features={name: from_nanos(int(v)) for name, v in
-                              zip(features, per_feature, strict=True) if v != "-"},
-                )
-            )  # fmt: skip
-        return tuple(windows), values
 
     # -- usage: daily counters and the ledger --------------------------------------------------
 
@@ -984,12 +909,11 @@ class TokenFence:
         tenant_enc = encode_id(tenant)
         first, last = _date_range(start, end)
 
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            keys = route.keys
-            return [keys.state, keys.base + "d"], [route.location if route.location != OWN else ""]
+        def build(route: _Route) -> codecs.Call:
+            return codecs.usage_call(route.keys, route.location)
 
         reply, route = await self._call("usage", tenant_enc, build)
-        return parse_days(reply[3:], tenant, route.pool, first, last)
+        return codecs.usage_days(reply, tenant, route.pool, first, last)
 
     async def daily_usage(self, start: date, end: date) -> AsyncIterator[DailyUsage]:
         """Every tenant's daily usage from ``start`` to ``end`` (inclusive), tenant by tenant.
@@ -1156,19 +1080,21 @@ class TokenFence:
             return
         if approval_id is not None:
             key = self._approval_key(approval_id, tenant)
-            reply = await self._run("approval", [key], ["consume", action])
-            if reply[0] == "done" and reply[2] == "approved":
+            state = codecs.approval_state(
+                await self._run("approval", *codecs.approval_call(key, "consume", action))
+            )
+            if state == "approved":
                 log.info("approval_used", tenant=tenant, action=action, approval=approval_id)
                 return
-            if reply[0] == "done" and reply[2] == "denied":
+            if state == "denied":
                 raise PolicyDenied(action, tenant_id=tenant)
-            if reply[0] == "done":  # still pending
+            if state is not None:  # still pending
                 raise ApprovalRequired(action, approval_id, tenant_id=tenant)
         approval = f"{encode_id(tenant)}:{uuid.uuid4().hex}"
+        key = self._approval_key(approval, tenant)
         await self._run(
-            "approval", [self._approval_key(approval, tenant)],
-            ["create", action, self._approval_ttl],
-        )  # fmt: skip
+            "approval", *codecs.approval_call(key, "create", action, self._approval_ttl)
+        )
         log.info("approval_requested", tenant=tenant, action=action, approval=approval)
         raise ApprovalRequired(action, approval, tenant_id=tenant)
 
@@ -1190,8 +1116,9 @@ class TokenFence:
         return await self._decide_approval(approval_id, "denied")
 
     async def _decide_approval(self, approval_id: str, state: str) -> bool:
-        reply = await self._run("approval", [self._approval_key(approval_id)], ["decide", state])
-        return reply[0] == "done" and reply[2] == "pending"
+        key = self._approval_key(approval_id)
+        reply = await self._run("approval", *codecs.approval_call(key, "decide", state))
+        return codecs.approval_state(reply) == "pending"
 
     # -- plans, pools, switches ----------------------------------------------------------------
 
@@ -1204,13 +1131,8 @@ class TokenFence:
         self._remember(self._tenant_plans, tenant_enc, plan)
 
     async def _admin(self, tenant_enc: str, op: str, arg: str) -> None:
-        def build(route: _Route) -> tuple[list[str], list[str]]:
-            return [route.keys.state], [
-                op,
-                arg,
-                "tenant",
-                route.location if route.location != OWN else "",
-            ]
+        def build(route: _Route) -> codecs.Call:
+            return codecs.admin_tenant_call(route.keys, op, arg, route.location)
 
         await self._call("admin", tenant_enc, build)
 
@@ -1253,30 +1175,31 @@ class TokenFence:
         for _ in range(_HOPS):
             if source == target:
                 return
-            await self._run("move", [own.state, own.holds],
-                            ["begin", tenant_enc, target, move_id, source])  # fmt: skip
+            await self._run(
+                "move", *codecs.move_call(own, "begin", tenant_enc, target, move_id, source)
+            )
             keys = self._keys.tenant(tenant_enc, source)
             dump = await self._run(
-                "move", keys.with_pool([keys.state, keys.holds]),
-                ["out", tenant_enc, target, move_id, source],
-            )  # fmt: skip
-            if dump[0] == "moved":  # an earlier move went elsewhere: follow it
-                source = dump[2]
+                "move", *codecs.move_call(keys, "out", tenant_enc, target, move_id, source)
+            )
+            moved = codecs.moved_to(dump)
+            if moved is not None:  # an earlier move went elsewhere: follow it
+                source = moved
                 continue
             dest = self._keys.tenant(tenant_enc, target)
+            state = codecs.move_dump(dump)
             await self._run(
-                "move", dest.with_pool([dest.state, dest.holds]),
-                ["in", tenant_enc, source, move_id, target, *dump[2:]],
-            )  # fmt: skip
+                "move", *codecs.move_call(dest, "in", tenant_enc, source, move_id, target, state)
+            )
             if OWN not in (source, target):
-                await self._run("move", [own.state, own.holds],
-                                ["point", tenant_enc, target, move_id, OWN])  # fmt: skip
-            await self._run(
-                "move", keys.with_pool([keys.state, keys.holds]),
-                ["drop", tenant_enc, target, move_id, source, self._record_ttl],
-            )  # fmt: skip
-            await self._run("move", [own.state, own.holds],
-                            ["end", tenant_enc, target, move_id, OWN])  # fmt: skip
+                await self._run(
+                    "move", *codecs.move_call(own, "point", tenant_enc, target, move_id, OWN)
+                )
+            drop = codecs.move_call(
+                keys, "drop", tenant_enc, target, move_id, source, [self._record_ttl]
+            )
+            await self._run("move", *drop)
+            await self._run("move", *codecs.move_call(own, "end", tenant_enc, target, move_id, OWN))
             return
         raise Contended("the tenant kept moving during set_pool; try again")
 
@@ -1285,7 +1208,9 @@ class TokenFence:
         pool_enc = encode_id(validate_id(pool, what="pool"))
         if plan not in self._plans:
             raise UnknownPlan(plan, tuple(self._plans))
-        await self._run("admin", [self._keys.pool_state(pool_enc)], ["set_plan", plan, "other", ""])
+        await self._run(
+            "admin", *codecs.admin_other_call(self._keys.pool_state(pool_enc), "set_plan", plan)
+        )
         self._remember(self._pool_plans, pool_enc, plan)
 
     async def _switch(self, op: str, tenant_id: str | None, feature: str | None) -> None:
@@ -1293,7 +1218,9 @@ class TokenFence:
         if feature is not None:
             field = f"k:{encode_id(validate_id(feature, what='feature'))}"
         if tenant_id is None:
-            await self._run("admin", [self._keys.global_switches], [op, field, "other", ""])
+            await self._run(
+                "admin", *codecs.admin_other_call(self._keys.global_switches, op, field)
+            )
             self._switches_read_at = -math.inf
         else:
             await self._admin(encode_id(validate_id(tenant_id, what="tenant_id")), op, field)
@@ -1317,10 +1244,8 @@ class TokenFence:
         """
         keys = self._keys.tenant("%00ping")  # no validated id encodes to this
         await self._run(
-            "status", [keys.state, keys.holds],
-            [self._now_arg(), self._default_plan, "1", "1", "", self._default_plan, "", "0", "0",
-             "0"],
-        )  # fmt: skip
+            "status", *codecs.ping_call(keys, now=self._now_arg(), default_plan=self._default_plan)
+        )
 
     # -- outage allowance ------------------------------------------------------------------------
 
