@@ -1,15 +1,13 @@
-"""``TokenFence``: the public face of the engine, a thin facade over its parts.
+"""``TokenFence``: the engine's public face, a thin facade over one part per concern.
 
-Money crosses this API as ``Decimal`` dollars and is integer nano-dollars below it; time is the
-store's clock (Redis TIME) unless a ``clock`` is injected. The parts, one concern each:
-``settings`` (the options, validated once), ``routing`` (where a tenant's script runs, and the
-plan and pool corrections), ``holds`` (reserve, commit, release, outage write-back),
-``controls`` (plans, pools, kill switches), ``usage`` (status, daily usage, the ledger),
-``approvals`` (tool-call policy), ``alerts`` and ``observe`` (events), ``allowance``.
+``settings`` (options, validated once), ``routing`` (where a script runs; plan and pool
+corrections), ``holds`` (reserve, commit, release), ``controls`` (plans, pools, switches),
+``usage`` (status, daily usage, ledger), ``approvals`` (tool calls), ``alerts``, ``observe``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -41,7 +39,6 @@ from tokenfence_asgi.results import (
 )
 from tokenfence_asgi.store.client import Store
 from tokenfence_asgi.store.keys import KeySpace
-from tokenfence_asgi.store.ledger import LedgerKeys
 
 __all__ = ["TokenFence"]
 
@@ -148,8 +145,6 @@ class TokenFence:
         """Runs this fence's coroutines for sync callers (see ``run_sync``)."""
         self.counters = FenceCounters()
         self._keys = KeySpace(settings.prefix)
-        self._ledger_keys = LedgerKeys(settings.prefix)
-        self._clock = settings.clock
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
         self._alerts = AlertHub(self.counters)
         self._observers = Observers()
@@ -180,6 +175,17 @@ class TokenFence:
     def hold_ttl(self) -> float:
         """The lease of a hold, in seconds."""
         return int(self.settings.hold_ms_arg) / 1000
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every key this fence writes (``"tf"`` by default)."""
+        return self.settings.prefix
+
+    def now(self) -> float:
+        """The time in epoch seconds by the fence's clock when it has one (a simulation), else
+        this machine's. The scripts use the store's clock (Redis TIME) unless a clock is set."""
+        clock = self.settings.clock
+        return float(clock()) if clock is not None else time.time()
 
     def on_alert(self, hook: AlertHook) -> AlertHook:
         """Call ``hook(alert)`` (sync or async) for every threshold alert; usable as a decorator.
@@ -419,6 +425,18 @@ class TokenFence:
         """
         return self._usage.usage_records(tenant_id, start, end)
 
+    async def read_ledgers(
+        self, cursors: Sequence[tuple[str, str]], count: int = 1000
+    ) -> list[list[UsageRecord]]:
+        """``read_ledger`` for many ``(stream, after)`` cursors in one round trip, in order."""
+        return await self._usage.read_ledgers(cursors, count)
+
+    async def ledger_trimmed(self, streams: Sequence[str]) -> dict[str, int]:
+        """How many entries each ledger stream has lost to trimming (``ledger_retention`` /
+        ``ledger_maxlen``) since it was created. Needs Redis 7.0; streams gone since they were
+        listed, and every stream on an older Redis, are left out."""
+        return await self._usage.ledger_trimmed(streams)
+
     # -- tool-call policy -----------------------------------------------------------------------
 
     def policy_for(self, plan: Plan) -> Policy:
@@ -480,6 +498,11 @@ class TokenFence:
     async def revive(self, tenant_id: str | None = None, *, feature: str | None = None) -> None:
         """Undo ``kill`` with the same arguments."""
         await self._controls.switch("revive", tenant_id, feature)
+
+    async def tenant_switch(self, tenant_id: str) -> bool:
+        """Whether the tenant's own kill switch is on (``status().killed`` also counts the
+        global one). One or two reads of its state where it lives, own tag or pool."""
+        return await self._controls.tenant_switch(tenant_id)
 
     async def global_switches(self) -> tuple[bool, tuple[str, ...]]:
         """The fence-wide kill switches: (everything killed, killed features), at most
