@@ -217,7 +217,7 @@ class TokenFence:
         fence.status, "acme")``. Raises ``RuntimeError`` on a thread running an event loop."""
         return self.portal.run(lambda: function(*args, **kwargs), None)
 
-    # -- reserve / commit / release ------------------------------------------------------------
+    # -- reserve ---------------------------------------------------------------------------------
 
     async def reserve(
         self,
@@ -270,32 +270,6 @@ class TokenFence:
             tenant_id, candidates, feature, reservation_id, force
         )
 
-    async def commit(
-        self,
-        reservation: Reservation,
-        cost: MoneyInput,
-        *,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        model: str | None = None,
-        request_id: str | None = None,
-    ) -> Settlement:
-        """Replace the hold with the actual ``cost`` in dollars. Idempotent.
-
-        A commit after the hold's lease ran out still charges the cost and is marked late.
-        A cost above the hold is charged in full (providers may bill more than estimated).
-        The commit that charges writes one usage record (see ``usage_records``): ``model`` is
-        the model actually used (default: the reservation's), ``request_id`` ties it to the
-        request; a repeat writes none.
-        """
-        return await self._holds.commit(
-            reservation, cost, input_tokens, output_tokens, model, request_id
-        )
-
-    async def release(self, reservation: Reservation) -> Settlement:
-        """Drop the hold without charging (the call failed before costing anything). Idempotent."""
-        return await self._holds.release(reservation)
-
     async def charge(
         self,
         tenant_id: str,
@@ -326,6 +300,34 @@ class TokenFence:
             model=model,
             request_id=request_id,
         )
+
+    # -- settle and close: every commit and release passes through here -------------------------
+
+    async def commit(
+        self,
+        reservation: Reservation,
+        cost: MoneyInput,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> Settlement:
+        """Replace the hold with the actual ``cost`` in dollars. Idempotent.
+
+        A commit after the hold's lease ran out still charges the cost and is marked late.
+        A cost above the hold is charged in full (providers may bill more than estimated).
+        The commit that charges writes one usage record (see ``usage_records``): ``model`` is
+        the model actually used (default: the reservation's), ``request_id`` ties it to the
+        request; a repeat writes none.
+        """
+        return await self._holds.commit(
+            reservation, cost, input_tokens, output_tokens, model, request_id
+        )
+
+    async def release(self, reservation: Reservation) -> Settlement:
+        """Drop the hold without charging (the call failed before costing anything). Idempotent."""
+        return await self._holds.release(reservation)
 
     async def write_back(self) -> int:
         """Write the commits owed since an outage to the store; returns how many landed.

@@ -260,7 +260,8 @@ class Holds:
         model: str | None,
         request_id: str | None,
     ) -> Settlement:
-        """``TokenFence.commit``, observed."""
+        """Settle one reservation now (``TokenFence.commit``), observed: the one way a commit
+        reaches the store, whoever sends it (the fence, or a queue that defers it)."""
         settlement = await self._commit(
             reservation, cost, input_tokens, output_tokens, model, request_id
         )
