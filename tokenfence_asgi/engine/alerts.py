@@ -66,10 +66,17 @@ class AlertHub:
         for alert in alerts:
             self._counters.alerts += 1
             log.warning(
-                "budget_alert", tenant=alert.tenant_id, scope=alert.scope, pool=alert.pool,
-                window=alert.window, metric=alert.metric, threshold=alert.threshold,
-                used=str(alert.used), limit=str(alert.limit), feature=alert.feature,
-            )  # fmt: skip
+                "budget_alert",
+                tenant=alert.tenant_id,
+                scope=alert.scope,
+                pool=alert.pool,
+                window=alert.window,
+                metric=alert.metric,
+                threshold=alert.threshold,
+                used=str(alert.used),
+                limit=str(alert.limit),
+                feature=alert.feature,
+            )
             for hook in self._hooks:
                 task = asyncio.get_running_loop().create_task(self._deliver(hook, alert))
                 self._tasks.add(task)

@@ -394,6 +394,11 @@ class Store:
         raw = await self._guarded(lambda: self.client.hget(key, field))
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """Some fields of a hash, decoded, None for each missing one."""
+        raw = await self._guarded(lambda: self.client.hmget(key, fields))
+        return [None if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+
     async def aclose(self) -> None:
         """Close the client if this store created it."""
         if self._owned:

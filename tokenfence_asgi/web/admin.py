@@ -83,13 +83,11 @@ from tokenfence_asgi.errors import (
     ConfigError,
     InvalidId,
     RequestLimitExceeded,
-    StoreUnavailable,
     TokenFenceError,
     UnknownPlan,
 )
 from tokenfence_asgi.results import Alert, TenantStatus, WindowStatus
-from tokenfence_asgi.store.client import STORE_ERRORS
-from tokenfence_asgi.store.keys import encode_id, validate_id
+from tokenfence_asgi.store.keys import validate_id
 from tokenfence_asgi.web.auth import token_matches
 
 __all__ = ["FenceActivity", "admin_app"]
@@ -536,29 +534,9 @@ def _route_path(scope: Scope) -> str:
     return path or "/"
 
 
-# -- what the engine does not offer publicly (yet) ------------------------------------------
-
-
 def _today(fence: TokenFence) -> date:
     """Today (UTC) by the fence's clock when it has one (a simulation), else the wall's."""
-    clock = getattr(fence, "_clock", None)
-    now = clock() if callable(clock) else time.time()
-    return datetime.fromtimestamp(now, UTC).date()
-
-
-async def _tenant_switch(fence: TokenFence, tenant: str) -> bool:
-    """Whether the tenant's own kill switch is on (``status().killed`` also counts the global
-    one). Read from its state hash, where it lives now: its own tag or its pool's."""
-    enc = encode_id(tenant)
-    own = fence._keys.tenant(enc)
-    try:
-        killed, location = await fence._store.client.hmget(own.state, ["k", "loc"])
-        if location:
-            location = location.decode() if isinstance(location, bytes) else str(location)
-            killed = await fence._store.client.hget(fence._keys.tenant(enc, location).state, "k")
-    except STORE_ERRORS as exc:
-        raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
-    return killed is not None
+    return datetime.fromtimestamp(fence.now(), UTC).date()
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -620,7 +598,7 @@ class _Admin:
             global_killed = (await self.switches())["killed"]
         own = status.killed
         if own and global_killed:
-            own = await _tenant_switch(self.fence, status.tenant_id)
+            own = await self.fence.tenant_switch(status.tenant_id)
         data["tenant_killed"] = own
         data["global_killed"] = global_killed
         return data
