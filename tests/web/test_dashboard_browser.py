@@ -30,6 +30,7 @@ from tests.e2e.servers import serve
 from tokenfence_asgi import Limit, Plan, TokenFence
 from tokenfence_asgi.errors import Refused
 from tokenfence_asgi.web.admin import admin_app
+from tokenfence_asgi.web.problem import http_status
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ def build_app(fence: TokenFence) -> Starlette:
         try:
             reservation = await fence.reserve(body["tenant"], body["amount"], feature="chat")
         except Refused as refused:
-            return JSONResponse(refused.to_dict(), status_code=refused.http_status)
+            return JSONResponse(refused.to_dict(), status_code=http_status(refused))
         await fence.commit(reservation, body["amount"])
         return JSONResponse({"ok": True})
 

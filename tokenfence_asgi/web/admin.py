@@ -91,6 +91,7 @@ from tokenfence_asgi.results import Alert, TenantStatus, WindowStatus
 from tokenfence_asgi.store.client import STORE_ERRORS
 from tokenfence_asgi.store.keys import encode_id, validate_id
 from tokenfence_asgi.web.auth import token_matches
+from tokenfence_asgi.web.problem import http_status
 
 __all__ = ["FenceActivity", "admin_app"]
 
@@ -315,7 +316,7 @@ def _invalid(field: str, message: str) -> _Problem:
 
 
 def _fence_error(error: TokenFenceError) -> JSONResponse:
-    status = error.http_status
+    status = http_status(error)
     if isinstance(error, ConfigError):  # a bad value sent by the caller (plan, pool)
         status = 422
     return JSONResponse(error.to_dict(), status_code=status)
