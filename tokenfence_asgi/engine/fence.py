@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ import structlog
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
+from tokenfence_asgi._text import replace_control
 from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.config import BUILTIN_PLANS, Plan, PlanSet, default_plan_for
 from tokenfence_asgi.engine.alerts import AlertHook, AlertHub
@@ -141,9 +141,7 @@ def _label(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
     text = value[:_MAX_LABEL]
-    if not text.isprintable():
-        text = "".join(c if not unicodedata.category(c).startswith("C") else "\ufffd" for c in text)
-    return text
+    return replace_control(text)
 
 
 def _date_range(start: date, end: date) -> tuple[int, int]:
