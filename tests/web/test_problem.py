@@ -189,3 +189,13 @@ def test_limit_refusals_say_when_the_window_resets() -> None:
     )
     for error in (budget, holds):
         assert (error.resets_in_s(now), error.retry_after_s(now)) == (91, 91)
+
+
+def test_the_readme_error_table_matches() -> None:
+    rows = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")
+    ]
+    for name, (code, status) in CODES_AND_STATUSES.items():
+        assert any(
+            row.startswith(f"| `{name}`") and f"| `{code}` | {status}" in row for row in rows
+        ), name
