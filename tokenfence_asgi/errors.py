@@ -66,7 +66,9 @@ _PLACES = 6  # dollars in messages and bodies: 6 decimals
 
 
 class TokenFenceError(Exception):
-    """Base class of every error raised by tokenfence-asgi (``error_code`` ``ai_error``)."""
+    """Base class of every error raised by tokenfence-asgi.
+
+    ``error_code``: ``ai_error``."""
 
     error_code: ClassVar[str] = "ai_error"
 
@@ -82,8 +84,7 @@ class TokenFenceError(Exception):
 class InvalidAmount(TokenFenceError, ValueError):
     """A money amount is negative, NaN, infinite, not a number, or absurdly large.
 
-    ``error_code``: ``invalid_amount``.
-    """
+    ``error_code``: ``invalid_amount``."""
 
     error_code = "invalid_amount"
 
@@ -91,8 +92,7 @@ class InvalidAmount(TokenFenceError, ValueError):
 class InvalidId(TokenFenceError, ValueError):
     """A tenant, feature or reservation id is empty, too long or contains control characters.
 
-    ``error_code``: ``invalid_id``.
-    """
+    ``error_code``: ``invalid_id``."""
 
     error_code = "invalid_id"
 
@@ -101,8 +101,7 @@ class ReservationIdConflict(InvalidId):
     """A ``reservation_id`` given to reserve is taken: settled already (``settled``), or held
     for a call with other candidates. Use a new id, or repeat the first call exactly.
 
-    ``error_code``: ``reservation_id_conflict``.
-    """
+    ``error_code``: ``reservation_id_conflict``."""
 
     error_code = "reservation_id_conflict"
 
@@ -114,8 +113,7 @@ class ReservationIdConflict(InvalidId):
 class InvalidCall(TokenFenceError, ValueError):
     """An LLM call's arguments cannot be bounded as given (``n="50"``, ``max_tokens=-1``).
 
-    ``error_code``: ``ai_invalid_request``.
-    """
+    ``error_code``: ``ai_invalid_request``."""
 
     error_code = "ai_invalid_request"
 
@@ -123,8 +121,7 @@ class InvalidCall(TokenFenceError, ValueError):
 class ConfigError(TokenFenceError, ValueError):
     """A limit, plan, plan file or option is invalid; the message names the field and the value.
 
-    ``error_code``: ``invalid_config``.
-    """
+    ``error_code``: ``invalid_config``."""
 
     error_code = "invalid_config"
 
@@ -132,8 +129,7 @@ class ConfigError(TokenFenceError, ValueError):
 class UnknownPlan(ConfigError):
     """A plan name is not among the configured plans.
 
-    ``error_code``: ``unknown_plan``.
-    """
+    ``error_code``: ``unknown_plan``."""
 
     error_code = "unknown_plan"
 
@@ -156,8 +152,7 @@ class ModelNotPriced(ConfigError):
     422 body, not a 500): the call names a model this app cannot bound, so it is refused
     before anything is sent, and it is never treated as free.
 
-    ``error_code``: ``ai_model_not_priced``.
-    """
+    ``error_code``: ``ai_model_not_priced``."""
 
     error_code = "ai_model_not_priced"
 
@@ -175,8 +170,7 @@ class TenantRequired(TokenFenceError):
     ``header`` names the request header the tenant was expected in, when it comes from one;
     the body then carries it as ``header`` and the default message says to send it.
 
-    ``error_code``: ``tenant_required``.
-    """
+    ``error_code``: ``tenant_required``."""
 
     error_code = "tenant_required"
 
@@ -198,8 +192,7 @@ class TenantRequired(TokenFenceError):
 class Refused(TokenFenceError):
     """The fence refused a call; subclasses say why.
 
-    ``error_code``: ``ai_refused``.
-    """
+    ``error_code``: ``ai_refused``."""
 
     error_code = "ai_refused"
 
@@ -263,8 +256,7 @@ class BudgetExceeded(_LimitRefusal):
 
     ``retry_after_s()`` is ``None`` for ``call_too_large``.
 
-    ``error_code``: ``ai_budget_exceeded``.
-    """
+    ``error_code``: ``ai_budget_exceeded``."""
 
     error_code = "ai_budget_exceeded"
 
@@ -349,8 +341,7 @@ class BudgetExceeded(_LimitRefusal):
 class RequestLimitExceeded(_LimitRefusal):
     """The tenant has made as many calls as a request-count limit allows in this window.
 
-    ``error_code``: ``ai_request_limit_exceeded``.
-    """
+    ``error_code``: ``ai_request_limit_exceeded``."""
 
     error_code = "ai_request_limit_exceeded"
 
@@ -401,8 +392,7 @@ class TooManyOpenHolds(RequestLimitExceeded):
     ``"open_holds"``; ``resets_at`` is when the earliest of them expires if nobody settles it
     first (its lease ends and it is reclaimed). A 429 with ``Retry-After``, like a request limit.
 
-    ``error_code``: ``ai_too_many_open_holds``.
-    """
+    ``error_code``: ``ai_too_many_open_holds``."""
 
     error_code = "ai_too_many_open_holds"
 
@@ -435,8 +425,7 @@ class TooManyOpenHolds(RequestLimitExceeded):
 class ModelNotAllowed(Refused):
     """The tenant's plan does not allow the requested model, and no downgrade fits.
 
-    ``error_code``: ``ai_model_not_allowed``.
-    """
+    ``error_code``: ``ai_model_not_allowed``."""
 
     error_code = "ai_model_not_allowed"
 
@@ -444,8 +433,7 @@ class ModelNotAllowed(Refused):
 class PolicyDenied(Refused):
     """A tool-call policy denies the action (``action``, e.g. ``"tool:db:delete:users"``).
 
-    ``error_code``: ``ai_policy_denied``.
-    """
+    ``error_code``: ``ai_policy_denied``."""
 
     error_code = "ai_policy_denied"
 
@@ -462,8 +450,7 @@ class ApprovalRequired(Refused):
     ``model_response`` is the LLM response that made the tool call, when the LiteLLM callback
     raised this (it was charged; an app may keep it and run the tool once approved).
 
-    ``error_code``: ``ai_approval_required``.
-    """
+    ``error_code``: ``ai_approval_required``."""
 
     error_code = "ai_approval_required"
 
@@ -486,8 +473,7 @@ class InputTooLong(Refused):
     ``limit`` is the plan's maximum and ``length`` the prompt's size, both in ``unit``
     (``"characters"`` or ``"tokens"``), when known.
 
-    ``error_code``: ``ai_input_too_long``.
-    """
+    ``error_code``: ``ai_input_too_long``."""
 
     error_code = "ai_input_too_long"
 
@@ -520,8 +506,7 @@ class TenantDisabled(Refused):
     ``scope`` is ``"global"`` (everyone; with ``feature`` set, that feature for everyone),
     ``"tenant"`` or ``"feature"`` (one feature of one tenant).
 
-    ``error_code``: ``ai_disabled``.
-    """
+    ``error_code``: ``ai_disabled``."""
 
     error_code = "ai_disabled"
 
@@ -545,8 +530,7 @@ class Contended(TokenFenceError):
 
     Not an outage: ``on_store_error="open"`` does not let such a call through.
 
-    ``error_code``: ``ai_budget_busy``.
-    """
+    ``error_code``: ``ai_budget_busy``."""
 
     error_code = "ai_budget_busy"
 
@@ -557,8 +541,7 @@ class StoreUnavailable(TokenFenceError):
     ``message`` carries the detail (host, port, the client's error) for logs and operators;
     the HTTP body (``to_dict()``) does not, so no infrastructure reaches an end user.
 
-    ``error_code``: ``ai_budget_unavailable``.
-    """
+    ``error_code``: ``ai_budget_unavailable``."""
 
     error_code = "ai_budget_unavailable"
     public_message: ClassVar[str] = "the AI budget service is unavailable; try again shortly"
