@@ -30,7 +30,7 @@ import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -51,6 +51,7 @@ from tokenfence_asgi.context import current_context
 from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import TenantRequired
+from tokenfence_asgi.money import format_usd_rounded
 from tokenfence_asgi.ops.simulate import delete_prefix
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
@@ -301,8 +302,7 @@ class _Reply:
 
 
 def _usd(amount: Decimal, places: int = 2) -> str:
-    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return f"${rounded:,.{places}f}"
+    return format_usd_rounded(amount, places)
 
 
 def _dollars(amount: Decimal) -> str:

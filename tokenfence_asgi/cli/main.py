@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -45,7 +45,13 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
-from tokenfence_asgi.money import from_nanos, to_nanos
+from tokenfence_asgi.money import (
+    format_dollars,
+    format_time,
+    format_usd_rounded,
+    from_nanos,
+    to_nanos,
+)
 from tokenfence_asgi.results import TenantStatus, WindowStatus
 from tokenfence_asgi.store.keys import validate_id
 from tokenfence_asgi.store.specs import PPM, compile_plan
@@ -306,8 +312,7 @@ def usd(amount: Decimal | None, places: int = 2) -> str:
     """``$1,234.56``; ``-`` for None."""
     if amount is None:
         return "-"
-    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return f"${rounded:,.{places}f}"
+    return format_usd_rounded(amount, places)
 
 
 def _precise(amount: Decimal) -> str:
@@ -485,7 +490,7 @@ def simulate(
 
 
 def _money(amount: Decimal | None) -> str | None:
-    return None if amount is None else f"{amount:.6f}"
+    return format_dollars(amount, 6)
 
 
 def _feature_limits(plan: Plan, w: WindowStatus) -> dict[str, Decimal]:
@@ -505,7 +510,7 @@ def _window_dict(w: WindowStatus, plan: Plan) -> dict[str, Any]:
         "window": w.window, "kind": w.kind, "scope": w.scope, "used": money(w.used),
         "held": money(w.held), "limit": money(w.limit), "remaining": money(w.remaining),
         "carried": money(w.carried), "requests": w.requests, "max_requests": w.max_requests,
-        "resets_at": w.resets_at.isoformat().replace("+00:00", "Z"),
+        "resets_at": format_time(w.resets_at),
         "features": {k: money(v) for k, v in w.features.items()},
     }  # fmt: skip
     if w.features:

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from tokenfence_asgi.money import format_dollars
 from tokenfence_asgi.results import Alert, FenceCounters
 
 __all__ = ["AlertHook", "AlertHub", "alert_to_dict"]
@@ -39,8 +40,8 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         "window": alert.window,
         "metric": alert.metric,
         "threshold": alert.threshold,
-        "used": f"{alert.used:f}",
-        "limit": f"{alert.limit:f}",
+        "used": format_dollars(alert.used),
+        "limit": format_dollars(alert.limit),
         "reservation_id": alert.reservation_id,
         "repeated": alert.repeated,
     }

@@ -28,7 +28,7 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from tokenfence_asgi.money import from_nanos
+from tokenfence_asgi.money import format_dollars, format_usd_rounded, from_nanos
 from tokenfence_asgi.results import DailyUsage
 
 __all__ = [
@@ -255,10 +255,7 @@ async def collect(usage: AsyncIterator[DailyUsage]) -> list[DailyUsage]:
 
 def _exact(amount: Decimal | None) -> str | None:
     """Money for machines: exact, plain notation (up to 9 places)."""
-    if amount is None:
-        return None
-    text = f"{amount:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return format_dollars(amount)
 
 
 def _n(nanos: int) -> str:
@@ -345,9 +342,7 @@ def report_csv(report: SpendReport) -> str:
 def _usd(amount: Decimal | None, places: int = 2) -> str:
     if amount is None:
         return "-"
-    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.{places}f}"
+    return format_usd_rounded(amount, places)
 
 
 def _usd_n(nanos: int) -> str:

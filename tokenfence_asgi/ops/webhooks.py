@@ -63,7 +63,7 @@ import structlog
 
 from tokenfence_asgi.engine.alerts import alert_to_dict
 from tokenfence_asgi.errors import ConfigError, InvalidAmount
-from tokenfence_asgi.money import MAX_LIMIT_NANOS, format_usd, to_nanos
+from tokenfence_asgi.money import MAX_LIMIT_NANOS, format_time, format_usd, to_nanos
 from tokenfence_asgi.results import Alert
 
 __all__ = [
@@ -351,7 +351,7 @@ class WebhookSender:
         payload: dict[str, Any] = {
             "type": "budget_alert",
             "id": delivery,
-            "created_at": created_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "created_at": format_time(created_at, timespec="seconds"),
             "alert": alert_to_dict(item_alert),
             "text": _describe(item_alert),
         }

@@ -9,11 +9,11 @@ with its kind; scripts that may raise alerts reply
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from tokenfence_asgi._text import replace_control
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.errors import (
     BudgetExceeded,
@@ -112,7 +112,7 @@ def label(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
     text = value[:MAX_LABEL]
     if not text.isprintable():
-        text = "".join(c if not unicodedata.category(c).startswith("C") else "\ufffd" for c in text)
+        text = replace_control(text)
     return text
 
 

@@ -73,7 +73,14 @@ from tokenfence_asgi.errors import (
     TokenFenceError,
     UnknownPlan,
 )
-from tokenfence_asgi.money import _show, format_amount, from_nanos, to_nanos
+from tokenfence_asgi.money import (
+    _show,
+    format_amount,
+    format_dollars,
+    format_time,
+    from_nanos,
+    to_nanos,
+)
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.results import Reservation, Settlement, TenantStatus, WindowStatus
 from tokenfence_asgi.store.keys import MAX_ID_LENGTH, KeySpace, validate_id
@@ -424,13 +431,13 @@ class _Tokens:
 
 def _usd(amount: Decimal) -> str:
     """Exact dollars with 9 decimals (amounts are whole nano-dollars)."""
-    return f"{amount.quantize(Decimal('1e-9')):f}"
+    return format_dollars(amount, 9)
 
 
 def _time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return format_time(value)
 
 
 def _window(w: WindowStatus) -> dict[str, Any]:
