@@ -21,7 +21,8 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     │   ├── InputTooLong                  the prompt is longer than the plan allows (413)
     │   └── TenantDisabled                a kill switch is on (403)
     ├── Contended                         a plan or pool changed under every retry (503)
-    └── StoreUnavailable                  Redis could not be reached in time (503)
+    ├── StoreUnavailable                  Redis could not be reached in time (503)
+    └── MissingExtra (ImportError)        an optional dependency is not installed: names the extra
 
 Each error knows its HTTP status and its JSON body (``to_dict()``), so the middleware and the HTTP
 API answer the same way everywhere.
@@ -42,6 +43,7 @@ __all__ = [
     "InputTooLong",
     "InvalidAmount",
     "InvalidId",
+    "MissingExtra",
     "ModelNotAllowed",
     "ModelNotPriced",
     "PolicyDenied",
@@ -536,3 +538,25 @@ class StoreUnavailable(TokenFenceError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.error_code, "message": self.public_message}
+
+
+class MissingExtra(TokenFenceError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    ``package`` is the distribution to install (``name`` the module that failed to import, as
+    for any ``ImportError``), ``extra`` the tokenfence-asgi extra that brings it::
+
+        pip install 'tokenfence-asgi[cli]'
+    """
+
+    error_code = "missing_extra"
+
+    def __init__(
+        self, package: str, extra: str, *, needed_for: str, module: str | None = None
+    ) -> None:
+        super().__init__(
+            f"{needed_for} needs {package} (not installed): pip install 'tokenfence-asgi[{extra}]'"
+        )
+        self.name = module
+        self.package = package
+        self.extra = extra

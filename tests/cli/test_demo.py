@@ -20,15 +20,9 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from tests.e2e.servers import free_port
-from tokenfence_asgi.cli.demo import (
-    _SYSTEM,
-    BURNER,
-    TENANTS,
-    _chunk,
-    _fake_completions,
-    build_app,
-    run_demo,
-)
+from tokenfence_asgi.cli.demo import BURNER, TENANTS, build_app, run_demo
+from tokenfence_asgi.cli.demo.app import _SYSTEM, _fake_completions
+from tokenfence_asgi.cli.demo.story import _chunk
 from tokenfence_asgi.config import BUILTIN_PLANS
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.ops.simulate import delete_prefix
