@@ -222,6 +222,43 @@ def test_a_bad_plan_file_exits_7(tmp_path: Path, content: str | None, message: s
     assert result.stdout == ""
 
 
+SERVICE_TOKEN = "cli-token-0123456789abcdef"
+CLOSED_REDIS = "redis://127.0.0.1:1/0"  # never reached: the plan file is read first
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("plans",),
+        ("simulate", "--days", "1"),
+        ("status", "acme", "--redis-url", CLOSED_REDIS),
+        ("set-plan", "acme", "free", "--redis-url", CLOSED_REDIS),
+        ("kill", "acme", "--redis-url", CLOSED_REDIS),
+        ("report", "--redis-url", CLOSED_REDIS),
+        ("serve", "--token", SERVICE_TOKEN),
+    ],
+)
+def test_every_command_exits_7_on_a_bad_plan_file(tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text("[plans.x\n")
+    result = run(*command, "--config", str(path))
+    assert result.exit_code == ExitCode.BAD_CONFIG, result.output
+    assert "invalid TOML" in result.stderr
+
+
+def test_serve_exits_as_the_other_commands_on_plan_errors(tmp_path: Path) -> None:
+    """An unknown --default-plan is an unknown plan (4); a file without a default plan is a
+    bad plan file (7), as for every other command."""
+    result = run("serve", "--token", SERVICE_TOKEN, "--default-plan", "gold")
+    assert result.exit_code == ExitCode.UNKNOWN_PLAN, result.output
+    assert "unknown plan 'gold'" in result.stderr
+    path = tmp_path / "plans.toml"
+    path.write_text('[plans.team]\nlimits = [{ window = "1d", max_cost = "10" }]\n')
+    result = run("serve", "--token", SERVICE_TOKEN, "--config", str(path))
+    assert result.exit_code == ExitCode.BAD_CONFIG, result.output
+    assert "no plan is named 'free'" in result.stderr
+
+
 TEAM_AND_PRO = """\
 [plans.team]
 limits = [{ window = "1d", max_cost = "10" }]
