@@ -158,14 +158,40 @@ def _count(status: str) -> int:
 
 
 def _row(r: UsageRecord) -> tuple[Any, ...]:
-    return (r.id, r.tenant_id, r.feature, r.model, r.input_tokens, r.output_tokens,
-            cost_usd(r.cost_nanos), r.cost_nanos, r.model_requested, r.pool, r.request_id,
-            r.late, r.timestamp, r.stream, r.entry_id)  # fmt: skip
+    return (
+        r.id,
+        r.tenant_id,
+        r.feature,
+        r.model,
+        r.input_tokens,
+        r.output_tokens,
+        cost_usd(r.cost_nanos),
+        r.cost_nanos,
+        r.model_requested,
+        r.pool,
+        r.request_id,
+        r.late,
+        r.timestamp,
+        r.stream,
+        r.entry_id,
+    )
 
 
 def _day_row(u: DailyUsage) -> tuple[Any, ...]:
-    return (u.tenant_id, u.day, u.plan, u.pool, u.cost, u.cost_nanos, u.requests, u.refusals,
-            u.releases, u.input_tokens, u.output_tokens, u.limit)  # fmt: skip
+    return (
+        u.tenant_id,
+        u.day,
+        u.plan,
+        u.pool,
+        u.cost,
+        u.cost_nanos,
+        u.requests,
+        u.refusals,
+        u.releases,
+        u.input_tokens,
+        u.output_tokens,
+        u.limit,
+    )
 
 
 @dataclass
@@ -270,9 +296,12 @@ class Exporter:
                 trimmed = int(info["entries-added"]) - int(info["length"])
                 lost = trimmed - int(accounted.get(stream, 0))
                 if lost > 0:
-                    log.error("ledger_trimmed_before_export", stream=stream, lost=lost,
-                              detail="raise ledger_retention / ledger_maxlen or export "
-                                     "more often")  # fmt: skip
+                    log.error(
+                        "ledger_trimmed_before_export",
+                        stream=stream,
+                        lost=lost,
+                        detail="raise ledger_retention / ledger_maxlen or export more often",
+                    )
                     await self.conn.execute(_ADD_LOST, stream, lost)
                     self.stats.trimmed.append(stream)
                     self.stats.lost += lost
@@ -287,8 +316,7 @@ class Exporter:
         keys = self.fence._ledger_keys
         for k in range(0, len(self.streams), self.streams_per_read):
             chunk = self.streams[k : k + self.streams_per_read]
-            cursors = [(s, keys.stream_location(s) or "-", self.cursors.get(s, "0"))
-                       for s in chunk]  # fmt: skip
+            cursors = [(s, keys.stream_location(s) or "-", self.cursors.get(s, "0")) for s in chunk]
             for (stream, _, _), records in zip(
                 cursors, await read_streams(client, cursors, self.batch), strict=True
             ):
