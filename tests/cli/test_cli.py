@@ -729,10 +729,12 @@ def test_simulate_keep_on_the_embedded_store_says_nothing_is_kept() -> None:
 
 
 def test_demo_without_its_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tokenfence_asgi.cli.demo", None)  # import fails
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # not installed
+    for name in [m for m in sys.modules if m.startswith("tokenfence_asgi.cli.demo")]:
+        monkeypatch.delitem(sys.modules, name)  # imported again, without FastAPI
     result = run("demo", "--once")
     assert result.exit_code == ExitCode.MISSING_EXTRA
-    assert "pip install 'tokenfence-asgi[demo]'" in result.stderr
+    assert "(fastapi is missing): pip install 'tokenfence-asgi[demo]'" in result.stderr
 
 
 def test_demo_port_in_use_is_a_usage_error() -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a fence (prometheus-client).
+"""Prometheus metrics of a fence (prometheus-client: the ``metrics`` extra).
 
 ::
 
@@ -43,16 +43,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
-
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
+    MissingExtra,
     RequestLimitExceeded,
     TenantDisabled,
     TokenFenceError,
@@ -60,6 +56,16 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.ops.webhooks import WebhookSender
 from tokenfence_asgi.results import Alert, Reservation, Settlement
+
+try:  # imported when this module is: `from tokenfence_asgi import FenceMetrics` loads it lazily
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import Collector
+except ImportError as exc:
+    raise MissingExtra(
+        "prometheus-client", "metrics", needed_for="FenceMetrics", module=exc.name
+    ) from exc
 
 __all__ = ["LATENCY_BUCKETS", "FenceMetrics"]
 

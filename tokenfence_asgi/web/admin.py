@@ -82,6 +82,7 @@ from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
     InvalidId,
+    MissingExtra,
     RequestLimitExceeded,
     StoreUnavailable,
     TokenFenceError,
@@ -920,8 +921,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _metrics_for(fence: TokenFence, metrics: object) -> Any:
     if metrics is False:
         return None
-    from tokenfence_asgi.ops.metrics import FenceMetrics
-
+    try:
+        from tokenfence_asgi.ops.metrics import FenceMetrics
+    except MissingExtra:
+        if metrics is None:  # the default: metrics when prometheus-client is installed
+            return None
+        raise
     if metrics is None or metrics is True:
         return FenceMetrics.for_fence(fence)
     if not isinstance(metrics, FenceMetrics):
