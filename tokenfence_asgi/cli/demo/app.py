@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.context import current_context
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
