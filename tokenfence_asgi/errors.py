@@ -23,7 +23,8 @@ input also subclass ``ValueError``, so code that already catches ``ValueError`` 
     │   ├── InputTooLong               ai_input_too_long           the prompt is too long
     │   └── TenantDisabled             ai_disabled                 a kill switch is on
     ├── Contended                      ai_budget_busy              a plan or pool kept changing
-    └── StoreUnavailable               ai_budget_unavailable       Redis could not be reached
+    ├── StoreUnavailable               ai_budget_unavailable       Redis could not be reached
+    └── MissingExtra (ImportError)     missing_extra               an optional dependency is missing
 
 ``error_code`` is a class attribute, the same string as the ``error`` field of ``to_dict()`` (the
 JSON body of the error); it does not change between releases, so clients may branch on it. The
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidAmount",
     "InvalidCall",
     "InvalidId",
+    "MissingExtra",
     "ModelNotAllowed",
     "ModelNotPriced",
     "PolicyDenied",
@@ -548,3 +550,27 @@ class StoreUnavailable(TokenFenceError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.error_code, "message": self.public_message}
+
+
+class MissingExtra(TokenFenceError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    ``package`` is the distribution to install (``name`` the module that failed to import, as
+    for any ``ImportError``), ``extra`` the tokenfence-asgi extra that brings it::
+
+        pip install 'tokenfence-asgi[cli]'
+
+    ``error_code``: ``missing_extra``.
+    """
+
+    error_code = "missing_extra"
+
+    def __init__(
+        self, package: str, extra: str, *, needed_for: str, module: str | None = None
+    ) -> None:
+        super().__init__(
+            f"{needed_for} needs {package} (not installed): pip install 'tokenfence-asgi[{extra}]'"
+        )
+        self.name = module
+        self.package = package
+        self.extra = extra

@@ -932,9 +932,12 @@ def _private_fence_reads(path: Path) -> set[tuple[str, str]]:
         "tokenfence_asgi/ops/metrics.py",
         "tokenfence_asgi/web/service.py",
         "tokenfence_asgi/ops/webhooks.py",
-        "tokenfence_asgi/cli/demo.py",
+        "tokenfence_asgi/cli/demo/app.py",
+        "tokenfence_asgi/cli/demo/run.py",
+        "tokenfence_asgi/cli/demo/story.py",
         "tokenfence_asgi/ops/simulate.py",
         "tokenfence_asgi/ops/export.py",
+        "tokenfence_asgi/ops/_simulation.py",
     ],
 )
 def test_no_private_fence_attribute_is_read_above_the_engine(module: str) -> None:

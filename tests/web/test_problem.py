@@ -56,6 +56,7 @@ CODES_AND_STATUSES = {
     "TenantDisabled": ("ai_disabled", 403),
     "Contended": ("ai_budget_busy", 503),
     "StoreUnavailable": ("ai_budget_unavailable", 503),
+    "MissingExtra": ("missing_extra", 500),
 }
 
 

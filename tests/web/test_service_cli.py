@@ -128,7 +128,7 @@ def test_a_file_without_free_or_default_plan_is_refused(
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS_TOML)
     result = invoke("--token", TOKEN, "--config", str(plans))
-    assert result.exit_code == 2
+    assert result.exit_code == 7  # a bad plan file, as for every tokenfence command
     assert f"{plans}: default_plan: not set, and no plan is named 'free'" in result.output
     assert "--default-plan" in result.output
     assert runs == []
@@ -146,8 +146,6 @@ def test_a_file_without_free_or_default_plan_is_refused(
         (("--token", TOKEN, "--workers", "0"), "--workers must be at least 1"),
         (("--token", TOKEN, "--port", "70000"), "--port must be in [0, 65535]"),
         (("--token", TOKEN, "--prefix", "bad prefix"), "prefix must match"),
-        (("--token", TOKEN, "--config", "/nonexistent/plans.toml"), "cannot read plan file"),
-        (("--token", TOKEN, "--default-plan", "gold"), "--default-plan: unknown plan 'gold'"),
         (("--token", TOKEN, "--signing-key", "short"), "--signing-key must be at least 16"),
     ],
 )
@@ -156,6 +154,23 @@ def test_refusals_exit_2_before_serving(
 ) -> None:
     result = invoke(*args)
     assert result.exit_code == 2
+    assert message in result.output
+    assert runs == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--config", "/nonexistent/plans.toml"), 7, "cannot read plan file"),
+        (("--default-plan", "gold"), 4, "--default-plan: unknown plan 'gold'"),
+    ],
+)
+def test_plan_errors_exit_as_every_command_does(
+    runs: list[dict[str, Any]], args: tuple[str, ...], code: int, message: str
+) -> None:
+    """A bad plan file is 7, an unknown plan 4 (the ``tokenfence`` command's exit codes)."""
+    result = invoke("--token", TOKEN, *args)
+    assert result.exit_code == code
     assert message in result.output
     assert runs == []
 

@@ -1355,9 +1355,10 @@ def _run(**options: Any) -> None:
     uvicorn.run("tokenfence_asgi.web.service:_serve_app", factory=True, **options)
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """Print the message on stderr and exit with ``code`` (the ``tokenfence`` ``ExitCode``)."""
     typer.echo(f"tokenfence serve: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def serve(
@@ -1421,20 +1422,26 @@ def serve(
         )
     if not 0 <= port <= 65535:
         _fail(f"--port must be in [0, 65535], got {port}")
+    from tokenfence_asgi.cli.exit_codes import ExitCode  # the tokenfence command's codes
+
     try:
         KeySpace(prefix)
-        plans = BUILTIN_PLANS if config is None else load_plans(config)
         if signing_key is not None:
             _key_bytes(signing_key, "--signing-key")
     except ConfigError as exc:
         _fail(exc.message)
+    try:
+        plans = BUILTIN_PLANS if config is None else load_plans(config)
+    except ConfigError as exc:
+        _fail(exc.message, ExitCode.BAD_CONFIG)
     names = [p.name for p in plans]
     if default_plan is not None and default_plan not in names:
-        _fail(UnknownPlan(default_plan, names, field="--default-plan").message)
+        unknown = UnknownPlan(default_plan, names, field="--default-plan")
+        _fail(unknown.message, ExitCode.UNKNOWN_PLAN)
     try:
         plan = default_plan_for(plans, default_plan)  # the library's rule, and the CLI's
     except ConfigError as exc:  # no --default-plan, no default_plan in the file, no 'free'
-        _fail(f"{exc.message}; or give --default-plan")
+        _fail(f"{exc.message}; or give --default-plan", ExitCode.BAD_CONFIG)
     os.environ[_CONFIG_ENV] = json.dumps(
         {
             "token": token,

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import ConfigError, TokenFenceError
+from tokenfence_asgi.errors import ConfigError, MissingExtra, TokenFenceError
 from tokenfence_asgi.web.admin._access import AccessGuard
 from tokenfence_asgi.web.admin._activity import FenceActivity
 from tokenfence_asgi.web.admin._handlers import AdminHandlers
@@ -52,8 +52,12 @@ def _answering(handler: Handler) -> Handler:
 def _metrics_for(fence: TokenFence, metrics: object) -> Any:
     if metrics is False:
         return None
-    from tokenfence_asgi.ops.metrics import FenceMetrics
-
+    try:
+        from tokenfence_asgi.ops.metrics import FenceMetrics
+    except MissingExtra:
+        if metrics is None:  # the default: metrics when prometheus-client is installed
+            return None
+        raise
     if metrics is None or metrics is True:
         return FenceMetrics.for_fence(fence)
     if not isinstance(metrics, FenceMetrics):
