@@ -41,6 +41,7 @@ Candidates = Sequence[tuple[str | None, int]] | Callable[[Plan], Sequence[tuple[
 """``(model, amount nanos)`` in order of preference, or a function of the tenant's plan."""
 
 _MAX_TOKENS = 10**12
+_ORPHAN_RETRIES = (0.0, 1.0, 5.0)  # seconds before each release of a cancelled reserve's hold
 
 
 def _tokens(name: str, value: object) -> int:
@@ -78,6 +79,7 @@ class Holds:
             self.allowance = Allowance(settings.outage_allowance_nanos)
             router.on_answer = self._answered
         self.writing_back: asyncio.Task[int] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()
         self._write_back_running = False
 
     # -- reserve -------------------------------------------------------------------------------
@@ -151,6 +153,10 @@ class Holds:
             if "k" in switches or (feat is not None and f"k:{feat_enc}" in switches):
                 raise TenantDisabled(tenant_id=tenant, feature=feat, scope="global")
             reply, route = await router.call("reserve", tenant_enc, build)
+        except asyncio.CancelledError:
+            if reservation_id is None:  # an id of ours: nobody else can settle this hold
+                self._release_orphan(tenant, feat, rid)
+            raise
         except StoreUnavailable:
             if settings.on_store_error == "closed":
                 raise
@@ -207,6 +213,32 @@ class Holds:
         refusal = self._refusal([kind, *details], tenant, feat, route)
         log.info("reserve_refused", tenant=tenant, feature=feat, reason=refusal.error_code)
         raise refusal
+
+    def _release_orphan(self, tenant: str, feature: str | None, rid: str) -> None:
+        """Release the hold a cancelled reserve may have made (its reply was never read).
+
+        The store may have run the script, or may run it a moment later (the command was on its
+        way): the release is tried at once and again after ``_ORPHAN_RETRIES``, until one drops
+        the hold; a hold none of them finds is reclaimed when its lease ends.
+        """
+        zero = Decimal(0)
+        orphan = Reservation(rid, tenant, feature, None, zero, amount_nanos=0, plan="")
+        task = asyncio.get_running_loop().create_task(self._release_later(orphan))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _release_later(self, orphan: Reservation) -> None:
+        for delay in _ORPHAN_RETRIES:
+            await asyncio.sleep(delay)
+            try:
+                settlement = await self._release(orphan)
+            except Exception as exc:
+                log.warning("orphan_release_failed", reservation=orphan.id, error=repr(exc))
+                return
+            if not settlement.duplicate and settlement.recorded:
+                self.counters.released_after_cancel += 1
+                log.info("released_after_cancel", tenant=orphan.tenant_id, reservation=orphan.id)
+                return
 
     def _reserve_without_store(
         self,
