@@ -91,7 +91,7 @@ class ExitCode(IntEnum):
 
 COMMAND_MODULES: tuple[str, ...] = (  # one line per module with a register(app) function
     "tokenfence_asgi.cli.ledger",  # report, export
-    "tokenfence_asgi.web.service",  # serve
+    "tokenfence_asgi.cli.serve",  # serve
 )
 """Modules whose ``register(app)`` adds their commands to ``tokenfence``."""
 
