@@ -13,9 +13,8 @@ from typing import Protocol
 
 import typer
 
-from tokenfence_asgi.cli import ledger, operator, plans, scenarios
+from tokenfence_asgi.cli import ledger, operator, plans, scenarios, serve
 from tokenfence_asgi.cli.options import quiet_logs
-from tokenfence_asgi.web import service
 
 __all__ = ["COMMAND_MODULES", "CommandModule", "app", "main"]
 
@@ -32,7 +31,7 @@ COMMAND_MODULES: tuple[CommandModule, ...] = (  # one line per module, in the or
     operator,  # status, set-plan, kill, revive
     plans,  # plans
     ledger,  # report, export
-    service,  # serve
+    serve,  # serve
 )
 """The modules whose ``register(app)`` adds their commands to ``tokenfence``."""
 

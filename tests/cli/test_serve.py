@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tokenfence_asgi.web import service
+from tokenfence_asgi.cli import serve
 
 TOKEN = "cli-token-0123456789abcdef"
 PLANS_TOML = """
@@ -29,17 +29,17 @@ limits = [{ window = "1d", max_cost = "100" }]
 def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     """uvicorn.run replaced by a recorder; the environment the workers would get is restored."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(service, "_run", lambda **options: calls.append(options))
+    monkeypatch.setattr(serve, "_run", lambda **options: calls.append(options))
     for name in ("TOKENFENCE_SERVICE_TOKEN", "TOKENFENCE_REDIS_URL", "TOKENFENCE_SIGNING_KEY"):
         monkeypatch.delenv(name, raising=False)
-    before = os.environ.get(service._CONFIG_ENV)
+    before = os.environ.get(serve._CONFIG_ENV)
     try:
         yield calls
     finally:
         if before is None:
-            os.environ.pop(service._CONFIG_ENV, None)
+            os.environ.pop(serve._CONFIG_ENV, None)
         else:
-            os.environ[service._CONFIG_ENV] = before
+            os.environ[serve._CONFIG_ENV] = before
 
 
 def cli() -> typer.Typer:
@@ -49,7 +49,7 @@ def cli() -> typer.Typer:
     def root() -> None:
         """The main CLI, as another module builds it."""
 
-    service.register(app)
+    serve.register(app)
     return app
 
 
@@ -58,7 +58,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def worker_config() -> dict[str, Any]:
-    return dict(json.loads(os.environ[service._CONFIG_ENV]))
+    return dict(json.loads(os.environ[serve._CONFIG_ENV]))
 
 
 def test_help_lists_the_options() -> None:
@@ -187,7 +187,7 @@ async def test_the_workers_app_serves_the_configured_plans(
     plans = tmp_path / "plans.toml"
     plans.write_text('default_plan = "tiny"\n' + PLANS_TOML)
     assert invoke("--token", TOKEN, "--config", str(plans)).exit_code == 0
-    app = service._serve_app()  # what each uvicorn worker builds
+    app = serve._serve_app()  # what each uvicorn worker builds
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with (
         app.router.lifespan_context(app),
