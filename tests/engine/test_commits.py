@@ -27,7 +27,7 @@ from tokenfence_asgi.engine import commits as commits_module
 from tokenfence_asgi.engine.commits import MAX_BATCH, CommitQueue
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.observe import FenceObserver
-from tokenfence_asgi.errors import BudgetExceeded, ConfigError, InvalidAmount
+from tokenfence_asgi.errors import BudgetExceeded, ConfigError, InvalidAmount, InvalidId
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.results import Reservation
 from tokenfence_asgi.store.client import Store
@@ -277,6 +277,33 @@ async def test_a_call_refused_for_its_own_queued_holds_is_tried_again_after_they
     assert await used_and_held(reader, "acme") == (D("0.10"), D("0.60"))
     with pytest.raises(BudgetExceeded):  # and a real refusal stays one
         await fence.reserve("acme", "0.60")
+
+
+async def test_awaited_commits_of_concurrent_callers_share_round_trips(
+    make_fence: MakeFence, pipelines: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``commits.commit`` (the HTTP API's): each caller gets its own settlement or error, as
+    from ``commit``, at once (no waiting for more), in fewer round trips than callers."""
+    monkeypatch.setattr(commits_module, "LINGER_S", 3600.0)  # awaited commits never linger
+    fence = make_fence(plans=PLANS, default_plan="big")
+    held = [await fence.reserve(f"t{n % 5}", "0.05") for n in range(60)]
+    async with asyncio.timeout(30):
+        settled = await asyncio.gather(
+            *(fence.commits.commit(r, D(n + 1) / 1000) for n, r in enumerate(held))
+        )
+    assert [s.cost for s in settled] == [D(n + 1) / 1000 for n in range(60)]
+    assert not any(s.duplicate or s.late for s in settled)
+    round_trips = len(pipelines) + (60 - sum(pipelines))  # pipelines, and commits sent alone
+    assert round_trips <= 3
+    assert (await fence.commits.commit(held[0], "0.001")).duplicate
+    forged = Reservation("r1", "bad\x00tenant", None, None, D("0.05"), 50_000_000, "big")
+    with pytest.raises(InvalidId):
+        await fence.commits.commit(forged, "0.01")
+    assert (fence.counters.commits_queued, fence.counters.commit_errors) == (0, 0)
+    assert await used_and_held(fence, "t0") == (
+        sum(D(n + 1) / 1000 for n in range(0, 60, 5)),
+        D(0),
+    )
 
 
 async def test_status_sees_the_commits_queued_before_it(make_fence: MakeFence) -> None:

@@ -98,6 +98,7 @@ class _Job:
     model: str | None
     request_id: str | None
     seq: int
+    settled: asyncio.Future[Settlement] | None = None  # a caller awaits its settlement
 
     async def run(self, commit: CommitFunction) -> Settlement:
         return await commit(
@@ -140,6 +141,7 @@ class CommitQueue:
     __slots__ = (
         "__weakref__",
         "_at_exit",
+        "_awaited",
         "_closed",
         "_commit",
         "_counters",
@@ -173,6 +175,7 @@ class CommitQueue:
         self._in_flight: list[_Job] = []
         self._owners: Counter[str] = Counter()  # queued commits per tenant and per pool
         self._nudge: asyncio.Event | None = None  # set to end the sender's wait for more
+        self._awaited = 0  # jobs queued whose caller awaits them (never left to linger)
         self._seq = 0  # the last job queued
         self._done_through = 0  # every job up to this one was sent (landed or failed)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -227,6 +230,44 @@ class CommitQueue:
             self._start(loop)
         elif len(self._jobs) >= MAX_BATCH:
             self._poke()
+
+    async def commit(
+        self,
+        reservation: Reservation,
+        cost: MoneyInput,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> Settlement:
+        """``TokenFence.commit``, sent with the commits queued meanwhile (concurrent callers
+        share a round trip) and awaited: the same ``Settlement``, or the same error, as
+        ``commit``. Sent at once, without waiting for more (``LINGER_S``)."""
+        _check(reservation, cost, input_tokens, output_tokens, model, request_id)
+        loop = asyncio.get_running_loop()
+        if self._closed or self.pending >= self.max_pending or not self._owned_by(loop):
+            return await self._commit(
+                reservation,
+                cost,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                model=model,
+                request_id=request_id,
+            )
+        self._seq += 1
+        settled: asyncio.Future[Settlement] = loop.create_future()
+        job = _Job(
+            reservation, cost, input_tokens, output_tokens, model, request_id, self._seq, settled
+        )
+        self._jobs.append(job)
+        self._owners.update(_owners(job))
+        self._awaited += 1
+        if self._worker is None:
+            self._start(loop)
+        else:
+            self._poke()
+        return await settled
 
     async def flush(self) -> None:
         """Wait until every commit queued before this call was sent: landed, or failed (then
@@ -301,7 +342,9 @@ class CommitQueue:
 
     async def _linger(self) -> None:
         """Wait up to ``LINGER_S`` for a full batch or a flush."""
-        if self._waiters or self._closed or len(self._jobs) >= MAX_BATCH or LINGER_S <= 0:
+        if self._waiters or self._awaited or self._closed or len(self._jobs) >= MAX_BATCH:
+            return
+        if LINGER_S <= 0:
             return
         self._nudge = nudge = asyncio.Event()
         try:
@@ -368,14 +411,23 @@ class CommitQueue:
 
     async def _one(self, job: _Job) -> Exception | None:
         try:
-            await job.run(self._commit)
+            settlement = await job.run(self._commit)
         except (StoreUnavailable, Contended) as exc:  # the store may answer the next time
-            return exc
+            if job.settled is None:
+                return exc
+            self._failed(job, exc)  # its caller decides, as after a commit of its own
         except Exception as exc:  # a bug or a refused argument: retrying cannot help
             self._failed(job, exc)
+        else:
+            if job.settled is not None and not job.settled.done():
+                job.settled.set_result(settlement)
         return None
 
     def _failed(self, job: _Job, error: Exception) -> None:
+        if job.settled is not None:  # the caller's own commit: the error is the caller's
+            if not job.settled.done():
+                job.settled.set_exception(error)
+            return
         self._counters.commit_errors += 1
         reservation = job.reservation
         log.error(
@@ -392,6 +444,10 @@ class CommitQueue:
     def _done(self, batch: list[_Job]) -> None:
         for job in batch:
             self._owners.subtract(_owners(job))
+            if job.settled is not None:
+                self._awaited -= 1
+                if not job.settled.done():  # never sent (cancelled with the loop)
+                    job.settled.cancel()
         self._owners += Counter()  # drop the zeros
         self._finished(batch[-1].seq)
 
