@@ -39,7 +39,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeGuard
 
 import structlog
 
@@ -72,19 +72,8 @@ EXIT_WAIT_S = 10.0
 _MAX_TOKENS = 10**12
 
 
-class CommitFunction(Protocol):
-    """``TokenFence.commit``."""
-
-    def __call__(
-        self,
-        reservation: Reservation,
-        cost: MoneyInput,
-        *,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        model: str | None = None,
-        request_id: str | None = None,
-    ) -> Awaitable[Settlement]: ...
+CommitFunction = Callable[..., Awaitable[Settlement]]
+"""``TokenFence.commit``."""
 
 
 @dataclass(slots=True)
@@ -97,7 +86,7 @@ class _Job:
     output_tokens: int
     model: str | None
     request_id: str | None
-    seq: int
+    seq: int = 0
     settled: asyncio.Future[Settlement] | None = None  # a caller awaits its settlement
 
     async def run(self, commit: CommitFunction) -> Settlement:
@@ -111,24 +100,30 @@ class _Job:
         )
 
 
-def _check(
-    reservation: object,
+def _job(
+    reservation: Reservation,
     cost: MoneyInput,
-    input_tokens: object,
-    output_tokens: object,
-    model: object,
-    request_id: object,
-) -> None:
-    """Raise now what ``commit`` would raise for its arguments (a caller's mistake)."""
+    input_tokens: int,
+    output_tokens: int,
+    model: str | None,
+    request_id: str | None,
+) -> _Job:
+    """A job of ``commit``'s arguments; raises now what ``commit`` would raise for them."""
     if not isinstance(reservation, Reservation):
         raise TypeError(f"commit needs a Reservation, got {type(reservation).__name__}")
     to_nanos(cost, rounding="half_up", field="cost")
-    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+    tokens: tuple[tuple[str, object], ...] = (
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+    )
+    for name, value in tokens:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
             raise ValueError(f"{name} must be an int in [0, {_MAX_TOKENS}], got {value!r}")
-    for name, value in (("model", model), ("request_id", request_id)):
+    labels: tuple[tuple[str, object], ...] = (("model", model), ("request_id", request_id))
+    for name, value in labels:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
+    return _Job(reservation, cost, input_tokens, output_tokens, model, request_id)
 
 
 class CommitQueue:
@@ -206,30 +201,9 @@ class CommitQueue:
     ) -> None:
         """Queue a commit (``TokenFence.commit``'s arguments, checked now); when the queue is
         full or closed, make it here, awaited, raising what ``commit`` raises."""
-        _check(reservation, cost, input_tokens, output_tokens, model, request_id)
-        loop = asyncio.get_running_loop()
-        full = self.pending >= self.max_pending
-        if self._closed or full or not self._owned_by(loop):
-            if full and self.max_pending and not self._closed:
-                self._counters.commits_waited += 1
-            await self._commit(
-                reservation,
-                cost,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                model=model,
-                request_id=request_id,
-            )
-            return
-        self._seq += 1
-        job = _Job(reservation, cost, input_tokens, output_tokens, model, request_id, self._seq)
-        self._jobs.append(job)
-        self._owners.update(_owners(job))
-        self._counters.commits_queued += 1
-        if self._worker is None:
-            self._start(loop)
-        elif len(self._jobs) >= MAX_BATCH:
-            self._poke()
+        job = _job(reservation, cost, input_tokens, output_tokens, model, request_id)
+        if not self._take(job):
+            await job.run(self._commit)
 
     async def commit(
         self,
@@ -244,30 +218,33 @@ class CommitQueue:
         """``TokenFence.commit``, sent with the commits queued meanwhile (concurrent callers
         share a round trip) and awaited: the same ``Settlement``, or the same error, as
         ``commit``. Sent at once, without waiting for more (``LINGER_S``)."""
-        _check(reservation, cost, input_tokens, output_tokens, model, request_id)
+        job = _job(reservation, cost, input_tokens, output_tokens, model, request_id)
+        job.settled = asyncio.get_running_loop().create_future()
+        if not self._take(job):
+            return await job.run(self._commit)
+        return await job.settled
+
+    def _take(self, job: _Job) -> bool:
+        """Queue ``job`` and make sure it is sent; False when its caller must commit it."""
         loop = asyncio.get_running_loop()
-        if self._closed or self.pending >= self.max_pending or not self._owned_by(loop):
-            return await self._commit(
-                reservation,
-                cost,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                model=model,
-                request_id=request_id,
-            )
+        full = self.pending >= self.max_pending
+        if self._closed or full or not self._owned_by(loop):
+            if full and self.max_pending and not self._closed and job.settled is None:
+                self._counters.commits_waited += 1
+            return False
         self._seq += 1
-        settled: asyncio.Future[Settlement] = loop.create_future()
-        job = _Job(
-            reservation, cost, input_tokens, output_tokens, model, request_id, self._seq, settled
-        )
+        job.seq = self._seq
         self._jobs.append(job)
         self._owners.update(_owners(job))
-        self._awaited += 1
+        if job.settled is None:
+            self._counters.commits_queued += 1
+        else:
+            self._awaited += 1
         if self._worker is None:
             self._start(loop)
-        else:
+        elif job.settled is not None or len(self._jobs) >= MAX_BATCH:
             self._poke()
-        return await settled
+        return True
 
     async def flush(self) -> None:
         """Wait until every commit queued before this call was sent: landed, or failed (then
@@ -419,13 +396,13 @@ class CommitQueue:
         except Exception as exc:  # a bug or a refused argument: retrying cannot help
             self._failed(job, exc)
         else:
-            if job.settled is not None and not job.settled.done():
+            if _open(job.settled):
                 job.settled.set_result(settlement)
         return None
 
     def _failed(self, job: _Job, error: Exception) -> None:
         if job.settled is not None:  # the caller's own commit: the error is the caller's
-            if not job.settled.done():
+            if _open(job.settled):
                 job.settled.set_exception(error)
             return
         self._counters.commit_errors += 1
@@ -446,7 +423,7 @@ class CommitQueue:
             self._owners.subtract(_owners(job))
             if job.settled is not None:
                 self._awaited -= 1
-                if not job.settled.done():  # never sent (cancelled with the loop)
+                if _open(job.settled):  # never sent (cancelled with the loop)
                     job.settled.cancel()
         self._owners += Counter()  # drop the zeros
         self._finished(batch[-1].seq)
@@ -485,6 +462,11 @@ class CommitQueue:
                 log.exception("queued_commits_not_flushed_at_exit")
         if self.pending:
             log.error("queued_commits_lost_at_exit", commits=self.pending)
+
+
+def _open(future: asyncio.Future[Settlement] | None) -> TypeGuard[asyncio.Future[Settlement]]:
+    """Whether ``future`` still waits for its result, on a loop that still runs callbacks."""
+    return future is not None and not future.done() and not future.get_loop().is_closed()
 
 
 def _wake(future: asyncio.Future[None]) -> None:
