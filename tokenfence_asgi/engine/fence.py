@@ -15,13 +15,13 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
 
-from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.engine.alerts import AlertHook, AlertHub
 from tokenfence_asgi.engine.approvals import Approvals
 from tokenfence_asgi.engine.controls import Controls
 from tokenfence_asgi.engine.holds import Candidates, Holds
 from tokenfence_asgi.engine.observe import FenceObserver, Observers
+from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.engine.routing import Router
 from tokenfence_asgi.engine.settings import Clock, FenceSettings, OnStoreError
 from tokenfence_asgi.engine.usage import UsageReader
