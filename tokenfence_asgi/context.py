@@ -26,8 +26,8 @@ import structlog
 from structlog.typing import EventDict
 
 from tokenfence_asgi.errors import TenantRequired
+from tokenfence_asgi.ids import validate_id
 from tokenfence_asgi.results import Reservation
-from tokenfence_asgi.store.keys import validate_id
 
 __all__ = [
     "ContextToken",

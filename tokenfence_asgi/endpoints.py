@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar, cast
 
 from tokenfence_asgi.context import _push_feature, pop_context
-from tokenfence_asgi.store.keys import validate_id
+from tokenfence_asgi.ids import validate_id
 
 __all__ = ["feature", "misplaced_feature"]
 

@@ -1,1 +1,1 @@
-"""One paid LLM call from any client: its shape, its plan, its reservation (shared by adapters)."""
+"""One paid LLM call from any client: its shape, its plan and its reservation (for the adapters)."""

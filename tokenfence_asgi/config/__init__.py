@@ -4,35 +4,8 @@
 always consistent; every error is a ``ConfigError`` naming the field and the bad value.
 """
 
-from tokenfence_asgi.config.files import PlanSet, default_plan_for, load_plans, plans_from_mapping
-from tokenfence_asgi.config.plan import (
-    BUILTIN_PLANS,
-    DEFAULT_FEATURE_WEIGHTS,
-    ENTERPRISE,
-    FEATURE_MODES,
-    FREE,
-    PRO,
-    STARTER,
-    WINDOW_SECONDS,
-    WINDOWS,
-    Limit,
-    Plan,
-)
+from tokenfence_asgi.config import files, plan
+from tokenfence_asgi.config.files import *  # noqa: F403
+from tokenfence_asgi.config.plan import *  # noqa: F403
 
-__all__ = [
-    "BUILTIN_PLANS",
-    "DEFAULT_FEATURE_WEIGHTS",
-    "ENTERPRISE",
-    "FEATURE_MODES",
-    "FREE",
-    "PRO",
-    "STARTER",
-    "WINDOWS",
-    "WINDOW_SECONDS",
-    "Limit",
-    "Plan",
-    "PlanSet",
-    "default_plan_for",
-    "load_plans",
-    "plans_from_mapping",
-]
+__all__ = [*plan.__all__, *files.__all__]

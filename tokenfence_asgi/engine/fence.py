@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
 
-from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.engine.alerts import AlertHook, AlertHub
 from tokenfence_asgi.engine.approvals import Approvals
@@ -23,6 +22,7 @@ from tokenfence_asgi.engine.commits import CommitQueue
 from tokenfence_asgi.engine.controls import Controls
 from tokenfence_asgi.engine.holds import Candidates, Holds
 from tokenfence_asgi.engine.observe import FenceObserver, Observers
+from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.engine.routing import Router
 from tokenfence_asgi.engine.settings import Clock, FenceSettings, OnStoreError
 from tokenfence_asgi.engine.usage import UsageReader

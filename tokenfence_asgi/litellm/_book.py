@@ -8,9 +8,9 @@ from typing import Any, Literal
 import structlog
 
 from tokenfence_asgi.calls.planner import CallPlanner
-from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.litellm._state import Call, reservation_id
 from tokenfence_asgi.pricing.book import PriceBook

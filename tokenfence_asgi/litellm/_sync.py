@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import litellm
 import structlog
 
-from tokenfence_asgi.calls.portal import caller_loop
+from tokenfence_asgi.engine.portal import caller_loop
 from tokenfence_asgi.errors import TokenFenceError
 from tokenfence_asgi.litellm._settle import Settling
 from tokenfence_asgi.litellm._state import SYNC_CALLS, Call, mapping, reservation_id, tokens

@@ -12,8 +12,8 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
 from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, DeniedTools, tool_action
-from tokenfence_asgi.calls.portal import Portal
 from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, TokenFenceError
 from tokenfence_asgi.litellm._book import Unscoped
 from tokenfence_asgi.litellm._errors import for_litellm, is_router_call
