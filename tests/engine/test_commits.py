@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.conftest import Backend
 from tests.reliability.figures import record
 from tests.reliability.servers import have_redis_binaries, redis_server
 from tokenfence_asgi.config import Limit, Plan
@@ -100,6 +101,27 @@ async def test_queued_commits_land_in_few_round_trips(
     assert sorted(r.id for r in records) == sorted(r.id for r in held)  # each charged once
     assert sorted(r.output_tokens for r in records) == list(range(calls))
     assert (fence.counters.commits_queued, fence.counters.commit_errors) == (calls, 0)
+
+
+async def test_queued_commits_survive_a_lost_script_cache(
+    make_fence: MakeFence, backend: Backend, pipelines: list[int]
+) -> None:
+    """After SCRIPT FLUSH (a restart, a failover), each pipelined commit answered NOSCRIPT
+    is sent again on its own, which loads the script: all land, once."""
+    fence = make_fence(plans=PLANS, default_plan="big")
+    held = [await fence.reserve(f"t{n % 3}", "0.05") for n in range(30)]
+    raw = backend.client()
+    try:
+        await raw.script_flush()
+    finally:
+        await raw.aclose()
+    for reservation in held:
+        await fence.commit_soon(reservation, "0.01")
+    await fence.commits.flush()
+    assert pipelines  # they went as a pipeline first
+    assert fence.counters.commit_errors == 0
+    for tenant in ("t0", "t1", "t2"):
+        assert await used_and_held(fence, tenant) == (D("0.10"), D(0))
 
 
 async def test_commit_stays_awaitable_with_the_same_settlement(make_fence: MakeFence) -> None:
