@@ -1,11 +1,13 @@
 """Per-call time of ``litellm.acompletion(mock_response=...)`` with and without TokenFenceCallback.
 
-Against real Redis: each fenced call is one reserve and one commit (two round trips) plus the
-estimate (LiteLLM's token counter). The two variants run in alternating batches (without,
-with; with, without; ...) after a warm-up, so drift on the machine hits both alike; a batch is
-timed until its last commit landed (the commit runs after the caller has its answer, on the
-same loop, so it is counted). ``litellm_callback_ratio`` is the median of the per-round ratios;
-the target is at most 1.10.
+Against real Redis: each fenced call is one reserve (awaited) and one commit (queued, sent in
+the background, pipelined with others) plus the estimate (LiteLLM's token counter). The two
+variants run in alternating batches (without, with; with, without; ...) after a warm-up, so
+drift on the machine hits both alike; a batch is timed until its last commit landed (the
+commits run on the same loop, so they are counted). ``litellm_callback_ratio`` is the median
+of the per-round ratios; the target is at most 1.10. A third variant registers a callback that
+does nothing: ``litellm_noop_callback_ratio`` is what LiteLLM's callback machinery costs by
+itself.
 
 ``python -m benchmarks.bench_litellm [--quick] [--redis-url URL]`` prints a table, then one JSON
 line. ``run`` is a coroutine function.
@@ -17,11 +19,13 @@ import os
 import statistics
 import time
 import uuid
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 import redis.asyncio as aioredis
+from litellm.integrations.custom_logger import CustomLogger
 
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import tenant_scope
@@ -32,8 +36,17 @@ PLAN = Plan("bench", [Limit("1d", max_cost="1000000", max_requests=10**9)])
 MSGS = [{"role": "user", "content": "Summarise this support ticket in one sentence, please."}]
 
 
-async def _batch(calls: int, callback: TokenFenceCallback | None) -> float:
-    """Seconds per call for ``calls`` sequential mocked calls (fenced when ``callback``)."""
+class NoopCallback(CustomLogger):
+    """A callback that does nothing: what LiteLLM's callback machinery costs by itself."""
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        return None
+
+
+async def _batch(calls: int, callback: CustomLogger | None) -> float:
+    """Seconds per call for ``calls`` sequential mocked calls (with ``callback``, if any)."""
     if callback is None:
         litellm.callbacks = []
     else:
@@ -44,8 +57,9 @@ async def _batch(calls: int, callback: TokenFenceCallback | None) -> float:
             await litellm.acompletion(
                 model="gpt-4o-mini", messages=MSGS, mock_response="A short answer.", max_tokens=64
             )
-        if callback is not None:
-            await callback.settle(ctx)  # the last commit is in
+        if isinstance(callback, TokenFenceCallback):
+            await callback.settle(ctx)
+            await callback.fence.commits.flush()  # the last commit is in
     elapsed = time.perf_counter() - start
     if callback is not None:
         litellm.logging_callback_manager.remove_callback_from_all_lists(callback)
@@ -58,21 +72,28 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, float]:
     prefix = f"tfbench{uuid.uuid4().hex[:8]}"
     fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="bench", prefix=prefix)
     callback = TokenFenceCallback(fence)
+    noop = NoopCallback()
     saved = list(litellm.callbacks)
     plain: list[float] = []
     fenced: list[float] = []
     ratios: list[float] = []
+    noop_ratios: list[float] = []
     try:
         await _batch(calls, None)  # warm up: imports, connections, script cache, tokenizer
         await _batch(calls, callback)
+        await _batch(calls, noop)
         for i in range(rounds):
-            if i % 2 == 0:
-                bare, with_cb = await _batch(calls, None), await _batch(calls, callback)
-            else:
-                with_cb, bare = await _batch(calls, callback), await _batch(calls, None)
-            plain.append(bare)
-            fenced.append(with_cb)
-            ratios.append(with_cb / bare)
+            variants: dict[str, CustomLogger | None] = {
+                "plain": None,
+                "fenced": callback,
+                "noop": noop,
+            }
+            order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+            times = {name: await _batch(calls, variants[name]) for name in order}
+            plain.append(times["plain"])
+            fenced.append(times["fenced"])
+            ratios.append(times["fenced"] / times["plain"])
+            noop_ratios.append(times["noop"] / times["plain"])
         status = await fence.status("bench-tenant")
         if status.held != 0:
             raise RuntimeError(f"holds left open after the benchmark: {status.held}")
@@ -87,6 +108,7 @@ async def run(redis_url: str, *, quick: bool) -> dict[str, float]:
         "litellm_plain_ms": round(statistics.median(plain) * 1000, 3),
         "litellm_fenced_ms": round(statistics.median(fenced) * 1000, 3),
         "litellm_callback_ratio": round(statistics.median(ratios), 3),
+        "litellm_noop_callback_ratio": round(statistics.median(noop_ratios), 3),
     }
 
 

@@ -53,7 +53,9 @@ headers through the middleware): 10,000 in the "ci" profile, the issue's figure;
 ones (plan files, cluster, LiteLLM callback, signatures) run a share of it."""
 
 # The suites that also run on Redis Cluster (every suite with TOKENFENCE_TEST_CLUSTER=all).
-CLUSTER_SUITES = frozenset({"test_engine", "test_rules", "test_ledger", "test_policy"})
+CLUSTER_SUITES = frozenset(
+    {"test_engine", "test_rules", "test_ledger", "test_policy", "test_commits"}
+)
 
 # 2026-03-15 12:00:00 UTC, a Sunday: the ISO week ends at midnight, the month is mid-way.
 START = _START

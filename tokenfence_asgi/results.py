@@ -126,7 +126,8 @@ class Alert:
 
 @dataclass(slots=True)
 class FenceCounters:
-    """Counts since the fence was created: store trouble, shadow refusals, alert delivery."""
+    """Counts since the fence was created: store trouble, shadow refusals, alert delivery,
+    queued commits."""
 
     store_errors: int = 0
     allowed_without_store: int = 0
@@ -139,6 +140,13 @@ class FenceCounters:
     """Calls charged after the fact, with no hold before them (sync LiteLLM calls)."""
     released_after_cancel: int = 0
     """Holds released because their caller was cancelled while the reserve was in flight."""
+    commits_queued: int = 0
+    """Commits handed to the commit queue (``commit_soon``), sent in the background."""
+    commits_waited: int = 0
+    """Commits their caller made itself, awaited, because the commit queue was full."""
+    commit_errors: int = 0
+    """Queued commits that failed (logged as ``queued_commit_failed``): each one's hold stays
+    on the budget until its lease ends, and its cost is not charged."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.engine.alerts import AlertHook, AlertHub
 from tokenfence_asgi.engine.approvals import Approvals
+from tokenfence_asgi.engine.commits import CommitQueue
 from tokenfence_asgi.engine.controls import Controls
 from tokenfence_asgi.engine.holds import Candidates, Holds
 from tokenfence_asgi.engine.observe import FenceObserver, Observers
@@ -25,7 +26,7 @@ from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.engine.routing import Router
 from tokenfence_asgi.engine.settings import Clock, FenceSettings, OnStoreError
 from tokenfence_asgi.engine.usage import UsageReader
-from tokenfence_asgi.errors import InvalidAmount
+from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, TooManyOpenHolds
 from tokenfence_asgi.money import MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.policy import Policy
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
@@ -81,6 +82,9 @@ class TokenFence:
     fence's one price book, ``fence.prices``, shared by the LiteLLM callback, the SDK guards and
     the HTTP API: configured prices first, then LiteLLM's bundled price map, then
     ``default_price``; a model nothing prices is refused.
+    ``commit_queue`` (default 1,000) bounds the commits ``commit_soon`` may leave to the
+    background (``fence.commits``, see ``tokenfence_asgi.engine.commits``); 0 sends each one
+    before ``commit_soon`` returns.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class TokenFence:
         default_output_tokens: int | None = 4096,
         prices: Mapping[str, ModelPrice] | PriceBook | None = None,
         default_price: ModelPrice | None = None,
+        commit_queue: int = 1000,
     ) -> None:
         settings = FenceSettings.of(
             plans=plans,
@@ -153,6 +158,11 @@ class TokenFence:
         self._controls = Controls(self._router)
         self._usage = UsageReader(self._router)
         self._approvals = Approvals(self._router, self._usage.stored_plan)
+        self.commits = CommitQueue(
+            self.commit, self._store, self.counters, max_pending=commit_queue
+        )
+        """The commits ``commit_soon`` left to the background; ``await fence.commits.flush()``
+        waits for them."""
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -264,8 +274,18 @@ class TokenFence:
         model allow-list and input limits, raising ``ModelNotAllowed`` / ``InputTooLong``.
         Raises as ``reserve`` does, for the last candidate when none fits. ``force=True``
         holds the first candidate whatever the limits say (for money already spent; a killed
-        tenant still raises ``TenantDisabled``).
+        tenant still raises ``TenantDisabled``). Refused for budget or open holds while commits
+        of the tenant (or its pool) wait in ``commits``, it tries once more after they landed:
+        their holds may be taking more than those calls cost.
         """
+        try:
+            return await self._holds.reserve_first(
+                tenant_id, candidates, feature, reservation_id, force
+            )
+        except (BudgetExceeded, TooManyOpenHolds) as refusal:
+            if not self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
+                raise
+        await self.commits.flush()
         return await self._holds.reserve_first(
             tenant_id, candidates, feature, reservation_id, force
         )
@@ -325,6 +345,33 @@ class TokenFence:
             reservation, cost, input_tokens, output_tokens, model, request_id
         )
 
+    async def commit_soon(
+        self,
+        reservation: Reservation,
+        cost: MoneyInput,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """``commit``, sent in the background with others (one round trip for many).
+
+        For a caller that does not need the ``Settlement``: the hold covers the call until the
+        commit lands, so the limits hold meanwhile. Arguments are checked now (``commit``'s
+        errors); a store error later is logged and counted (``counters.commit_errors``). When
+        ``commit_queue`` commits already wait, this one is made now, awaited. ``aclose`` sends
+        what is queued; ``await fence.commits.flush()`` waits for it.
+        """
+        await self.commits.put(
+            reservation,
+            cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=model,
+            request_id=request_id,
+        )
+
     async def release(self, reservation: Reservation) -> Settlement:
         """Drop the hold without charging (the call failed before costing anything). Idempotent."""
         return await self._holds.release(reservation)
@@ -342,8 +389,11 @@ class TokenFence:
         """Wait briefly for alert deliveries in flight; close the store if the fence opened it.
 
         Spend owed since an outage is written back first when the store answers; what cannot
-        be is logged (``outage_spend_lost``) with its amount.
+        be is logged (``outage_spend_lost``) with its amount. Commits queued by
+        ``commit_soon`` are sent first.
         """
+        self.commits.close()
+        await self.commits.flush()
         await self._holds.settle_owed()
         await self._alerts.drain()
         await self._store.aclose()
@@ -351,7 +401,11 @@ class TokenFence:
     # -- status and usage ----------------------------------------------------------------------
 
     async def status(self, tenant_id: str) -> TenantStatus:
-        """The tenant's plan, pool, kill switches, open holds and every window of its plans."""
+        """The tenant's plan, pool, kill switches, open holds and every window of its plans.
+
+        Commits this fence queued before the call land first (``commit_soon``).
+        """
+        await self.commits.flush()
         return await self._usage.status(tenant_id)
 
     async def ping(self) -> None:

@@ -312,7 +312,7 @@ class Fenced:
                 if release or cost is None:
                     await self.fence.release(reservation)
                 else:
-                    await self.fence.commit(
+                    await self.fence.commit_soon(
                         reservation,
                         cost,
                         input_tokens=input_tokens,

@@ -100,7 +100,7 @@ class Settling(CallBook):
                     )
                     cost = reservation.amount
                 answered = getattr(call.response, "model", None)
-                await self.fence.commit(
+                await self.fence.commit_soon(
                     reservation,
                     cost,
                     input_tokens=input_tokens,

@@ -291,6 +291,21 @@ class _CountersCollector(Collector):
                 "Calls charged after the fact, never held (sync LiteLLM).",
                 counters.charged_unfenced,
             ),
+            (
+                "commits_queued",
+                "Commits sent in the background (commit_soon).",
+                counters.commits_queued,
+            ),
+            (
+                "commits_waited",
+                "Commits their caller made itself: the commit queue was full.",
+                counters.commits_waited,
+            ),
+            (
+                "commit_errors",
+                "Queued commits that failed; their holds run out at lease end.",
+                counters.commit_errors,
+            ),
         ):
             yield CounterMetricFamily(f"{ns}_{name}", doc, value=0 if describe else value)
         senders = self._metrics._webhooks

@@ -41,6 +41,7 @@ from redis.backoff import ExponentialBackoff
 
 from tokenfence_asgi.errors import ConfigError, MissingExtra, StoreUnavailable
 from tokenfence_asgi.store._connection import FastPackConnection
+from tokenfence_asgi.store.pipeline import PIPELINED
 from tokenfence_asgi.store.scripts import SCRIPT_NAMES, decode, script_source
 
 __all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "STORE_ERRORS", "Backoff", "Store"]
@@ -370,7 +371,19 @@ class Store:
             gate.release()
 
     async def run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
-        """Run script ``name`` (EVALSHA, reloading on NOSCRIPT) and decode its flat reply."""
+        """Run script ``name`` (EVALSHA, reloading on NOSCRIPT) and decode its flat reply.
+
+        Inside a context whose ``PIPELINED`` pipeliner is this store's, the call joins the
+        others made in the same turn of the loop, in one pipeline (see ``store.pipeline``).
+        """
+        pipeliner = PIPELINED.get()
+        if pipeliner is not None and pipeliner.store is self:
+            reply = await pipeliner.call(name, keys, args)
+            if not isinstance(reply, redis_errors.NoScriptError):  # that one: run it alone
+                if isinstance(reply, redis_errors.ResponseError):
+                    self._raise_outage(reply, None, False)
+                    raise reply
+                return decode(reply)
         script = self._scripts[name]
         backoff = self.backoff
         if self._gate is not None or (backoff is not None and backoff.failures):
@@ -387,6 +400,22 @@ class Store:
         if backoff is not None and backoff.failures:  # it failed meanwhile, then answered
             backoff.succeeded(False)
         return decode(reply)
+
+    async def run_pipelined(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
+        """Run many script calls ``(name, keys, args)`` in one pipeline (one per node of a
+        cluster); their raw replies in order, a call the server refused as its
+        ``ResponseError`` instance (NOSCRIPT included: ``run`` loads the script). Raises
+        ``StoreUnavailable`` when the store cannot be reached."""
+        scripts = self._scripts
+
+        def send() -> Awaitable[list[Any]]:
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.execute_command("EVALSHA", scripts[name].sha, len(keys), *keys, *args)
+            replies: Awaitable[list[Any]] = pipe.execute(raise_on_error=False)
+            return replies
+
+        return await self._guarded(send)
 
     async def hgetall(self, key: str) -> dict[str, str]:
         """All fields of a hash, decoded."""

@@ -190,8 +190,10 @@ class TokenFenceMiddleware:
       (``@feature`` above ``@app.get``: the route keeps the undecorated function) is logged
       once as ``feature_decorator_misplaced``.
 
-    Lifespan scopes pass through untouched; so do websockets unless ``websocket=True``, which
-    resolves their tenant too (a missing or invalid one closes the socket with code 1008).
+    Lifespan scopes pass through, except that at shutdown the commits the fence queued
+    (``commit_soon``) are sent before the server hears that the app shut down. Websockets pass
+    through unless ``websocket=True``, which resolves their tenant too (a missing or invalid
+    one closes the socket with code 1008).
     ``clock`` (epoch seconds) is what ``Retry-After`` counts from; give it the fence's clock
     when the fence has one. ``fence`` is the engine the app's LLM calls are charged to.
     """
@@ -233,6 +235,18 @@ class TokenFenceMiddleware:
         self._websocket = websocket
         self._clock = clock
         self._endpoints_seen: set[object] = set()
+
+    def _flushing(self, send: Send) -> Send:
+        """The lifespan ``send``: before the server hears that the app shut down, the commits
+        the fence queued (``commit_soon``) are sent."""
+        commits = self.fence.commits
+
+        async def send_after_flush(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await commits.flush()
+            await send(message)
+
+        return send_after_flush
 
     def _read_headers(self, scope: Scope) -> tuple[str, bytes | None, bool]:
         # One pass over the headers: the request id and, in header mode, the tenant's value and
@@ -303,6 +317,8 @@ class TokenFenceMiddleware:
         if scope["type"] != "http":
             if scope["type"] == "websocket" and self._websocket:
                 await self._ws(scope, receive, send)
+            elif scope["type"] == "lifespan":
+                await self.app(scope, receive, self._flushing(send))
             else:
                 await self.app(scope, receive, send)
             return

@@ -274,8 +274,8 @@ class Endpoints:
                 nanos = to_nanos(amount, rounding="half_up", field="cost")
             except InvalidAmount as exc:
                 raise ApiError(422, "invalid_amount", exc.message, field="cost") from None
-        try:
-            settlement = await self.fence.commit(
+        try:  # sent with the commits of concurrent requests, in one round trip
+            settlement = await self.fence.commits.commit(
                 reservation,
                 from_nanos(nanos),
                 input_tokens=req.input_tokens or 0,
