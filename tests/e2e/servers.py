@@ -20,13 +20,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a free loopback port; yield its base URL."""
+def serve(app: Any, *, lifespan: Literal["on", "off"] = "off", **options: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on a free loopback port; yield its base URL.
+
+    ``options`` are more ``uvicorn.Config`` settings (a load test's keep-alive, backlog).
+    """
     port = free_port()
+    settings: dict[str, Any] = {"http": "h11", "ws": "none", "access_log": False}
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="h11", ws="none", lifespan=lifespan,
-        access_log=False, log_level="warning",
-    )  # fmt: skip
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan=lifespan,
+        log_level="warning",
+        **{**settings, **options},
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -40,4 +48,4 @@ def serve(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)

@@ -432,28 +432,9 @@ class CountingProxy:
 
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a free loopback port; yield its base URL.
+    """``tests.e2e.servers.serve`` with keep-alive connections kept for 5 minutes, so that a
+    load test's idle client connections are not closed under it."""
+    from tests.e2e.servers import serve as serve_app
 
-    Like ``tests.e2e.servers.serve``, with keep-alive connections kept for 5 minutes, so that
-    a load test's idle client connections are not closed under it.
-    """
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="h11", ws="none", lifespan="off",
-        access_log=False, log_level="warning", timeout_keep_alive=300, backlog=4096,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_app(app, timeout_keep_alive=300, backlog=4096) as url:
+        yield url
