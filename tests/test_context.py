@@ -15,11 +15,10 @@ from tokenfence_asgi.context import (
     add_fence_context,
     bind_to_structlog,
     current_context,
-    feature,
-    misplaced_feature,
     settle_context,
     tenant_scope,
 )
+from tokenfence_asgi.endpoints import feature, misplaced_feature
 from tokenfence_asgi.errors import InvalidId, TenantRequired
 from tokenfence_asgi.results import Reservation
 
@@ -356,3 +355,11 @@ async def test_concurrent_scopes_never_see_each_other() -> None:
     results = await asyncio.gather(*(job(i) for i in range(200)))
     for i, seen in enumerate(results):
         assert seen == [(f"tenant-{i % 50}", "chat", f"job-{i}")] * 5
+
+
+def test_a_scope_without_holds_keeps_no_reservation_table() -> None:
+    """Entering and leaving a scope that reserved nothing allocates nothing per request."""
+    scope = tenant_scope("acme")
+    with scope as ctx:
+        assert not ctx.has_open_reservations
+    assert ctx._reservations is None

@@ -4,7 +4,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan, load_plans
-from tokenfence_asgi.context import FenceContext, current_context, feature, tenant_scope
+from tokenfence_asgi.context import FenceContext, current_context, tenant_scope
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (

@@ -1,4 +1,4 @@
-"""Who is spending, on what: the request context, ``@feature`` and ``tenant_scope``.
+"""Who is spending, on what: the request context and ``tenant_scope`` (``@feature``: endpoints).
 
 One ``ContextVar`` holds the current ``FenceContext`` (tenant, feature, request id, and the
 reservations the request has left open). ``TokenFenceMiddleware`` sets it for each HTTP
@@ -17,13 +17,10 @@ logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar
 
 import structlog
 from structlog.typing import EventDict
@@ -39,8 +36,6 @@ __all__ = [
     "add_fence_context",
     "bind_to_structlog",
     "current_context",
-    "feature",
-    "misplaced_feature",
     "pop_context",
     "push_context",
     "settle_context",
@@ -99,16 +94,15 @@ class FenceContext:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FenceContext):
             return NotImplemented
-        return (self.tenant_id, self.feature, self.request_id) == (
-            other.tenant_id, other.feature, other.request_id,
-        )  # fmt: skip
+        mine = (self.tenant_id, self.feature, self.request_id)
+        return mine == (other.tenant_id, other.feature, other.request_id)
 
     def __hash__(self) -> int:
         return hash((self.tenant_id, self.feature, self.request_id))
 
     def __repr__(self) -> str:
-        return (f"FenceContext(tenant_id={self.tenant_id!r}, feature={self.feature!r}, "
-                f"request_id={self.request_id!r})")  # fmt: skip
+        fields = f"tenant_id={self.tenant_id!r}, feature={self.feature!r}"
+        return f"FenceContext({fields}, request_id={self.request_id!r})"
 
     def require_tenant(self) -> str:
         """The tenant id; raises ``TenantRequired`` in an anonymous request."""
@@ -265,156 +259,6 @@ def _push_feature(name: str) -> ContextToken:
     return (_CONTEXT.set(ctx), None, _LOG_FEATURE.set(name) if _binding else None, None)
 
 
-def feature(name: str) -> Callable[[F], F]:
-    """Decorate an endpoint (or any function) so calls inside it are charged to feature ``name``.
-
-    Works on ``async def`` and plain functions, and on async and sync generator functions (a
-    streaming body): the feature is set for each step of the generator. The wrapper keeps the
-    function's signature (``functools.wraps``), so FastAPI dependency injection and the OpenAPI
-    schema are unchanged; a sync endpoint run in FastAPI's or Starlette's threadpool sets the
-    feature inside the thread. Outside any request the feature is set on an anonymous context.
-    Raises ``InvalidId`` for a bad ``name``.
-
-    Put ``@feature`` below the route decorator: a route decorator (``@app.get``) registers the
-    function it is given, so a ``@feature`` above it wraps a function the route never calls,
-    and no feature is recorded. No decorator can undo that registration; instead the original
-    function is marked (``misplaced_feature``) and ``TokenFenceMiddleware`` logs
-    ``feature_decorator_misplaced`` the first time such an endpoint serves a request.
-
-    A ``StreamingResponse`` body runs after the endpoint returned: if it makes LLM calls,
-    decorate its generator too (``@feature("chat")`` on the ``async def`` generator).
-    """
-    validate_id(name, what="feature")
-
-    def decorate(func: F) -> F:
-        wrapper = _wrap(func, name)
-        # functools.wraps copied func's attributes: a mark from an earlier @feature is not ours
-        wrapper.__dict__.pop(_WRAPPED_BY_FEATURE, None)
-        with contextlib.suppress(AttributeError, TypeError):  # a callable without attributes
-            setattr(func, _WRAPPED_BY_FEATURE, name)
-        return cast("F", wrapper)
-
-    return decorate
-
-
-_WRAPPED_BY_FEATURE = "__tokenfence_feature__"
-
-
-def misplaced_feature(endpoint: object) -> str | None:
-    """The feature name of a ``@feature`` that wrapped ``endpoint`` without replacing it.
-
-    Called with the function a route actually calls (Starlette puts it in ``scope["endpoint"]``):
-    when ``@feature`` wrapped that very function, its wrapper is not what the route runs, so
-    the feature is lost (``@feature`` above the route decorator). ``None`` otherwise.
-    """
-    name = getattr(endpoint, _WRAPPED_BY_FEATURE, None)
-    return name if isinstance(name, str) else None
-
-
-def _wrap(func: Callable[..., Any], name: str) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(func):
-        return _wrap_async_generator(func, name)
-    if inspect.isgeneratorfunction(func):
-        return _wrap_generator(func, name)
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = _push_feature(name)
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                pop_context(token)
-
-        return async_wrapper
-
-    @functools.wraps(func)
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = _push_feature(name)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            pop_context(token)
-
-    return sync_wrapper
-
-
-def _wrap_async_generator(
-    func: Callable[..., AsyncGenerator[Any, Any]], name: str
-) -> Callable[..., AsyncGenerator[Any, Any]]:
-    # The feature is set around each step rather than across yields: the consumer may resume the
-    # generator from another context (a task group, a finalizer), where a token from the previous
-    # step could not be reset.
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        inner = func(*args, **kwargs)
-        sent: Any = None
-        thrown: BaseException | None = None
-        try:
-            while True:
-                token = _push_feature(name)
-                try:
-                    if thrown is None:
-                        item = await inner.asend(sent)
-                    else:
-                        item = await inner.athrow(thrown)
-                except StopAsyncIteration:
-                    return
-                finally:
-                    thrown = None
-                    pop_context(token)
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # athrow(): forward it to the generator
-                    sent, thrown = None, exc
-        finally:
-            token = _push_feature(name)
-            try:
-                await inner.aclose()
-            finally:
-                pop_context(token)
-
-    return wrapper
-
-
-def _wrap_generator(
-    func: Callable[..., Generator[Any, Any, Any]], name: str
-) -> Callable[..., Generator[Any, Any, Any]]:
-    # Starlette runs each next() of a sync body in the threadpool, each time in a fresh copy of
-    # the request's context: hence set and reset within every step.
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        inner = func(*args, **kwargs)
-        sent: Any = None
-        thrown: BaseException | None = None
-        try:
-            while True:
-                token = _push_feature(name)
-                try:
-                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
-                except StopIteration as stop:
-                    return stop.value
-                finally:
-                    thrown = None
-                    pop_context(token)
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # throw(): forward it to the generator
-                    sent, thrown = None, exc
-        finally:
-            token = _push_feature(name)
-            try:
-                inner.close()
-            finally:
-                pop_context(token)
-
-    return wrapper
-
-
 class TenantScope:
     """Charge the calls made inside it to a tenant: ``with`` and ``async with`` alike.
 
@@ -454,13 +298,13 @@ class TenantScope:
         """Settle what a sync exit left open, on the event loop of this thread when one runs
         (a plain ``with`` inside async code); without a loop, the holds' leases reclaim them."""
         ctx = self._context
-        if not ctx.open_reservations:
+        if not ctx.has_open_reservations:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            log.warning("scope_left_open", tenant=ctx.tenant_id,
-                        reservations=list(ctx.open_reservations))  # fmt: skip
+            held = list(ctx.open_reservations)
+            log.warning("scope_left_open", tenant=ctx.tenant_id, reservations=held)
             return
         task = loop.create_task(settle_context(ctx))
         _SETTLING.add(task)  # a strong reference until it is done
@@ -501,3 +345,12 @@ def tenant_scope(
     else:
         validate_id(request_id, what="request_id")
     return TenantScope(FenceContext(tenant, feat, request_id))
+
+
+def __getattr__(name: str) -> Any:
+    """``feature`` and ``misplaced_feature``, at the path they were first documented at."""
+    if name in ("feature", "misplaced_feature"):
+        from tokenfence_asgi import endpoints
+
+        return getattr(endpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

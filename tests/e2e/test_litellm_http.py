@@ -24,7 +24,8 @@ import litellm
 from tests.e2e.fake_provider import FakeProvider
 from tests.litellm.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
-from tokenfence_asgi.context import FenceContext, feature, tenant_scope
+from tokenfence_asgi.context import FenceContext, tenant_scope
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import BudgetExceeded, InputTooLong, ModelNotAllowed, TokenFenceError
 from tokenfence_asgi.litellm import TokenFenceCallback

@@ -25,7 +25,7 @@ import litellm
 from tests.e2e.fake_provider import FakeProvider
 from tests.litellm.litellm_support import close_litellm_clients, saved_callbacks
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.context import feature
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.litellm import APPROVAL_KEY, TokenFenceCallback
 from tokenfence_asgi.policy import Policy

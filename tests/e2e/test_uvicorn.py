@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from tests.conftest import FakeClock
 from tests.e2e.servers import serve
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.context import current_context
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 

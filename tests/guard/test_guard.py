@@ -43,7 +43,8 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.guard import CallNotFenced
 from tokenfence_asgi.policy import Policy
-from tokenfence_asgi.pricing.book import CallShape, ModelPrice
+from tokenfence_asgi.pricing.book import ModelPrice
+from tokenfence_asgi.pricing.call import CallShape
 from tokenfence_asgi.results import Reservation
 
 pytestmark = pytest.mark.slow

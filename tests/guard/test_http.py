@@ -32,10 +32,11 @@ from tests.guard.conftest import MSGS, PLANS, PRICES, list_cost
 from tests.guard.providers import GuardProvider
 from tests.guard.test_streams import all_of
 from tokenfence_asgi.config import Limit, Plan
-from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.context import current_context
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import StoreUnavailable
-from tokenfence_asgi.pricing.book import CallShape
+from tokenfence_asgi.pricing.call import CallShape
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 pytestmark = pytest.mark.slow

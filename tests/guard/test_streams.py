@@ -26,7 +26,7 @@ from tests.guard.providers import GuardProvider
 from tests.guard.test_matrix import spent
 from tokenfence_asgi.context import tenant_scope
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.pricing.book import CallShape, Estimate
+from tokenfence_asgi.pricing.call import CallShape, Estimate
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,8 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
-from tokenfence_asgi.pricing.book import CallShape, ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
+from tokenfence_asgi.pricing.call import CallShape
 from tokenfence_asgi.web.problem import limit_headers
 
 __all__ = ["clean_callbacks"]

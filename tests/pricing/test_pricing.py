@@ -23,7 +23,8 @@ import litellm
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ConfigError, ModelNotPriced
 from tokenfence_asgi.money import to_nanos
-from tokenfence_asgi.pricing.book import CallShape, ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
+from tokenfence_asgi.pricing.call import CallShape
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
 MSGS = [{"role": "user", "content": "How many tokens is this prompt?"}]

@@ -78,7 +78,7 @@ async def _run(
 
     from tests.e2e.fake_provider import FakeProvider
     from tests.reliability.servers import serve
-    from tokenfence_asgi.context import feature
+    from tokenfence_asgi.endpoints import feature
     from tokenfence_asgi.litellm import TokenFenceCallback
     from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 

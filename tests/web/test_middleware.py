@@ -31,9 +31,9 @@ from tokenfence_asgi.context import (
     add_fence_context,
     bind_to_structlog,
     current_context,
-    feature,
     tenant_scope,
 )
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import (
     BudgetExceeded,

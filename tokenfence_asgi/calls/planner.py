@@ -29,7 +29,8 @@ from tokenfence_asgi.config import Plan
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import InputTooLong, ModelNotAllowed, PolicyDenied
 from tokenfence_asgi.policy import Decision, Policy
-from tokenfence_asgi.pricing.book import OUTPUT_KINDS, CallShape, Estimate, ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
+from tokenfence_asgi.pricing.call import OUTPUT_KINDS, CallShape, Estimate
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["CallPlanner", "CallRequest", "PlannedCall", "tool_action"]

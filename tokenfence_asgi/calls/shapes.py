@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tokenfence_asgi.errors import InvalidCall
-from tokenfence_asgi.pricing.book import CallKind, CallShape
+from tokenfence_asgi.pricing.call import CallKind, CallShape
 
 __all__ = ["OUTPUT_LIMIT_KEYS", "output_limit_keys", "shape_of"]
 

@@ -47,7 +47,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from tokenfence_asgi.config import Plan
-from tokenfence_asgi.context import current_context, feature
+from tokenfence_asgi.context import current_context
+from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import TenantRequired
 from tokenfence_asgi.ops.simulate import delete_prefix

@@ -35,7 +35,7 @@ from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import PolicyDenied, TenantRequired, TokenFenceError
 from tokenfence_asgi.money import from_nanos
-from tokenfence_asgi.pricing.book import OUTPUT_KINDS, CallKind, Estimate
+from tokenfence_asgi.pricing.call import OUTPUT_KINDS, CallKind, Estimate
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["Adapter", "CallNotFenced", "Fenced", "GuardedCall", "Route", "Usage"]

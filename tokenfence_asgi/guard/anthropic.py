@@ -29,7 +29,7 @@ from tokenfence_asgi.calls.planner import CallRequest, PlannedCall
 from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
-from tokenfence_asgi.pricing.book import CallKind, CallShape
+from tokenfence_asgi.pricing.call import CallKind, CallShape
 
 __all__ = ["ADAPTER", "CLIENTS", "AnthropicAdapter"]
 

@@ -50,7 +50,7 @@ from tokenfence_asgi.calls.shapes import shape_of
 from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
-from tokenfence_asgi.pricing.book import CallKind
+from tokenfence_asgi.pricing.call import CallKind
 
 __all__ = ["ADAPTER", "CLIENTS", "OpenAIAdapter"]
 

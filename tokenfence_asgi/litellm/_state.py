@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tokenfence_asgi.context import FenceContext
-from tokenfence_asgi.pricing.book import Estimate
+from tokenfence_asgi.pricing.call import Estimate
 from tokenfence_asgi.results import Reservation
 
 __all__ = [

@@ -36,7 +36,8 @@ from tokenfence_asgi.litellm.calls import (
     trusted_deployment_id,
 )
 from tokenfence_asgi.money import MoneyInput
-from tokenfence_asgi.pricing.book import CallKind, ModelPrice, PriceBook
+from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
+from tokenfence_asgi.pricing.call import CallKind
 
 __all__ = ["TokenFenceCallback"]
 

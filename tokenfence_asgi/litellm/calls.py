@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokenfence_asgi.calls.shapes import OUTPUT_LIMIT_KEYS, output_limit_keys, shape_of
-from tokenfence_asgi.pricing.book import CallKind
+from tokenfence_asgi.pricing.call import CallKind
 
 __all__ = ["OUTPUT_LIMIT_KEYS", "kind_of", "output_limit_keys", "sanitized", "shape_of"]
 

@@ -22,13 +22,8 @@ import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenfence_asgi.context import (
-    FenceContext,
-    misplaced_feature,
-    pop_context,
-    push_context,
-    settle_context,
-)
+from tokenfence_asgi.context import FenceContext, pop_context, push_context, settle_context
+from tokenfence_asgi.endpoints import misplaced_feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ConfigError, InvalidId, TenantRequired, TokenFenceError
 from tokenfence_asgi.store.keys import validate_id
