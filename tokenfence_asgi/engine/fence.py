@@ -428,19 +428,18 @@ class TokenFence:
                 if start is None:  # not a settlement that may end at an old location
                     self._remember(self._locations, tenant_enc, location)
                 return reply, route
-            kind, value, for_record = corrected
-            if kind == "moved":
-                location = value
+            if corrected.kind == "moved":
+                location = corrected.value
                 # A hold's forwarding stub is followed only until the tenant itself is.
-                follow_stubs = "1" if for_record and follow_stubs == "1" else "0"
-                if not for_record:
+                follow_stubs = "1" if corrected.for_record and follow_stubs == "1" else "0"
+                if not corrected.for_record:
                     self._remember(self._locations, tenant_enc, location)
-            elif kind == "plan":
-                plan = value
+            elif corrected.kind == "plan":
+                plan = corrected.value
                 self._remember(self._tenant_plans, tenant_enc, plan)
             else:
-                pool_plans[location] = value
-                self._remember(self._pool_plans, location, value)
+                pool_plans[location] = corrected.value
+                self._remember(self._pool_plans, location, corrected.value)
         raise Contended("the tenant's plan or pool kept changing during the call; try again")
 
     def _now_arg(self) -> str:
@@ -637,13 +636,14 @@ class TokenFence:
                                plan.name, degraded=True)  # fmt: skip
         candidates = chosen_from[-1]
 
-        kind, raw_alerts, details = codecs.split(reply)
-        repeated = kind == "ok" and codecs.reserve_existing(details)
+        answer = codecs.reserve_reply(reply)
+        kind, raw_alerts = answer.kind, answer.alerts
+        repeated = kind == "ok" and answer.existing
         if raw_alerts and not repeated:
             self._alerts.dispatch(self._alerts_from(raw_alerts, tenant, feat, route, rid))
         plan = route.plan.plan
         if kind == "ok":
-            index, nanos, expires = codecs.reserve_held(details)
+            index, nanos, expires = answer.index, answer.amount_nanos, answer.expires_ms
             if index >= len(candidates):  # a retry of an id held for a longer candidate list
                 raise ReservationIdConflict(
                     f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
@@ -654,9 +654,8 @@ class TokenFence:
                     self._alerts_from(raw_alerts, tenant, feat, route, rid, repeated=True)
                 )
             shadow = None
-            shadow_details = codecs.reserve_shadow(details)
-            if shadow_details is not None and not force:
-                shadow = self._refusal(shadow_details, tenant, feat, route)
+            if answer.refusal is not None and not force:
+                shadow = self._refusal(answer.refusal, tenant, feat, route)
                 self.counters.shadow_refusals += 1
                 log.warning(
                     "reserve_would_refuse", tenant=tenant, feature=feat, error=shadow.error_code,
@@ -669,12 +668,13 @@ class TokenFence:
             )  # fmt: skip
         if kind == "killed":
             log.info("reserve_refused", tenant=tenant, feature=feat, reason="killed")
-            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=details[0])
+            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=answer.scope)
         if kind == "duplicate":
             raise ReservationIdConflict(
                 f"reservation_id {rid!r} was already used and settled", settled=True
             )
-        refusal = self._refusal([kind, *details], tenant, feat, route)
+        assert answer.refusal is not None  # every other kind is a refusal
+        refusal = self._refusal(answer.refusal, tenant, feat, route)
         log.info("reserve_refused", tenant=tenant, feature=feat, reason=refusal.error_code)
         raise refusal
 
@@ -783,13 +783,14 @@ class TokenFence:
             return Settlement(reservation.id, from_nanos(nanos), recorded=False)
         if self._allowance is not None and reservation.degraded:
             self._allowance.forget(reservation)
-        kind, raw_alerts, details = codecs.split(reply)
-        if raw_alerts:  # a duplicate repeats the first commit's (its reply may have been lost)
-            repeated = kind == "duplicate"
-            alerts = self._alerts_from(raw_alerts, tenant, feature, route, rid, repeated)
+        settled = codecs.commit_reply(reply)
+        if settled.alerts:  # a duplicate repeats the first commit's (its reply may be lost)
+            alerts = self._alerts_from(
+                settled.alerts, tenant, feature, route, rid, settled.duplicate
+            )
             self._alerts.dispatch(alerts)
-        charged, late = codecs.commit_charged(kind, details)
-        if kind == "duplicate":
+        charged, late = settled.charged_nanos, settled.late
+        if settled.duplicate:
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
             # cost: what the first settlement charged (a retried call learns it was charged)
             return Settlement(reservation.id, from_nanos(charged), duplicate=True)
@@ -863,7 +864,8 @@ class TokenFence:
             log.warning("release_not_recorded", tenant=reservation.tenant_id,
                         reservation=reservation.id)  # fmt: skip
             return Settlement(reservation.id, Decimal(0), recorded=False)
-        return Settlement(reservation.id, Decimal(0), duplicate=not codecs.released(reply))
+        released = codecs.release_reply(reply).released
+        return Settlement(reservation.id, Decimal(0), duplicate=not released)
 
     # -- status --------------------------------------------------------------------------------
 

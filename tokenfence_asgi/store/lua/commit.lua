@@ -6,23 +6,32 @@
 -- alerts a commit raised are kept in its record (field 'ca') and reported again by a repeat of
 -- that commit, which a client sends when the first reply was lost.
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
--- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
--- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: tenant (encoded)           ARGV[3]: reservation id (encoded)
--- ARGV[4]: actual cost, integer nano-dollars
--- ARGV[5]: record ttl after settling, integer seconds
--- ARGV[6]: reclaim budget             ARGV[7]: feature (encoded) or '', for an unknown record
--- ARGV[8]: input tokens               ARGV[9]: output tokens
--- ARGV[10]: pool the caller assumed (encoded) or ''
--- ARGV[11]: '1' to follow a forwarding stub of a moved hold, '0' not to
--- ARGV[12]: plan the caller assumed   ARGV[13]: default plan   ARGV[14]: pool's plan or ''
--- ARGV[15]: model requested or ''     ARGV[16]: model used, '' when the same as requested
--- ARGV[17]: request id or ''
--- ARGV[18]: ledger stream max length (approximate), '' unbounded, '0' no ledger stream
--- ARGV[19]: ledger retention, integer ms, or '' (entries older are trimmed, by server time)
--- ARGV[20]: days of daily usage kept
--- ARGV[21]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] record: reservation record TB.."r:"..id
+-- KEYS[3] holds: holds of the tag TAG.."h"
+-- KEYS[4] pool_state?: pool state TAG.."pool:s" (pool members only)
+-- ARGV[1] now_ms: integer ms since the epoch, or '' to use the server's TIME
+-- ARGV[2] tenant: tenant id (encoded)
+-- ARGV[3] reservation: reservation id (encoded)
+-- ARGV[4] cost: actual cost, integer nano-dollars
+-- ARGV[5] record_ttl_s: record ttl after settling, integer seconds
+-- ARGV[6] reclaim: most expired holds reclaimed by this call
+-- ARGV[7] feature: feature (encoded) or '', used when the record is unknown
+-- ARGV[8] input_tokens: input tokens
+-- ARGV[9] output_tokens: output tokens
+-- ARGV[10] pool: the pool the caller assumed (encoded) or ''
+-- ARGV[11] follow_stubs: '1' to follow a forwarding stub of a moved hold, '0' not to
+-- ARGV[12] plan: the tenant's plan the caller assumed
+-- ARGV[13] default_plan: the plan of a tenant without one
+-- ARGV[14] pool_plan: the pool's plan the caller assumed, or ''
+-- ARGV[15] model: model requested or ''
+-- ARGV[16] model_used: model used, '' when the same as requested
+-- ARGV[17] request_id: request id or ''
+-- ARGV[18] ledger_maxlen: ledger stream max length (approximate), '' unbounded, '0' no ledger
+-- ARGV[19] ledger_retention_ms: entries older are trimmed (by server time), or '' to keep them
+-- ARGV[20] usage_days: days of daily usage kept
+-- ARGV[21] specs...: features (a count, then (name, weight ppm) pairs), then the tenant's and
+--          the pool's limit specs (see read_specs)
 --
 -- Every commit that charges writes, in the same script: one entry in the ledger stream TAG.."l"
 -- (fields t tenant, id reservation, f feature (encoded), m model requested, u model used or ''

@@ -7,13 +7,16 @@
 -- running it again. Spend already charged to a pool's own limits stays with that pool. The
 -- tenant's daily usage moves with it; its ledger entries stay in the stream they were written to.
 --
--- KEYS[1]: tenant state at this tag TB.."s"   KEYS[2]: holds of this tag TAG.."h"
--- KEYS[3]: pool state TAG.."pool:s" (when this tag is a pool's)
--- ARGV[1]: step 'begin' | 'out' | 'in' | 'point' | 'drop' | 'end'
--- ARGV[2]: tenant (encoded)   ARGV[3]: the other end: '-' (own tag) or a pool (encoded)
--- ARGV[4]: move id            ARGV[5]: this tag's pool (encoded), or '-' for the own tag
--- 'in' only, from ARGV[6]: the dump 'out' returned (after its first two items)
--- 'drop' only, ARGV[6]: ttl of the forwarding stubs left for moved holds, integer seconds
+-- KEYS[1] state: tenant state at this tag TB.."s"
+-- KEYS[2] holds: holds of this tag TAG.."h"
+-- KEYS[3] pool_state?: pool state TAG.."pool:s" (when this tag is a pool's)
+-- ARGV[1] step: 'begin' | 'out' | 'in' | 'point' | 'drop' | 'end'
+-- ARGV[2] tenant: tenant id (encoded)
+-- ARGV[3] other: the other end: '-' (own tag) or a pool (encoded)
+-- ARGV[4] move_id: the move's id
+-- ARGV[5] here: this tag's pool (encoded), or '-' for the own tag
+-- ARGV[6] extra...: 'in': the dump 'out' returned (after its first two items); 'drop': ttl of
+--         the forwarding stubs left for moved holds, integer seconds; else nothing
 --
 -- Replies: {'dump', 0, ...} from 'out'; {'done', 0} ; {'moved', 0, where the tenant lives}
 local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]

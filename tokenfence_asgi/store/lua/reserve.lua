@@ -8,21 +8,28 @@
 -- The alerts an admitted call raised are kept in its record (field 'ra') and reported again by
 -- a repeat of the call (same id), which a client sends when the first reply was lost.
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
--- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
--- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: plan the caller assumed      ARGV[3]: default plan, for a tenant without one
--- ARGV[4]: tenant (encoded)             ARGV[5]: reservation id (encoded)
--- ARGV[6]: feature (encoded) or ''      ARGV[7]: hold lease, integer ms
--- ARGV[8]: reclaim budget (max expired holds reclaimed by this call)
--- ARGV[9]: record ttl after settling, integer seconds
--- ARGV[10]: pool the caller assumed (encoded) or ''   ARGV[11]: its plan or ''
--- ARGV[12]: '1' enforce, '0' shadow mode (decide and record, never refuse)
--- ARGV[13]: feature mode 'share' | 'cap' | ''   ARGV[14]: days of daily usage kept
--- ARGV[15]: most open holds the tenant may have, or '' for no bound
--- ARGV[16]: features: count, (name, weight ppm) pairs
--- then the tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
--- a count, then amounts in integer nano-dollars, in order of preference.
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] record: reservation record TB.."r:"..id
+-- KEYS[3] holds: holds of the tag TAG.."h"
+-- KEYS[4] pool_state?: pool state TAG.."pool:s" (pool members only)
+-- ARGV[1] now_ms: integer ms since the epoch, or '' to use the server's TIME
+-- ARGV[2] plan: the tenant's plan the caller assumed
+-- ARGV[3] default_plan: the plan of a tenant without one
+-- ARGV[4] tenant: tenant id (encoded)
+-- ARGV[5] reservation: reservation id (encoded)
+-- ARGV[6] feature: feature (encoded) or ''
+-- ARGV[7] hold_ms: hold lease, integer ms
+-- ARGV[8] reclaim: most expired holds reclaimed by this call
+-- ARGV[9] record_ttl_s: record ttl after settling, integer seconds
+-- ARGV[10] pool: the pool the caller assumed (encoded) or ''
+-- ARGV[11] pool_plan: the pool's plan the caller assumed, or ''
+-- ARGV[12] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse)
+-- ARGV[13] feature_mode: 'share' | 'cap' | ''
+-- ARGV[14] usage_days: days of daily usage kept
+-- ARGV[15] max_open_holds: most open holds the tenant may have, or '' for no bound
+-- ARGV[16] specs_and_candidates...: features (a count, then (name, weight ppm) pairs), the
+--          tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
+--          a count, then amounts in integer nano-dollars, in order of preference
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
 --   ok:        candidate index (1-based), amount, lease expiry ms, 'new' | 'existing',

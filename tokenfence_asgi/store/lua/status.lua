@@ -2,14 +2,18 @@
 -- its pool's). Reclaims expired holds first (bounded), so `held` matches what the next reserve
 -- will see.
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: holds of the tag TAG.."h"
--- KEYS[3]: pool state TAG.."pool:s" (pool members only)
--- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: default plan               ARGV[3]: reclaim budget
--- ARGV[4]: record ttl after settling, integer seconds
--- ARGV[5]: pool the caller assumed (encoded) or ''
--- ARGV[6]: plan the caller assumed    ARGV[7]: the pool's plan the caller assumed, or ''
--- ARGV[8]: features: count, (name, weight ppm) pairs; then the tenant's and the pool's specs
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] holds: holds of the tag TAG.."h"
+-- KEYS[3] pool_state?: pool state TAG.."pool:s" (pool members only)
+-- ARGV[1] now_ms: integer ms since the epoch, or '' to use the server's TIME
+-- ARGV[2] default_plan: the plan of a tenant without one
+-- ARGV[3] reclaim: most expired holds reclaimed by this call
+-- ARGV[4] record_ttl_s: record ttl after settling, integer seconds
+-- ARGV[5] pool: the pool the caller assumed (encoded) or ''
+-- ARGV[6] plan: the tenant's plan the caller assumed
+-- ARGV[7] pool_plan: the pool's plan the caller assumed, or ''
+-- ARGV[8] specs...: features (a count, then (name, weight ppm) pairs), then the tenant's and
+--         the pool's limit specs (see read_specs)
 --
 -- Reply: {'status', 0, now ms, plan, killed '1'|'0', held, open holds, killed features
 --         (comma-separated, encoded), pool plan, pool held, then per tenant limit: used,
