@@ -70,20 +70,12 @@ def test_reserve_call_fills_each_slot() -> None:
         KEYS,
         now="NOW",
         plan="PLAN",
-        default_plan="DEFAULT",
         tenant="T",
         reservation="R",
         feature="F",
-        hold_ms="HOLD",
-        reclaim="RECLAIM",
-        record_ttl="TTL",
         location="POOL",
         pool_plan="POOLPLAN",
         enforce=False,
-        mode="cap",
-        usage_days="DAYS",
-        max_open_holds="MAXOPEN",
-        specs=["S1", "S2"],
         amounts=["5", "3"],
     )
     slots, tail = _slots("reserve", keys, args)
@@ -94,21 +86,14 @@ def test_reserve_call_fills_each_slot() -> None:
         "pool_state": "pool_state",
         "now_ms": "NOW",
         "plan": "PLAN",
-        "default_plan": "DEFAULT",
         "tenant": "T",
         "reservation": "R",
         "feature": "F",
-        "hold_ms": "HOLD",
-        "reclaim": "RECLAIM",
-        "record_ttl_s": "TTL",
         "pool": "POOL",
         "pool_plan": "POOLPLAN",
         "enforce": "0",
-        "feature_mode": "cap",
-        "usage_days": "DAYS",
-        "max_open_holds": "MAXOPEN",
     }
-    assert tail == ["S1", "S2", "2", "5", "3"]
+    assert tail == ["2", "5", "3"]
 
 
 def test_commit_call_fills_each_slot() -> None:
@@ -118,21 +103,16 @@ def test_commit_call_fills_each_slot() -> None:
         tenant="T",
         reservation="R",
         cost_nanos=7,
-        record_ttl="TTL",
-        reclaim="RECLAIM",
         feature="F",
         input_tokens=11,
         output_tokens=13,
         location="POOL",
         follow_stubs="FOLLOW",
-        plans=["PLAN", "DEFAULT", "POOLPLAN"],
+        plan="PLAN",
+        pool_plan="POOLPLAN",
         model_requested="M",
         model_used="U",
         request_id="Q",
-        ledger_maxlen="MAXLEN",
-        ledger_retention="RET",
-        usage_days="DAYS",
-        specs=["S1"],
     )
     slots, tail = _slots("commit", keys, args)
     assert slots == {
@@ -144,24 +124,18 @@ def test_commit_call_fills_each_slot() -> None:
         "tenant": "T",
         "reservation": "R",
         "cost": "7",
-        "record_ttl_s": "TTL",
-        "reclaim": "RECLAIM",
         "feature": "F",
         "input_tokens": "11",
         "output_tokens": "13",
         "pool": "POOL",
         "follow_stubs": "FOLLOW",
         "plan": "PLAN",
-        "default_plan": "DEFAULT",
         "pool_plan": "POOLPLAN",
         "model": "M",
         "model_used": "U",
         "request_id": "Q",
-        "ledger_maxlen": "MAXLEN",
-        "ledger_retention_ms": "RET",
-        "usage_days": "DAYS",
     }
-    assert tail == ["S1"]
+    assert tail == []
 
 
 def test_release_and_status_calls_fill_each_slot() -> None:

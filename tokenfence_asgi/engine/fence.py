@@ -57,6 +57,7 @@ from tokenfence_asgi.results import (
 )
 from tokenfence_asgi.store import codecs
 from tokenfence_asgi.store.client import STORE_ERRORS, Store
+from tokenfence_asgi.store.compiled import ScriptSettings, compiled_sources
 from tokenfence_asgi.store.keys import OWN, KeySpace, TenantKeys, decode_id, encode_id, validate_id
 from tokenfence_asgi.store.ledger import (
     LedgerKeys,
@@ -306,6 +307,21 @@ class TokenFence:
         self._switches: frozenset[str] = frozenset()
         self._switches_read_at = -math.inf
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
+        self._store.install(
+            compiled_sources(
+                compiled,
+                ScriptSettings(
+                    default_plan=default_plan,
+                    hold_ms=self._hold_ms,
+                    reclaim=self._reclaim,
+                    record_ttl_s=self._record_ttl,
+                    usage_days=self._usage_days,
+                    max_open_holds=self._max_open_holds,
+                    ledger_maxlen=self._ledger_maxlen,
+                    ledger_retention_ms=self._ledger_retention,
+                ),
+            )
+        )
         self.portal = Portal("use the async client (AsyncOpenAI, AsyncAnthropic) there")
         """Runs this fence's coroutines for sync callers (see ``run_sync``)."""
         self.counters = FenceCounters()
@@ -596,20 +612,12 @@ class TokenFence:
                 route.keys,
                 now=self._now_arg(),
                 plan=route.plan_name,
-                default_plan=self._default_plan,
                 tenant=tenant_enc,
                 reservation=rid_enc,
                 feature=feat_enc,
-                hold_ms=self._hold_ms,
-                reclaim=self._reclaim,
-                record_ttl=self._record_ttl,
                 location=route.location,
                 pool_plan=route.pool_plan_name,
                 enforce=self._enforce and route.plan.plan.enforce and not force,
-                mode=route.plan.mode,
-                usage_days=self._usage_days,
-                max_open_holds=self._max_open_holds,
-                specs=route.specs(),
                 amounts=amounts,
             )
 
@@ -749,21 +757,16 @@ class TokenFence:
                 tenant=tenant_enc,
                 reservation=rid_enc,
                 cost_nanos=nanos,
-                record_ttl=self._record_ttl,
-                reclaim=self._reclaim,
                 feature=feat_enc,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 location=route.location,
                 follow_stubs=route.follow_stubs,
-                plans=route.plan_args(self._default_plan),
+                plan=route.plan_name,
+                pool_plan=route.pool_plan_name,
                 model_requested=requested_arg,
                 model_used=used_arg,
                 request_id=request_arg,
-                ledger_maxlen=self._ledger_maxlen,
-                ledger_retention=self._ledger_retention,
-                usage_days=self._usage_days,
-                specs=route.specs(),
             )
 
         try:

@@ -32,7 +32,7 @@ if elsewhere then
   return { 'moved', 0, elsewhere, 'tenant' }
 end
 local now = clock_ms(ARGV[1], meta[1])
-reclaim(tag, now, tonumber(ARGV[5]), ARGV[4], pool_state ~= nil)
+reclaim(tag, now, ARGV[5], ARGV[4], pool_state ~= nil, ARGV[2])
 
 v = redis.call('HMGET', record, 'a', 's', 'f', 'fl')
 if v[2] ~= 'h' then
