@@ -39,6 +39,8 @@ PLAN = Plan(
     [Limit("1d", max_cost="1000000", max_requests=10**9), Limit("1mo", max_cost="4000000")],
 )
 PLANS_TOML = """
+default_plan = "bench"
+
 [plans.bench]
 limits = [
   { window = "1d", max_cost = "1000000", max_requests = 1000000000 },
@@ -65,7 +67,7 @@ def _start_server(
     port = _free_port()
     log = (workdir / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenfence_asgi.web.service", "serve", "--host", "127.0.0.1",
+        [sys.executable, "-m", "tokenfence_asgi", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--redis-url", redis_url, "--prefix", prefix, "--config",
          str(plans), "--log-level", "warning"],
         env={**os.environ, "TOKENFENCE_SERVICE_TOKEN": TOKEN},

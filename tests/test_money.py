@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, getcontext, localcontext
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal, getcontext, localcontext
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,10 @@ from tokenfence_asgi.money import (
     MAX_LIMIT_NANOS,
     NANOS_PER_DOLLAR,
     format_amount,
+    format_dollars,
+    format_time,
     format_usd,
+    format_usd_rounded,
     from_nanos,
     to_nanos,
 )
@@ -315,3 +319,84 @@ def test_formats_agree_with_from_nanos(nanos: int) -> None:
     """Both formats show the exact amount from_nanos gives (format_amount at 9 places)."""
     assert Decimal(format_amount(nanos, 9)) == from_nanos(nanos)
     assert Decimal(format_usd(nanos).replace("$", "").replace(",", "")) == from_nanos(nanos)
+
+
+@pytest.mark.parametrize(
+    ("amount", "places", "text"),
+    [
+        (Decimal("0.0135"), 6, "0.013500"),
+        (Decimal("0.0135"), None, "0.0135"),
+        (Decimal("5.50"), None, "5.5"),
+        (Decimal("100"), None, "100"),
+        (Decimal("1E+2"), None, "100"),
+        (Decimal("0.000000001"), None, "0.000000001"),
+        (Decimal(0), 6, "0.000000"),
+        (Decimal(0), None, "0"),
+        (Decimal("0.0125005"), 6, "0.012500"),  # half-even, as the 402 body has always shown
+        (Decimal("0.0125015"), 6, "0.012502"),
+        (Decimal("4000000"), 9, "4000000.000000000"),
+        (Decimal("-0.5"), 2, "-0.50"),
+    ],
+)
+def test_format_dollars(amount: Decimal, places: int | None, text: str) -> None:
+    assert format_dollars(amount, places) == text
+
+
+def test_format_dollars_of_none_and_a_bad_places() -> None:
+    assert format_dollars(None) is None
+    assert format_dollars(None, 6) is None
+    with pytest.raises(ValueError, match="places"):
+        format_dollars(Decimal(1), -1)
+
+
+def test_rendering_ignores_the_callers_decimal_context() -> None:
+    """An app that changes its decimal context does not change what the bodies show."""
+    with localcontext() as context:
+        context.rounding = ROUND_HALF_UP
+        context.prec = 3
+        assert format_dollars(Decimal("0.0125005"), 6) == "0.012500"
+        assert format_usd_rounded(Decimal("1234.565")) == "$1,234.57"
+    assert getcontext().prec == 28
+
+
+@pytest.mark.parametrize(
+    ("amount", "places", "text"),
+    [
+        (Decimal("1234.5"), 2, "$1,234.50"),
+        (Decimal("1234.565"), 2, "$1,234.57"),  # half-up
+        (Decimal("0.000135"), 4, "$0.0001"),
+        (Decimal("5"), 0, "$5"),
+        (Decimal("2.5"), 0, "$3"),
+        (Decimal("-0.5"), 2, "-$0.50"),
+        (Decimal("-0.001"), 2, "$0.00"),  # rounds to zero: no sign
+        (Decimal(0), 2, "$0.00"),
+    ],
+)
+def test_format_usd_rounded(amount: Decimal, places: int, text: str) -> None:
+    assert format_usd_rounded(amount, places) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "timespec", "text"),
+    [
+        (datetime(2025, 1, 31, tzinfo=UTC), "auto", "2025-01-31T00:00:00Z"),
+        (datetime(2025, 1, 31, 1, 2, 3, 456789, tzinfo=UTC), "auto", "2025-01-31T01:02:03.456789Z"),
+        (
+            datetime(2025, 1, 31, 1, 2, 3, 456789, tzinfo=UTC),
+            "milliseconds",
+            "2025-01-31T01:02:03.456Z",
+        ),
+        (datetime(2025, 1, 31, 1, 2, 3, 456789, tzinfo=UTC), "seconds", "2025-01-31T01:02:03Z"),
+        (
+            datetime(2025, 1, 31, 2, tzinfo=timezone(timedelta(hours=2))),
+            "auto",
+            "2025-01-31T00:00:00Z",
+        ),
+    ],
+)
+def test_format_time(value: datetime, timespec: str, text: str) -> None:
+    assert format_time(value, timespec=timespec) == text
+
+
+def test_format_time_of_none() -> None:
+    assert format_time(None) is None

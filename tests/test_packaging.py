@@ -20,8 +20,10 @@ LUA = sorted(p.name for p in (ROOT / "tokenfence_asgi" / "store" / "lua").glob("
 def test_wheel_ships_every_lua_script(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert LUA, "no Lua scripts found"
@@ -61,7 +63,7 @@ def test_scripts_avoid_what_real_redis_refuses_or_fakeredis_lacks(name: str) -> 
         r"redis\.sha1hex",
         r"redis\.replicate_commands",
     ):
-        assert not re.search(banned, code), f"{name} uses {banned}"  # fmt: skip
+        assert not re.search(banned, code), f"{name} uses {banned}"
 
 
 def test_every_public_name_imports() -> None:

@@ -14,6 +14,7 @@ from tokenfence_asgi.config import Limit, Plan, load_plans
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, InvalidId, PolicyDenied
 from tokenfence_asgi.policy import Decision, Policy, policy_from_mapping
+from tokenfence_asgi.web.problem import http_status
 
 segment = st.text(alphabet="abcdxyz_-.", min_size=1, max_size=6)
 names = st.lists(segment, min_size=1, max_size=5).map(":".join)
@@ -174,7 +175,7 @@ async def test_check_tool_allows_denies_and_asks(make_fence: Callable[..., Token
     await fence.check_tool("tool:email:draft", tenant_id="acme")
     with pytest.raises(PolicyDenied) as denied:
         await fence.check_tool("tool:db:delete:users", tenant_id="acme")  # plan default deny
-    assert (denied.value.status_code, denied.value.to_dict()["error"]) == (403, "ai_policy_denied")
+    assert (http_status(denied.value), denied.value.to_dict()["error"]) == (403, "ai_policy_denied")
     with pytest.raises(PolicyDenied):
         await fence.check_tool("tool:email:bulk", tenant_id="acme")  # the fence's own deny
     with pytest.raises(ApprovalRequired) as asked:

@@ -2,6 +2,6 @@
 
 import sys
 
-from tokenfence_asgi.cli.main import main
+from tokenfence_asgi.cli import main
 
 sys.exit(main())

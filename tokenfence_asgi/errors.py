@@ -1,30 +1,34 @@
-"""The tokenfence-asgi error tree.
+"""The tokenfence-asgi error tree, each error with a stable ``error_code``.
 
 Every error the library raises on purpose subclasses ``TokenFenceError``. Errors caused by bad
 input also subclass ``ValueError``, so code that already catches ``ValueError`` keeps working::
 
-    TokenFenceError
-    ├── InvalidAmount (ValueError)        a money amount that is negative, NaN, infinite, absurd
-    ├── InvalidId (ValueError)            a tenant, feature or reservation id that is not acceptable
-    ├── InvalidCall (ValueError)          an LLM call's n or output limit is not a positive int
-    ├── ConfigError (ValueError)          a bad Limit, Plan, TOML plan file or TokenFence option
-    │   ├── UnknownPlan                   a plan name that is not configured
-    │   └── ModelNotPriced                a model nothing prices, or a malformed model name (422)
-    ├── TenantRequired                    no tenant could be resolved for a fenced call (401)
-    ├── Refused                           a call the fence will not allow
-    │   ├── BudgetExceeded                a cost limit would be exceeded (402)
-    │   ├── RequestLimitExceeded          a request-count limit would be exceeded (429)
-    │   │   └── TooManyOpenHolds          the tenant has max_open_holds calls in flight (429)
-    │   ├── ModelNotAllowed               the plan does not allow the model (403)
-    │   ├── PolicyDenied                  a tool-call policy denies the action (403)
-    │   ├── ApprovalRequired              a tool call waits for an operator's approval (403)
-    │   ├── InputTooLong                  the prompt is longer than the plan allows (413)
-    │   └── TenantDisabled                a kill switch is on (403)
-    ├── Contended                         a plan or pool changed under every retry (503)
-    └── StoreUnavailable                  Redis could not be reached in time (503)
+    error                              error_code                  raised when
+    TokenFenceError                    ai_error                    (the base)
+    ├── InvalidAmount (ValueError)     invalid_amount              a bad amount (negative, NaN, ...)
+    ├── InvalidId (ValueError)         invalid_id                  an id is empty, long or unsafe
+    │   └── ReservationIdConflict      reservation_id_conflict     a reservation id is taken
+    ├── InvalidCall (ValueError)       ai_invalid_request          a call's n or max_tokens is bad
+    ├── ConfigError (ValueError)       invalid_config              a bad Limit, Plan, file or option
+    │   ├── UnknownPlan                unknown_plan                a plan name is not configured
+    │   └── ModelNotPriced             ai_model_not_priced         nothing prices the model
+    ├── TenantRequired                 tenant_required             a fenced call has no tenant
+    ├── Refused                        ai_refused                  (the fence will not allow a call)
+    │   ├── BudgetExceeded             ai_budget_exceeded          a cost limit would be exceeded
+    │   ├── RequestLimitExceeded       ai_request_limit_exceeded   a request-count limit is reached
+    │   │   └── TooManyOpenHolds       ai_too_many_open_holds      max_open_holds calls in flight
+    │   ├── ModelNotAllowed            ai_model_not_allowed        the plan does not allow the model
+    │   ├── PolicyDenied               ai_policy_denied            a tool-call policy denies it
+    │   ├── ApprovalRequired           ai_approval_required        a tool call awaits approval
+    │   ├── InputTooLong               ai_input_too_long           the prompt is too long
+    │   └── TenantDisabled             ai_disabled                 a kill switch is on
+    ├── Contended                      ai_budget_busy              a plan or pool kept changing
+    ├── StoreUnavailable               ai_budget_unavailable       Redis could not be reached
+    └── MissingExtra (ImportError)     missing_extra               an optional dependency is missing
 
-Each error knows its HTTP status and its JSON body (``to_dict()``), so the middleware and the HTTP
-API answer the same way everywhere.
+``error_code`` is a class attribute, the same string as the ``error`` field of ``to_dict()`` (the
+JSON body of the error); it does not change between releases, so clients may branch on it. The
+errors know nothing of HTTP: ``tokenfence_asgi.web.problem`` maps each to its status and headers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from tokenfence_asgi.money import format_dollars, format_time
+
 __all__ = [
     "ApprovalRequired",
     "BudgetExceeded",
@@ -41,12 +47,15 @@ __all__ = [
     "Contended",
     "InputTooLong",
     "InvalidAmount",
+    "InvalidCall",
     "InvalidId",
+    "MissingExtra",
     "ModelNotAllowed",
     "ModelNotPriced",
     "PolicyDenied",
     "Refused",
     "RequestLimitExceeded",
+    "ReservationIdConflict",
     "StoreUnavailable",
     "TenantDisabled",
     "TenantRequired",
@@ -55,36 +64,19 @@ __all__ = [
     "UnknownPlan",
 ]
 
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.quantize(Decimal('0.000001')):f}"
-
-
-def _time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+_PLACES = 6  # dollars in messages and bodies: 6 decimals
 
 
 class TokenFenceError(Exception):
-    """Base class of every error raised by tokenfence-asgi."""
+    """Base class of every error raised by tokenfence-asgi.
 
-    status_code: ClassVar[int] = 500
+    ``error_code``: ``ai_error``."""
+
     error_code: ClassVar[str] = "ai_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status of this error: its class's ``status_code``.
-
-        An integration may give an instance another ``status_code`` for its own framework (the
-        LiteLLM callback gives 422 inside a Router, which decides retries and deployment
-        cooldowns by it); responses always use the class's.
-        """
-        return type(self).status_code
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body an HTTP response carries for this error."""
@@ -92,24 +84,27 @@ class TokenFenceError(Exception):
 
 
 class InvalidAmount(TokenFenceError, ValueError):
-    """A money amount is negative, NaN, infinite, not a number, or absurdly large."""
+    """A money amount is negative, NaN, infinite, not a number, or absurdly large.
 
-    status_code = 422
+    ``error_code``: ``invalid_amount``."""
+
     error_code = "invalid_amount"
 
 
 class InvalidId(TokenFenceError, ValueError):
-    """A tenant, feature or reservation id is empty, too long or contains control characters."""
+    """A tenant, feature or reservation id is empty, too long or contains control characters.
 
-    status_code = 422
+    ``error_code``: ``invalid_id``."""
+
     error_code = "invalid_id"
 
 
 class ReservationIdConflict(InvalidId):
     """A ``reservation_id`` given to reserve is taken: settled already (``settled``), or held
-    for a call with other candidates. Use a new id, or repeat the first call exactly."""
+    for a call with other candidates. Use a new id, or repeat the first call exactly.
 
-    status_code = 409
+    ``error_code``: ``reservation_id_conflict``."""
+
     error_code = "reservation_id_conflict"
 
     def __init__(self, message: str, *, settled: bool) -> None:
@@ -118,22 +113,26 @@ class ReservationIdConflict(InvalidId):
 
 
 class InvalidCall(TokenFenceError, ValueError):
-    """An LLM call's arguments cannot be bounded as given (``n="50"``, ``max_tokens=-1``)."""
+    """An LLM call's arguments cannot be bounded as given (``n="50"``, ``max_tokens=-1``).
 
-    status_code = 400
+    ``error_code``: ``ai_invalid_request``."""
+
     error_code = "ai_invalid_request"
 
 
 class ConfigError(TokenFenceError, ValueError):
-    """A limit, plan, plan file or option is invalid; the message names the field and the value."""
+    """A limit, plan, plan file or option is invalid; the message names the field and the value.
+
+    ``error_code``: ``invalid_config``."""
 
     error_code = "invalid_config"
 
 
 class UnknownPlan(ConfigError):
-    """A plan name is not among the configured plans."""
+    """A plan name is not among the configured plans.
 
-    status_code = 404
+    ``error_code``: ``unknown_plan``."""
+
     error_code = "unknown_plan"
 
     def __init__(
@@ -151,12 +150,12 @@ class ModelNotPriced(ConfigError):
     ``default_price``), or a model name with surrounding whitespace or control characters.
 
     ``models`` names every model concerned (``PriceBook.check`` reports them all at once). A
-    ``ConfigError`` for code that catches those, but answered as a 422 JSON body
-    (``ai_model_not_priced``): the call names a model this app cannot bound, so it is refused
+    ``ConfigError`` for code that catches those, but answered like a refusal of the call (a
+    422 body, not a 500): the call names a model this app cannot bound, so it is refused
     before anything is sent, and it is never treated as free.
-    """
 
-    status_code = 422
+    ``error_code``: ``ai_model_not_priced``."""
+
     error_code = "ai_model_not_priced"
 
     def __init__(self, message: str, *, models: tuple[str, ...] | list[str] = ()) -> None:
@@ -172,9 +171,9 @@ class TenantRequired(TokenFenceError):
 
     ``header`` names the request header the tenant was expected in, when it comes from one;
     the body then carries it as ``header`` and the default message says to send it.
-    """
 
-    status_code = 401
+    ``error_code``: ``tenant_required``."""
+
     error_code = "tenant_required"
 
     def __init__(self, message: str | None = None, *, header: str | None = None) -> None:
@@ -193,9 +192,10 @@ class TenantRequired(TokenFenceError):
 
 
 class Refused(TokenFenceError):
-    """The fence refused a call; subclasses say why."""
+    """The fence refused a call; subclasses say why.
 
-    status_code = 403
+    ``error_code``: ``ai_refused``."""
+
     error_code = "ai_refused"
 
     def __init__(
@@ -229,10 +229,16 @@ class _LimitRefusal(Refused):
         self.window = window
         self.resets_at = resets_at
 
-    def retry_after_s(self, now: datetime | None = None) -> int:
-        """Whole seconds until the window resets (at least 1), for a ``Retry-After`` header."""
+    def resets_in_s(self, now: datetime | None = None) -> int:
+        """Whole seconds from ``now`` (default the wall clock) until the window resets, at
+        least 1."""
         now = now or datetime.now(UTC)
         return max(1, int((self.resets_at - now).total_seconds() + 0.999))
+
+    def retry_after_s(self, now: datetime | None = None) -> int | None:
+        """Whole seconds from ``now`` until the refused call could fit again (here the
+        window's reset); ``None`` when it never can."""
+        return self.resets_in_s(now)
 
 
 class BudgetExceeded(_LimitRefusal):
@@ -251,9 +257,9 @@ class BudgetExceeded(_LimitRefusal):
       in this window (ask for fewer output tokens, or a larger plan).
 
     ``retry_after_s()`` is ``None`` for ``call_too_large``.
-    """
 
-    status_code = 402
+    ``error_code``: ``ai_budget_exceeded``."""
+
     error_code = "ai_budget_exceeded"
 
     def __init__(
@@ -279,7 +285,7 @@ class BudgetExceeded(_LimitRefusal):
         elif reason == "limit" and held > 0 and total_cost + requested <= max_cost:
             reason = "held"
         who = f"pool {pool!r}" if scope == "pool" else f"tenant {tenant_id!r}"
-        what = f"AI budget of ${_money(max_cost)} per {window}"
+        what = f"AI budget of ${format_dollars(max_cost, _PLACES)} per {window}"
         if reason == "cap":
             what += f" for feature {feature!r}"
         why = ""
@@ -289,9 +295,9 @@ class BudgetExceeded(_LimitRefusal):
             why = "; calls in flight hold the rest until they settle"
         elif reason == "call_too_large":
             why = "; this call's worst case alone is more than the limit"
+        used, held_, asked = (format_dollars(v, _PLACES) for v in (total_cost, held, requested))
         super().__init__(
-            f"{what} exceeded for {who} (used ${_money(total_cost)}, held ${_money(held)},"
-            f" requested ${_money(requested)}){why}",
+            f"{what} exceeded for {who} (used ${used}, held ${held_}, requested ${asked}){why}",
             tenant_id=tenant_id,
             feature=feature,
             window=window,
@@ -308,13 +314,13 @@ class BudgetExceeded(_LimitRefusal):
         self.carried = carried
         self.hold_ttl_s = hold_ttl_s
 
-    def retry_after_s(self, now: datetime | None = None) -> int | None:  # type: ignore[override]
+    def retry_after_s(self, now: datetime | None = None) -> int | None:
         """Whole seconds until the call could fit again: the window's reset, or for
         ``reason="held"`` the end of the in-flight holds' leases when sooner; ``None`` when it
         never can (``call_too_large``)."""
         if self.reason == "call_too_large":
             return None
-        reset_s = super().retry_after_s(now)
+        reset_s = self.resets_in_s(now)
         if self.reason == "held" and self.hold_ttl_s is not None:
             return max(1, min(reset_s, math.ceil(self.hold_ttl_s)))
         return reset_s
@@ -325,19 +331,20 @@ class BudgetExceeded(_LimitRefusal):
             "message": self.message,
             "reason": self.reason,
             "feature": self.feature,
-            "used": _money(self.total_cost),
-            "held": _money(self.held),
-            "limit": _money(self.max_cost),
+            "used": format_dollars(self.total_cost, _PLACES),
+            "held": format_dollars(self.held, _PLACES),
+            "limit": format_dollars(self.max_cost, _PLACES),
             "window": self.window,
-            "resets_at": _time(self.resets_at),
+            "resets_at": format_time(self.resets_at),
             "upgrade_url": self.upgrade_url,
         }
 
 
 class RequestLimitExceeded(_LimitRefusal):
-    """The tenant has made as many calls as a request-count limit allows in this window."""
+    """The tenant has made as many calls as a request-count limit allows in this window.
 
-    status_code = 429
+    ``error_code``: ``ai_request_limit_exceeded``."""
+
     error_code = "ai_request_limit_exceeded"
 
     def __init__(
@@ -374,7 +381,7 @@ class RequestLimitExceeded(_LimitRefusal):
             "used": str(self.requests),
             "limit": str(self.max_requests),
             "window": self.window,
-            "resets_at": _time(self.resets_at),
+            "resets_at": format_time(self.resets_at),
             "upgrade_url": self.upgrade_url,
         }
 
@@ -386,7 +393,8 @@ class TooManyOpenHolds(RequestLimitExceeded):
     ``requests`` is its open holds and ``max_requests`` the bound; ``window`` is
     ``"open_holds"``; ``resets_at`` is when the earliest of them expires if nobody settles it
     first (its lease ends and it is reclaimed). A 429 with ``Retry-After``, like a request limit.
-    """
+
+    ``error_code``: ``ai_too_many_open_holds``."""
 
     error_code = "ai_too_many_open_holds"
 
@@ -417,13 +425,17 @@ class TooManyOpenHolds(RequestLimitExceeded):
 
 
 class ModelNotAllowed(Refused):
-    """The tenant's plan does not allow the requested model, and no downgrade fits."""
+    """The tenant's plan does not allow the requested model, and no downgrade fits.
+
+    ``error_code``: ``ai_model_not_allowed``."""
 
     error_code = "ai_model_not_allowed"
 
 
 class PolicyDenied(Refused):
-    """A tool-call policy denies the action (``action``, e.g. ``"tool:db:delete:users"``)."""
+    """A tool-call policy denies the action (``action``, e.g. ``"tool:db:delete:users"``).
+
+    ``error_code``: ``ai_policy_denied``."""
 
     error_code = "ai_policy_denied"
 
@@ -439,7 +451,8 @@ class ApprovalRequired(Refused):
     ``fence.approve(approval_id)``, after which the call may be replayed once with it.
     ``model_response`` is the LLM response that made the tool call, when the LiteLLM callback
     raised this (it was charged; an app may keep it and run the tool once approved).
-    """
+
+    ``error_code``: ``ai_approval_required``."""
 
     error_code = "ai_approval_required"
 
@@ -461,9 +474,9 @@ class InputTooLong(Refused):
 
     ``limit`` is the plan's maximum and ``length`` the prompt's size, both in ``unit``
     (``"characters"`` or ``"tokens"``), when known.
-    """
 
-    status_code = 413
+    ``error_code``: ``ai_input_too_long``."""
+
     error_code = "ai_input_too_long"
 
     def __init__(
@@ -494,7 +507,8 @@ class TenantDisabled(Refused):
 
     ``scope`` is ``"global"`` (everyone; with ``feature`` set, that feature for everyone),
     ``"tenant"`` or ``"feature"`` (one feature of one tenant).
-    """
+
+    ``error_code``: ``ai_disabled``."""
 
     error_code = "ai_disabled"
 
@@ -517,9 +531,9 @@ class Contended(TokenFenceError):
     """The tenant's plan or pool kept changing under every retry of one call; try again.
 
     Not an outage: ``on_store_error="open"`` does not let such a call through.
-    """
 
-    status_code = 503
+    ``error_code``: ``ai_budget_busy``."""
+
     error_code = "ai_budget_busy"
 
 
@@ -528,11 +542,35 @@ class StoreUnavailable(TokenFenceError):
 
     ``message`` carries the detail (host, port, the client's error) for logs and operators;
     the HTTP body (``to_dict()``) does not, so no infrastructure reaches an end user.
-    """
 
-    status_code = 503
+    ``error_code``: ``ai_budget_unavailable``."""
+
     error_code = "ai_budget_unavailable"
     public_message: ClassVar[str] = "the AI budget service is unavailable; try again shortly"
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.error_code, "message": self.public_message}
+
+
+class MissingExtra(TokenFenceError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    ``package`` is the distribution to install (``name`` the module that failed to import, as
+    for any ``ImportError``), ``extra`` the tokenfence-asgi extra that brings it::
+
+        pip install 'tokenfence-asgi[cli]'
+
+    ``error_code``: ``missing_extra``.
+    """
+
+    error_code = "missing_extra"
+
+    def __init__(
+        self, package: str, extra: str, *, needed_for: str, module: str | None = None
+    ) -> None:
+        super().__init__(
+            f"{needed_for} needs {package} (not installed): pip install 'tokenfence-asgi[{extra}]'"
+        )
+        self.name = module
+        self.package = package
+        self.extra = extra

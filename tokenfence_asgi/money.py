@@ -1,26 +1,38 @@
-"""Dollars <-> integer nano-dollars.
+"""Dollars <-> integer nano-dollars, and money and times rendered as text.
 
 Below the public API every amount of money is an ``int`` number of nano-dollars (1e-9 USD): one
 gpt-4o-mini input token costs 150 nano-dollars, so micro-dollars would be too coarse, and integers
 add up exactly in Python and in Lua. This module is the only place where dollars are parsed or
-formatted; it never does float arithmetic on money (a ``float`` input is converted via ``str``, so
-``0.1`` means exactly ten cents).
+formatted, and where a time is written for a JSON body; it never does float arithmetic on money
+(a ``float`` input is converted via ``str``, so ``0.1`` means exactly ten cents).
+
+Which function writes what::
+
+    format_amount(13_500_000)             "0.013500"      nano-dollars, fixed places (half-up)
+    format_usd(13_500)                    "$0.0000135"    nano-dollars for people, exact
+    format_dollars(Decimal("0.0135"), 6)  "0.013500"      a Decimal, fixed places (half-even)
+    format_dollars(Decimal("0.0135"))     "0.0135"        a Decimal, exact
+    format_usd_rounded(Decimal("1234.5")) "$1,234.50"     a Decimal for people (half-up)
+    format_time(resets_at)                "2025-01-31T00:00:00Z"
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import (
     MAX_EMAX,
     MIN_EMIN,
     ROUND_CEILING,
+    ROUND_HALF_EVEN,
     ROUND_HALF_UP,
     Context,
     Decimal,
     InvalidOperation,
 )
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias, overload
 
-from tokenfence_asgi.errors import InvalidAmount
+if TYPE_CHECKING:  # errors renders money with this module: imported when an amount is refused
+    from tokenfence_asgi.errors import InvalidAmount
 
 __all__ = [
     "MAX_CALL_NANOS",
@@ -28,7 +40,10 @@ __all__ = [
     "NANOS_PER_DOLLAR",
     "MoneyInput",
     "format_amount",
+    "format_dollars",
+    "format_time",
     "format_usd",
+    "format_usd_rounded",
     "from_nanos",
     "to_nanos",
 ]
@@ -60,6 +75,8 @@ def _show(value: object) -> str:
 
 
 def _invalid(field: str, reason: str, value: object, detail: str = "") -> InvalidAmount:
+    from tokenfence_asgi.errors import InvalidAmount
+
     return InvalidAmount(f"{field}: {reason} {_show(value)}{detail}")
 
 
@@ -184,3 +201,58 @@ def format_usd(nanos: int) -> str:
     sign, dollars, fraction = _split(nanos, 9)
     fraction = fraction.rstrip("0").ljust(2, "0")
     return f"{sign}${dollars:,}.{fraction}"
+
+
+# Rendering a Decimal must not depend on the caller's decimal context (an app may change it).
+_RENDER = Context(prec=60, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def _places(places: int) -> Decimal:
+    if places < 0:
+        raise ValueError(f"places must be >= 0, got {places!r}")
+    return Decimal(1).scaleb(-places)
+
+
+@overload
+def format_dollars(amount: Decimal, places: int | None = None) -> str: ...
+@overload
+def format_dollars(amount: None, places: int | None = None) -> None: ...
+def format_dollars(amount: Decimal | None, places: int | None = None) -> str | None:
+    """Dollars as a plain decimal string for a JSON body (never exponent notation).
+
+    With ``places``, exactly that many decimals, rounded half-even (what the 402 body and the
+    CLI's JSON have always shown: ``Decimal("0.0135")``, 6 -> ``"0.013500"``); without, every
+    digit of the amount and no trailing fractional zero (``Decimal("5.50")`` -> ``"5.5"``,
+    ``Decimal("100")`` -> ``"100"``). ``None`` gives ``None``.
+    """
+    if amount is None:
+        return None
+    if places is not None:
+        return f"{amount.quantize(_places(places), ROUND_HALF_EVEN, _RENDER):f}"
+    text = f"{amount:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_usd_rounded(amount: Decimal, places: int = 2) -> str:
+    """Dollars for people, rounded half-up to ``places``: ``"$1,234.50"``, ``"-$0.50"``, ``"$5"``.
+
+    Thousands separators; the sign goes before the ``$`` (as in ``format_usd``).
+    """
+    rounded = amount.quantize(_places(places), ROUND_HALF_UP, _RENDER)
+    sign = "-" if rounded < 0 else ""
+    return f"{sign}${rounded.copy_abs():,.{places}f}"
+
+
+@overload
+def format_time(value: datetime, *, timespec: str = "auto") -> str: ...
+@overload
+def format_time(value: None, *, timespec: str = "auto") -> None: ...
+def format_time(value: datetime | None, *, timespec: str = "auto") -> str | None:
+    """An aware datetime as ISO 8601 in UTC with a ``Z``: ``"2025-01-31T00:00:00Z"``.
+
+    ``timespec`` is ``datetime.isoformat``'s (``"seconds"``, ``"milliseconds"``, ...); the
+    default shows microseconds only when there are some. ``None`` gives ``None``.
+    """
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")

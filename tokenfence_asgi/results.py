@@ -137,6 +137,8 @@ class FenceCounters:
     alert_hook_errors: int = 0
     charged_unfenced: int = 0
     """Calls charged after the fact, with no hold before them (sync LiteLLM calls)."""
+    released_after_cancel: int = 0
+    """Holds released because their caller was cancelled while the reserve was in flight."""
 
 
 @dataclass(frozen=True, slots=True)

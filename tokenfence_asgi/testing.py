@@ -16,7 +16,8 @@
 
 ``embedded_fence`` runs the same Lua scripts as Redis on an in-process store of its own, so
 every test gets a fresh, isolated fence with no server; the ``FakeClock`` moves only when told
-to, so windows, rollover and hold leases are tested without sleeping.
+to, so windows, rollover and hold leases are tested without sleeping. The in-process store is
+the ``embedded`` extra (``pip install 'tokenfence-asgi[embedded]'``).
 """
 
 from __future__ import annotations

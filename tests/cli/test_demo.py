@@ -20,15 +20,9 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from tests.e2e.servers import free_port
-from tokenfence_asgi.cli.demo import (
-    _SYSTEM,
-    BURNER,
-    TENANTS,
-    _chunk,
-    _fake_completions,
-    build_app,
-    run_demo,
-)
+from tokenfence_asgi.cli.demo import BURNER, TENANTS, build_app, run_demo
+from tokenfence_asgi.cli.demo.app import _SYSTEM, _fake_completions
+from tokenfence_asgi.cli.demo.story import _chunk
 from tokenfence_asgi.config import BUILTIN_PLANS
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.ops.simulate import delete_prefix
@@ -63,8 +57,11 @@ def test_the_agents_chunks_fit_the_starter_plans_input_limit() -> None:
 
 async def test_the_fake_provider_answers_with_plausible_usage() -> None:
     app = Starlette(routes=[Route("/v1/chat/completions", _fake_completions, methods=["POST"])])
-    body = {"model": "gpt-4o-mini", "max_tokens": 1000,
-            "messages": [{"role": "user", "content": "x" * 400}]}  # fmt: skip
+    body = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "x" * 400}],
+    }
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
         first = (await client.post("/v1/chat/completions", json=body)).json()
@@ -100,8 +97,9 @@ async def test_docs_are_open_and_every_api_route_wants_a_tenant() -> None:
 async def test_the_scenario_in_process_on_redis(redis_url: str) -> None:
     """``--once`` on Redis: the story as told, and the demo's keys deleted afterwards."""
     output = io.StringIO()
-    ok = await run_demo(port=0, once=True, redis_url=redis_url,
-                        console=Console(file=output, width=120))  # fmt: skip
+    ok = await run_demo(
+        port=0, once=True, redis_url=redis_url, console=Console(file=output, width=120)
+    )
     text = output.getvalue()
     assert ok, text
     prefix = re.search(r"keys under (tfdemo-[0-9a-f]{8}):", text)
@@ -134,8 +132,11 @@ def test_the_demo_command_serves_402_to_the_tenant_that_spent_its_budget() -> No
     env = {**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [str(SCRIPT), "demo", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
@@ -158,8 +159,9 @@ def test_the_demo_command_serves_402_to_the_tenant_that_spent_its_budget() -> No
         assert f"{base}/chat" in curl[0]
         assert "# 402" in curl[0]
 
-        spent = httpx.post(f"{base}/chat", json={"message": "Hello"},
-                           headers={"X-Tenant-ID": BURNER}, timeout=30)  # fmt: skip
+        spent = httpx.post(
+            f"{base}/chat", json={"message": "Hello"}, headers={"X-Tenant-ID": BURNER}, timeout=30
+        )
         assert spent.status_code == 402, spent.text
         body = spent.json()
         assert body["error"] == "ai_budget_exceeded"
@@ -167,8 +169,9 @@ def test_the_demo_command_serves_402_to_the_tenant_that_spent_its_budget() -> No
         assert int(spent.headers["Retry-After"]) > 0
         assert float(body["used"]) > 4.99
 
-        served = httpx.post(f"{base}/chat", json={"message": "Hello"},
-                            headers={"X-Tenant-ID": "acme"}, timeout=30)  # fmt: skip
+        served = httpx.post(
+            f"{base}/chat", json={"message": "Hello"}, headers={"X-Tenant-ID": "acme"}, timeout=30
+        )
         assert served.status_code == 200, served.text
         assert served.json()["model"] == "gpt-4o-mini"  # free plan: downgraded
         status = httpx.get(f"{base}/status", headers={"X-Tenant-ID": BURNER}, timeout=30).json()

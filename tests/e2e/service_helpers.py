@@ -1,6 +1,6 @@
 """``tokenfence serve`` as a child process on loopback, and HTTP clients that spend a budget.
 
-``serve_subprocess`` runs ``python -m tokenfence_asgi.web.service serve ...`` (the same command the
+``serve_subprocess`` runs ``python -m tokenfence_asgi serve ...`` (the same command the
 main CLI exposes) on a free loopback port and stops it; ``spend`` is what each client process
 runs: concurrent reserve / commit / release loops, retried the way a real client should (same
 ``request_id`` for a reserve, same token for a commit), bounded in count and time.
@@ -33,7 +33,7 @@ def serve_subprocess(args: list[str], *, token: str, log: Path) -> Iterator[str]
     env = {**os.environ, "TOKENFENCE_SERVICE_TOKEN": token}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenfence_asgi.web.service", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "tokenfence_asgi", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning", *args],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -27,7 +27,7 @@ from tokenfence_asgi.config import BUILTIN_PLANS, Limit, Plan
 from tokenfence_asgi.context import FenceContext, tenant_scope
 from tokenfence_asgi.endpoints import feature
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import BudgetExceeded, InputTooLong, ModelNotAllowed, TokenFenceError
+from tokenfence_asgi.errors import BudgetExceeded, InputTooLong, ModelNotAllowed
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
@@ -47,9 +47,6 @@ MSGS = [{"role": "user", "content": "Say hello."}]
 CALL_COST = Decimal("0.00027")  # 1000 x $0.15/M + 200 x $0.60/M
 needs_settle_hook = pytest.mark.skipif(
     not hasattr(FenceContext, "on_end"), reason="needs the end-of-scope settle hook in context.py"
-)
-needs_http_status = pytest.mark.skipif(
-    not hasattr(TokenFenceError, "http_status"), reason="needs TokenFenceError.http_status"
 )
 OPEN = Plan("open", [Limit("1d", max_cost="10")])
 TINY = Plan("tiny", [Limit("1d", max_cost="0.001")], upgrade_url="https://example.com/up")
@@ -327,7 +324,6 @@ async def test_end_of_tenant_scope_settles_an_abandoned_stream(
     assert (await window(fence))[1] == 0
 
 
-@needs_http_status
 async def test_router_refusal_inside_an_endpoint_is_a_402(
     app_client: httpx.AsyncClient, fence: TokenFence, provider: FakeProvider
 ) -> None:

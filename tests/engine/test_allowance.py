@@ -116,7 +116,7 @@ async def test_outage_spend_is_capped_then_written_back_once(server: Server) -> 
 
         server.start()  # empty: it kept nothing on disk
         await reachable(fence)  # the first script that reaches it starts the write-back
-        await asyncio.wait_for(fence._writing_back, 5)  # type: ignore[arg-type]
+        await asyncio.wait_for(fence._holds.writing_back, 5)  # type: ignore[arg-type]
         assert fence.counters.written_back == 2
         assert await used(fence, "acme") == Decimal("0.045")
         assert await used(fence, "globex") == 0  # reserved, never committed
@@ -143,8 +143,8 @@ async def test_write_back_waits_while_the_store_is_away(server: Server) -> None:
     assert await fence.write_back() == 0  # still down: still owed
     server.start()
     await reachable(fence)
-    if fence._writing_back is not None:  # the ping may have started it already
-        await fence._writing_back
+    if fence._holds.writing_back is not None:  # the ping may have started it already
+        await fence._holds.writing_back
     assert fence.counters.written_back + await fence.write_back() == 1
     assert await fence.write_back() == 0
     assert await used(fence, "acme") == Decimal("0.01")

@@ -26,6 +26,7 @@ from tokenfence_asgi.errors import (
     UnknownPlan,
 )
 from tokenfence_asgi.results import Reservation
+from tokenfence_asgi.web.problem import http_status
 
 MakeFence = Callable[..., TokenFence]
 D = Decimal
@@ -217,7 +218,7 @@ async def test_repeated_reservation_id_returns_the_same_hold(make_fence: MakeFen
     with pytest.raises(ReservationIdConflict, match="another call") as conflict:
         await fence.reserve_first("acme", [("a", 10**6)], reservation_id="c-2")
     assert not conflict.value.settled
-    assert conflict.value.http_status == 409
+    assert http_status(conflict.value) == 409
     await fence.commit(a, "0.1")
     with pytest.raises(InvalidId, match="already used") as settled:
         await fence.reserve("acme", "0.30", reservation_id="call-1")
@@ -274,7 +275,7 @@ async def test_kill_switches(make_fence: MakeFence) -> None:
     await fence.kill("acme")
     with pytest.raises(TenantDisabled) as info:
         await fence.reserve("acme", "0.01")
-    assert (info.value.scope, info.value.status_code) == ("tenant", 403)
+    assert (info.value.scope, http_status(info.value)) == ("tenant", 403)
     assert info.value.to_dict()["error"] == "ai_disabled"
     await fence.reserve("other", "0.01")
     await fence.revive("acme")
@@ -447,7 +448,7 @@ async def test_a_zero_amount_is_refused_naming_the_field(
     fence = make_fence(plans=PLANS, default_plan="day")
     with pytest.raises(InvalidAmount, match=r"^amount: zero amount .*above \$0") as info:
         await fence.reserve("acme", amount)  # type: ignore[arg-type]
-    assert (info.value.status_code, info.value.error_code) == (422, "invalid_amount")
+    assert (http_status(info.value), info.value.error_code) == (422, "invalid_amount")
     s = await fence.status("acme")
     assert (s.open_holds, s.windows[0].requests) == (0, 0)
     await fence.reserve("acme", "0.000000001")  # the smallest amount is accepted
@@ -464,7 +465,7 @@ async def test_open_holds_are_bounded_per_tenant(make_fence: MakeFence, clock: F
         await fence.reserve("acme", "0.01")
     err = info.value
     assert isinstance(err, RequestLimitExceeded)  # a 429, handled like a request limit
-    assert (err.status_code, err.error_code) == (429, "ai_too_many_open_holds")
+    assert (http_status(err), err.error_code) == (429, "ai_too_many_open_holds")
     assert (err.requests, err.max_requests) == (3, 3)
     assert err.resets_at == first.expires_at  # when the earliest hold's lease ends
     assert "3 AI calls in flight" in err.message
@@ -584,7 +585,7 @@ async def test_closed_port_gives_store_unavailable_quickly() -> None:
     with pytest.raises(StoreUnavailable) as info:
         await fence.reserve("acme", "0.01")
     assert time.monotonic() - started < 5
-    assert info.value.status_code == 503
+    assert http_status(info.value) == 503
     with pytest.raises(StoreUnavailable):
         await fence.ping()
     assert fence.counters.store_errors == 2

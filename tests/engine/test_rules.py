@@ -501,7 +501,8 @@ async def test_an_interrupted_move_is_finished_by_the_next_set_pool(
     await fence.set_pool_plan("p2", "org")
     await fence.commit(await fence.reserve("a", "0.1"), "0.1")
     hold = await fence.reserve("a", "0.2")
-    real_run = fence._run
+    router = fence._router
+    real_run = router.run
 
     async def crashing(name: str, keys: list[str], args: list[str]) -> list[str]:
         reply = await real_run(name, keys, args)
@@ -509,10 +510,10 @@ async def test_an_interrupted_move_is_finished_by_the_next_set_pool(
             raise StoreUnavailable("connection lost")
         return reply
 
-    fence._run = crashing  # type: ignore[method-assign]
+    router.run = crashing  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable):
         await fence.set_pool("a", "p2")  # p1 -> p2 stops after one step
-    fence._run = real_run  # type: ignore[method-assign]
+    router.run = real_run  # type: ignore[method-assign]
     await fence.set_pool("a", None)  # finishes p1 -> p2, then p2 -> own
     s = await fence.status("a")
     assert (s.pool, s.windows[0].used, s.held, s.open_holds) == (None, D("0.1"), D("0.2"), 1)

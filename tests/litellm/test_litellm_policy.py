@@ -31,6 +31,7 @@ from tokenfence_asgi.errors import (
 )
 from tokenfence_asgi.litellm import APPROVAL_KEY, TokenFenceCallback
 from tokenfence_asgi.policy import Policy
+from tokenfence_asgi.web.problem import http_status
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning"
@@ -125,7 +126,7 @@ async def test_refuse_mode_and_forced_choice_refuse_before_any_reservation(
             metadata={"tenant_id": "acme"}, mock_response="ok",
         )  # fmt: skip
     assert refused.value.action == "tool:drop_table"
-    assert refused.value.http_status == 403
+    assert http_status(refused.value) == 403
     assert await used(fence) == (0, 0)
 
     cb = callbacks(fence)  # remove mode: a tool_choice forcing a denied tool is still refused
@@ -236,7 +237,7 @@ async def test_max_input_tokens_refuses_before_any_reservation(
         await litellm.acompletion(model="gpt-4o-mini", messages=long,
                                   metadata={"tenant_id": "acme"}, mock_response="ok")  # fmt: skip
     error = refused.value
-    assert error.http_status == 413
+    assert http_status(error) == 413
     assert (error.limit, error.unit) == (20, "tokens")
     assert error.length is not None
     assert error.length > 20

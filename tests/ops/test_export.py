@@ -138,8 +138,9 @@ def test_cost_usd_rounding() -> None:
 async def test_export_rows_days_late_and_releases(space: Space, pg: str) -> None:
     fence = space.fence()
     r = await fence.reserve("acme", "0.02", feature="chat", model="gpt-4o")
-    await fence.commit(r, "0.0000015", input_tokens=100, output_tokens=20,
-                       model="gpt-4o-mini", request_id="req-1")  # fmt: skip
+    await fence.commit(
+        r, "0.0000015", input_tokens=100, output_tokens=20, model="gpt-4o-mini", request_id="req-1"
+    )
     await fence.release(await fence.reserve("acme", "1"))
     late = await fence.reserve("acme", "1", feature="search")
     space.clock.advance(3600)  # past the 600 s lease
@@ -160,12 +161,22 @@ async def test_export_rows_days_late_and_releases(space: Space, pg: str) -> None
     rows = {r["id"]: dict(r) for r in await fetch(pg, "SELECT * FROM ai_usage_log")}
     first = rows[r.id]
     assert first == {
-        "id": r.id, "tenant_id": "acme", "feature": "chat", "model": "gpt-4o-mini",
-        "input_tokens": 100, "output_tokens": 20, "cost_usd": D("0.000002"), "cost_nanos": 1500,
-        "model_requested": "gpt-4o", "pool": None, "request_id": "req-1", "late": False,
+        "id": r.id,
+        "tenant_id": "acme",
+        "feature": "chat",
+        "model": "gpt-4o-mini",
+        "input_tokens": 100,
+        "output_tokens": 20,
+        "cost_usd": D("0.000002"),
+        "cost_nanos": 1500,
+        "model_requested": "gpt-4o",
+        "pool": None,
+        "request_id": "req-1",
+        "late": False,
         "created_at": datetime(2026, 3, 15, 12, tzinfo=UTC),
-        "stream": f"{space.prefix}:{{t.acme}}:l", "stream_id": first["stream_id"],
-    }  # fmt: skip
+        "stream": f"{space.prefix}:{{t.acme}}:l",
+        "stream_id": first["stream_id"],
+    }
     assert rows[late.id]["late"]
     assert rows[late.id]["feature"] == "search"
     assert rows["ghost-1"]["late"]
@@ -176,8 +187,11 @@ async def test_export_rows_days_late_and_releases(space: Space, pg: str) -> None
     days = {(d["tenant_id"], d["day"]): dict(d) for d in daily}
     acme = days["acme", DAY]
     assert (acme["cost_nanos"], acme["requests"], acme["releases"], acme["refusals"]) == (
-        750_001_500, 3, 1, 0,
-    )  # fmt: skip
+        750_001_500,
+        3,
+        1,
+        0,
+    )
     assert (acme["cost"], acme["plan"], acme["limit_usd"]) == (D("0.7500015"), "big", D(100000))
     assert (days["tiny", DAY]["refusals"], days["tiny", DAY]["plan"]) == (1, "small")
     assert days["globex", DAY]["pool"] == "team"
@@ -230,8 +244,13 @@ async def _random_calls(
                     deferred.append((r, cost))  # committed after the lease ran out
                 continue
             day = datetime.fromtimestamp(clock.now, UTC).date()
-            await fence.commit(r, from_nanos(cost), input_tokens=wrng.randint(0, 5000),
-                               output_tokens=wrng.randint(0, 900), request_id=f"q{w}")  # fmt: skip
+            await fence.commit(
+                r,
+                from_nanos(cost),
+                input_tokens=wrng.randint(0, 5000),
+                output_tokens=wrng.randint(0, 900),
+                request_id=f"q{w}",
+            )
             charged[r.id] = (tenant, cost, day)
             if roll < 0.23:
                 assert (await fence.commit(r, from_nanos(cost))).duplicate
@@ -258,11 +277,9 @@ def _export_process(
     dsn: str, url: str, prefix: str, batch: int, log: Path
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tokenfence_asgi.cli.ledger", "export", "--postgres", dsn,
-             "--redis-url", url, "--prefix", prefix, "--batch", str(batch)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        command = [sys.executable, "-m", "tokenfence_asgi.cli.ledger", "export"]
+        where = ["--postgres", dsn, "--redis-url", url, "--prefix", prefix, "--batch", str(batch)]
+        return subprocess.Popen([*command, *where], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def _count(dsn: str) -> int:

@@ -24,10 +24,13 @@ from tokenfence_asgi.ops.metrics import FenceMetrics
 from tokenfence_asgi.ops.webhooks import WebhookSender
 
 PLANS = [
-    Plan("basic", [Limit("1d", max_cost="1"), Limit("1h", max_requests=100)],
-         features={"chat": 0.5, "search": 0.2}),
+    Plan(
+        "basic",
+        [Limit("1d", max_cost="1"), Limit("1h", max_requests=100)],
+        features={"chat": 0.5, "search": 0.2},
+    ),
     Plan("pro", [Limit("1d", max_cost="100")]),
-]  # fmt: skip
+]
 
 
 def samples(metrics: FenceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,12 +86,10 @@ async def test_counts_reservations_refusals_spend_and_holds(
     assert value(metrics, "tokenfence_settlements_total", kind="committed") == 3
     assert value(metrics, "tokenfence_settlements_total", kind="duplicate") == 1
     assert value(metrics, "tokenfence_settlements_total", kind="released") == 1
-    assert value(metrics, "tokenfence_refusals_total", reason="budget", scope="tenant",
-                 feature="chat") == 1  # fmt: skip
-    assert value(metrics, "tokenfence_refusals_total", reason="budget_share", scope="tenant",
-                 feature="other") == 1  # fmt: skip
-    assert value(metrics, "tokenfence_refusals_total", reason="killed", scope="tenant",
-                 feature="none") == 1  # fmt: skip
+    refusals = "tokenfence_refusals_total"
+    assert value(metrics, refusals, reason="budget", scope="tenant", feature="chat") == 1
+    assert value(metrics, refusals, reason="budget_share", scope="tenant", feature="other") == 1
+    assert value(metrics, refusals, reason="killed", scope="tenant", feature="none") == 1
     assert value(metrics, "tokenfence_holds_open") == 0
     assert value(metrics, "tokenfence_script_duration_seconds_count", script="reserve") == 7
     assert value(metrics, "tokenfence_script_duration_seconds_count", script="commit") == 4
@@ -108,11 +109,24 @@ async def test_request_limits_and_alerts(make_fence: Callable[..., TokenFence]) 
     with pytest.raises(RequestLimitExceeded):
         await fence.reserve("acme", "0.01")
     await fence.aclose()  # the alert hooks have run
-    assert value(metrics, "tokenfence_refusals_total", reason="requests", scope="tenant",
-                 feature="none") == 1  # fmt: skip
+    assert (
+        value(
+            metrics, "tokenfence_refusals_total", reason="requests", scope="tenant", feature="none"
+        )
+        == 1
+    )
     for threshold in ("50", "100"):
-        assert value(metrics, "tokenfence_alerts_total", threshold=threshold, metric="requests",
-                     scope="tenant", window="1h") == 1  # fmt: skip
+        assert (
+            value(
+                metrics,
+                "tokenfence_alerts_total",
+                threshold=threshold,
+                metric="requests",
+                scope="tenant",
+                window="1h",
+            )
+            == 1
+        )
 
 
 async def test_too_many_open_holds_has_its_own_reason(

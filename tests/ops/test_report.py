@@ -38,9 +38,16 @@ MARCH = date(2026, 3, 1)
 
 
 def usage(tenant: str, day: date, nanos: int, plan: str = "pro", **kw: int) -> DailyUsage:
-    return DailyUsage(day=day, tenant_id=tenant, plan=plan, cost=from_nanos(nanos),
-                      cost_nanos=nanos, requests=kw.get("requests", 1),
-                      refusals=kw.get("refusals", 0), limit=None)  # fmt: skip
+    return DailyUsage(
+        day=day,
+        tenant_id=tenant,
+        plan=plan,
+        cost=from_nanos(nanos),
+        cost_nanos=nanos,
+        requests=kw.get("requests", 1),
+        refusals=kw.get("refusals", 0),
+        limit=None,
+    )
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -102,14 +109,23 @@ def test_report_json_and_csv_are_exact() -> None:
     data = report_json(report)
     assert data["cost"] == "123.456789013"
     assert data["top"][0] == {
-        "rank": 1, "tenant_id": "b", "plan": "pro", "cost": "123.456789012", "requests": 1,
-        "refusals": 0, "days": 1, "price": "0.000328542", "margin": "-123.45646047",
-    }  # fmt: skip
+        "rank": 1,
+        "tenant_id": "b",
+        "plan": "pro",
+        "cost": "123.456789012",
+        "requests": 1,
+        "refusals": 0,
+        "days": 1,
+        "price": "0.000328542",
+        "margin": "-123.45646047",
+    }
     assert data["plans"][0]["tenant_p50"] == "0.000000001"
     table = list(csv.DictReader(io.StringIO(report_csv(report))))
     assert [(r["section"], r["tenant_id"], r["plan"]) for r in table] == [
-        ("plan", "", "pro"), ("top", "b", "pro"), ("top", "a", "pro"),
-    ]  # fmt: skip
+        ("plan", "", "pro"),
+        ("top", "b", "pro"),
+        ("top", "a", "pro"),
+    ]
     assert table[0]["cost"] == "123.456789013"
 
 
@@ -149,8 +165,9 @@ async def seeded(redis_url: str) -> AsyncIterator[str]:
     """A prefix with a few tenants' spend on 2026-03-15 and 16."""
     prefix = f"tfrep{uuid.uuid4().hex[:8]}"
     clock = FakeClock()
-    fence = TokenFence(redis_url=redis_url, plans=[FREE, PRO], default_plan="free",
-                       prefix=prefix, clock=clock)  # fmt: skip
+    fence = TokenFence(
+        redis_url=redis_url, plans=[FREE, PRO], default_plan="free", prefix=prefix, clock=clock
+    )
     try:
         for tenant, plan in (("big", "pro"), ("mid", "pro"), ("small", "free")):
             await fence.set_plan(tenant, plan)
@@ -176,9 +193,9 @@ def invoke(app: typer.Typer, *args: str) -> tuple[int, str, str]:
 
 def test_report_table(cli_app: typer.Typer, seeded: str, redis_url: str, config: str) -> None:
     assert START  # the seeded days: 2026-03-15 and 16
-    code, out, err = invoke(cli_app, "report", "--redis-url", redis_url, "--prefix", seeded,
-                            "--config", config, "--start", "2026-03-01", "--end", "2026-03-31",
-                            "--price", "free=0")  # fmt: skip
+    at = ["--redis-url", redis_url, "--prefix", seeded, "--config", config]
+    march = ["--start", "2026-03-01", "--end", "2026-03-31"]
+    code, out, err = invoke(cli_app, "report", *at, *march, "--price", "free=0")
     assert code == 0, err
     assert "Spend 2026-03-01 to 2026-03-31 (31 days): 3 tenants, 6 tenant-days, $8.08" in out
     assert "2 refusals" in out
@@ -193,9 +210,10 @@ def test_report_table(cli_app: typer.Typer, seeded: str, redis_url: str, config:
 def test_report_json_and_prices(
     cli_app: typer.Typer, seeded: str, redis_url: str, config: str
 ) -> None:
-    code, out, err = invoke(cli_app, "report", "--redis-url", redis_url, "--prefix", seeded,
-                            "--config", config, "--start", "2026-03-15", "--end", "2026-03-15",
-                            "--format", "json", "--price", "pro=$100", "--top", "2")  # fmt: skip
+    at = ["--redis-url", redis_url, "--prefix", seeded, "--config", config]
+    day = ["--start", "2026-03-15", "--end", "2026-03-15"]
+    options = ["--format", "json", "--price", "pro=$100", "--top", "2"]
+    code, out, err = invoke(cli_app, "report", *at, *day, *options)
     assert code == 0, err
     data = json.loads(out)
     assert (data["days"], data["cost"], data["refusals"]) == (1, "4.04", 1)
@@ -208,14 +226,15 @@ def test_report_json_and_prices(
 
 
 def test_report_csv(cli_app: typer.Typer, seeded: str, redis_url: str) -> None:
-    code, out, err = invoke(cli_app, "report", "--redis-url", redis_url, "--prefix", seeded,
-                            "--start", "2026-03-16", "--end", "2026-03-16",
-                            "--format", "csv")  # fmt: skip
+    at = ["--redis-url", redis_url, "--prefix", seeded]
+    day = ["--start", "2026-03-16", "--end", "2026-03-16"]
+    code, out, err = invoke(cli_app, "report", *at, *day, "--format", "csv")
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [(r["section"], r["plan"], r["cost"]) for r in rows if r["section"] == "plan"] == [
-        ("plan", "free", "0.04"), ("plan", "pro", "4"),
-    ]  # fmt: skip
+        ("plan", "free", "0.04"),
+        ("plan", "pro", "4"),
+    ]
 
 
 @pytest.mark.parametrize(

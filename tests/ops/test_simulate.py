@@ -23,10 +23,19 @@ from tokenfence_asgi.ops.simulate import (
 def rows(result: SimulationResult) -> list[tuple[Any, ...]]:
     """Everything a run decides, as comparable tuples."""
     return [
-        (r.plan, r.tenants, r.requests, r.served, r.refused, r.downgraded, r.spend_nanos,
-         r.unfenced_nanos, r.rollover_nanos)
+        (
+            r.plan,
+            r.tenants,
+            r.requests,
+            r.served,
+            r.refused,
+            r.downgraded,
+            r.spend_nanos,
+            r.unfenced_nanos,
+            r.rollover_nanos,
+        )
         for r in (*result.plans, result.power_user)
-    ]  # fmt: skip
+    ]
 
 
 async def test_the_same_seed_gives_the_same_result() -> None:
@@ -78,8 +87,9 @@ async def test_accounting_matches_the_engine_to_the_nano_dollar() -> None:
 async def test_no_tenant_ever_spends_past_its_limits() -> None:
     tight = Plan("tight", [Limit("1d", max_cost="2", rollover=0.5), Limit("1mo", max_cost="20")])
     loose = Plan("loose", [Limit("1d", max_cost="50")])
-    result = await run_simulation(tenants=8, days=12, seed=2, plans=[loose, tight],
-                                  power_plan="tight", keep=True)  # fmt: skip
+    result = await run_simulation(
+        tenants=8, days=12, seed=2, plans=[loose, tight], power_plan="tight", keep=True
+    )
     fence = result.fence
     assert fence is not None
     try:
@@ -102,16 +112,16 @@ async def test_downgrades_happen_on_a_plan_with_a_downgrade_chain() -> None:
 
 async def test_same_result_on_redis_and_the_embedded_store(redis_url: str, prefix: str) -> None:
     embedded = await run_simulation(tenants=10, days=3, seed=4)
-    on_redis = await run_simulation(tenants=10, days=3, seed=4, redis_url=redis_url,
-                                    prefix=prefix)  # fmt: skip
+    on_redis = await run_simulation(tenants=10, days=3, seed=4, redis_url=redis_url, prefix=prefix)
     assert rows(on_redis) == rows(embedded)
     assert on_redis.prefix == prefix
     assert await delete_prefix(redis_url, prefix) == 0  # its keys are gone
 
 
 async def test_keep_on_redis_keeps_the_data_and_the_fence(redis_url: str, prefix: str) -> None:
-    result = await run_simulation(tenants=4, days=2, seed=1, redis_url=redis_url, prefix=prefix,
-                                  keep=True)  # fmt: skip
+    result = await run_simulation(
+        tenants=4, days=2, seed=1, redis_url=redis_url, prefix=prefix, keep=True
+    )
     try:
         assert result.kept
         assert result.fence is not None

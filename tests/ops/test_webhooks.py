@@ -85,9 +85,16 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None
 
 def alert(threshold: int = 80, tenant: str = "acme") -> Alert:
     return Alert(
-        tenant_id=tenant, feature=None, scope="tenant", pool=None, window="1d", metric="cost",
-        threshold=threshold, used=Decimal("8.5"), limit=Decimal(10),
-    )  # fmt: skip
+        tenant_id=tenant,
+        feature=None,
+        scope="tenant",
+        pool=None,
+        window="1d",
+        metric="cost",
+        threshold=threshold,
+        used=Decimal("8.5"),
+        limit=Decimal(10),
+    )
 
 
 async def spend(fence: TokenFence, tenant: str, amount: str) -> None:
@@ -115,8 +122,10 @@ async def test_exactly_one_signed_delivery_per_crossing(
     assert await sender.drain(10)
     assert [a["threshold"] for a in receiver.alerts()] == [50, 80, 100]
     assert [(a["tenant_id"], a["used"], a["limit"]) for a in receiver.alerts()] == [
-        ("acme", "6", "10"), ("acme", "8.5", "10"), ("acme", "10", "10")
-    ]  # fmt: skip
+        ("acme", "6", "10"),
+        ("acme", "8.5", "10"),
+        ("acme", "10", "10"),
+    ]
     for request in receiver.requests:
         assert request.headers["content-type"] == "application/json"
         assert request.headers["tokenfence-event"] == "budget_alert"
@@ -222,16 +231,21 @@ async def test_receiver_down_is_retried_then_dropped_with_a_log_line() -> None:
         assert await sender.drain(10)
     stats = sender.stats
     assert (stats.attempts_failed, stats.retries, stats.dropped_failed, stats.delivered) == (
-        3, 2, 1, 0
-    )  # fmt: skip
+        3,
+        2,
+        1,
+        0,
+    )
     failed = [e for e in logs if e["event"] == "webhook_attempt_failed"]
     assert [e["attempt"] for e in failed] == [1, 2]
     assert all("ConnectError" in e["error"] for e in failed)
     (dropped,) = [e for e in logs if e["event"] == "webhook_dropped"]
     assert dropped["log_level"] == "error"
     assert (dropped["reason"], dropped["attempts"], dropped["tenant"]) == (
-        "attempts_exhausted", 3, "acme"
-    )  # fmt: skip
+        "attempts_exhausted",
+        3,
+        "acme",
+    )
     assert dropped["webhook"] == url.rsplit("/", 1)[0]  # scheme, host and port: never the path
     await sender.aclose()
 

@@ -26,6 +26,7 @@ from tokenfence_asgi.money import to_nanos
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.pricing.call import CallShape
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
+from tokenfence_asgi.web.problem import http_status
 
 MSGS = [{"role": "user", "content": "How many tokens is this prompt?"}]
 TOOLS = [
@@ -322,7 +323,7 @@ def test_a_malformed_model_name_is_refused_not_stripped(model: str) -> None:
     assert isinstance(error, ConfigError)
     assert error.models == (model,)
     assert error.to_dict()["error"] == "ai_model_not_priced"
-    assert error.http_status == 422
+    assert http_status(error) == 422
     with pytest.raises(ModelNotPriced):
         book.estimate(model, MSGS, max_output_tokens=10)
     with pytest.raises(ConfigError, match="prices: model name"):

@@ -43,7 +43,7 @@ async def test_commit_writes_one_record_with_every_field(make_fence: MakeFence) 
     assert (rec.cost, rec.cost_nanos) == (D("0.013"), 13_000_000)
     assert rec.timestamp == datetime.fromtimestamp(START, UTC)
     assert (rec.request_id, rec.late) == ("req-1", False)
-    assert rec.stream == f"{fence._keys.prefix}:{{t.acme}}:l"
+    assert rec.stream == f"{fence.prefix}:{{t.acme}}:l"
 
 
 async def test_model_used_defaults_to_the_reserved_one(make_fence: MakeFence) -> None:

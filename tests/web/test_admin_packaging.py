@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenfence_asgi.web import admin
+from tokenfence_asgi.web.admin._pages import dashboard_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ("index.html", "dashboard.js", "dashboard.css")
@@ -19,13 +19,15 @@ DASHBOARD = ("index.html", "dashboard.js", "dashboard.css")
 def test_wheel_ships_the_dashboard(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         for name in DASHBOARD:
-            path = f"tokenfence_asgi/web/dashboard/{name}"
+            path = f"tokenfence_asgi/web/admin/dashboard/{name}"
             assert path in names
             assert archive.read(path) == (ROOT / path).read_bytes()
     for module in ("admin", "metrics", "webhooks"):
@@ -34,7 +36,7 @@ def test_wheel_ships_the_dashboard(tmp_path: Path) -> None:
 
 def test_the_dashboard_loads_from_the_package() -> None:
     for name in DASHBOARD:
-        assert admin._static(name)
-    page = admin._static("index.html").decode()
+        assert dashboard_file(name)
+    page = dashboard_file("index.html").decode()
     for name in DASHBOARD[1:]:
         assert name in page

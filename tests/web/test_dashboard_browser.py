@@ -30,14 +30,21 @@ from tests.e2e.servers import serve
 from tokenfence_asgi import Limit, Plan, TokenFence
 from tokenfence_asgi.errors import Refused
 from tokenfence_asgi.web.admin import admin_app
+from tokenfence_asgi.web.problem import http_status
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TOKEN = "dashboard-test-token-5f1e0c9a"
 PLANS = [
     Plan("team", [Limit("1d", max_cost="50"), Limit("1h", max_requests=1000)]),
@@ -56,9 +63,15 @@ SEED = [
     ("wayne-enterprises", "team", "20"),
 ]
 EXPECTED_ORDER = [  # fullest first; no limit last
-    "acme-corp", "northwind", "umbrella", "globex", "wayne-enterprises", "initech", "hooli",
+    "acme-corp",
+    "northwind",
+    "umbrella",
+    "globex",
+    "wayne-enterprises",
+    "initech",
+    "hooli",
     "stark-industries",
-]  # fmt: skip
+]
 HELD = {"initech": Decimal(6)}  # a call in flight: held, not yet committed
 LIMITS = {"team": Decimal(50), "pro": Decimal(200)}
 
@@ -86,7 +99,7 @@ def build_app(fence: TokenFence) -> Starlette:
         try:
             reservation = await fence.reserve(body["tenant"], body["amount"], feature="chat")
         except Refused as refused:
-            return JSONResponse(refused.to_dict(), status_code=refused.http_status)
+            return JSONResponse(refused.to_dict(), status_code=http_status(refused))
         await fence.commit(reservation, body["amount"])
         return JSONResponse({"ok": True})
 
@@ -197,9 +210,10 @@ async def test_dashboard_in_chromium(
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = await browser.new_context(
-                viewport={"width": 1440, "height": 1000}, reduced_motion="reduce",
+                viewport={"width": 1440, "height": 1000},
+                reduced_motion="reduce",
                 device_scale_factor=1,
-            )  # fmt: skip
+            )
             context.set_default_timeout(45_000)
             page = await context.new_page()
             errors: list[str] = []
@@ -245,8 +259,10 @@ async def test_dashboard_in_chromium(
             assert levels["globex"] == "level-warn"
             assert levels["initech"] == levels["hooli"] == "level-ok"
             colors = {b["tenant"]: b["color"] for b in shown}
-            assert len({colors["acme-corp"], colors["northwind"], colors["globex"],
-                        colors["initech"]}) == 4  # fmt: skip
+            assert (
+                len({colors["acme-corp"], colors["northwind"], colors["globex"], colors["initech"]})
+                == 4
+            )
             assert [b["tenant"] for b in shown if b["killed"]] == ["wayne-enterprises"]
             assert "$49.20 of $50.00 per day" in shown[1]["text"]
             assert "$12.00 of $50.00 per day\n+ $6.00 held · resets in" in shown[5]["text"]

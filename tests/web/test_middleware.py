@@ -325,9 +325,13 @@ def task_group_app(fence: TokenFence) -> Starlette:
 
     async def ordered(request: Request) -> Response:
         limit = RequestLimitExceeded(
-            tenant_id="acme", feature=None, window="1d", requests=3, max_requests=3,
+            tenant_id="acme",
+            feature=None,
+            window="1d",
+            requests=3,
+            max_requests=3,
             resets_at=datetime(2026, 3, 16, tzinfo=UTC),
-        )  # fmt: skip
+        )
         raise ExceptionGroup("two refusals", [ExceptionGroup("inner", [limit]), budget_error()])
 
     async def with_a_bug(request: Request) -> Response:
@@ -417,10 +421,14 @@ async def test_anonymous_requests_when_allowed(fence: TokenFence) -> None:
 def test_limit_headers_for_shares_large_limits_and_other_errors() -> None:
     now = datetime(2026, 3, 15, 12, tzinfo=UTC)
     share = BudgetExceeded(
-        tenant_id="acme", feature="chat", window="1mo", total_cost=Decimal("10"),
-        max_cost=Decimal("3999999.9999999"), resets_at=now + timedelta(seconds=90.2),
+        tenant_id="acme",
+        feature="chat",
+        window="1mo",
+        total_cost=Decimal("10"),
+        max_cost=Decimal("3999999.9999999"),
+        resets_at=now + timedelta(seconds=90.2),
         reason="share",
-    )  # fmt: skip
+    )
     assert limit_headers(share, now=now) == {
         "Retry-After": "91",
         "RateLimit-Policy": '"1mo";q=3999999999999;qu="usd-micros";w=2678400',
@@ -772,9 +780,11 @@ async def test_feature_above_the_route_decorator_is_reported_once(fence: TokenFe
     misplaced = [e for e in logs if e["event"] == "feature_decorator_misplaced"]
     assert [(e["endpoint"], e["feature"]) for e in misplaced] == [
         ("test_feature_above_the_route_decorator_is_reported_once.<locals>.above", "chat"),
-        ("test_feature_above_the_route_decorator_is_reported_once.<locals>.sync_endpoint",
-         "search"),
-    ]  # fmt: skip
+        (
+            "test_feature_above_the_route_decorator_is_reported_once.<locals>.sync_endpoint",
+            "search",
+        ),
+    ]
     assert all(e["log_level"] == "warning" for e in misplaced)
 
 
@@ -870,13 +880,19 @@ async def test_context_in_async_and_sync_endpoints(
         p = (await c.get("/plain")).json()
     log = {"tenant": "acme", "request_id": "r1"}
     assert a == {
-        "tenant": "acme", "feature": "chat", "request_id": "r1", "thread": True,
+        "tenant": "acme",
+        "feature": "chat",
+        "request_id": "r1",
+        "thread": True,
         "log": {**log, "feature": "chat"},
-    }  # fmt: skip
+    }
     assert s == {  # a sync endpoint runs in the threadpool and still sees the context
-        "tenant": "acme", "feature": "classification", "request_id": "r1", "thread": False,
+        "tenant": "acme",
+        "feature": "classification",
+        "request_id": "r1",
+        "thread": False,
         "log": {**log, "feature": "classification"},
-    }  # fmt: skip
+    }
     assert (p["feature"], p["log"]) == (None, log)
 
 
@@ -1101,9 +1117,13 @@ def raising_stream_app(fence: TokenFence, error: BaseException) -> ASGIApp:
 
 def budget_error() -> BudgetExceeded:
     return BudgetExceeded(
-        tenant_id="acme", feature="chat", window="1d", total_cost=Decimal("1"),
-        max_cost=Decimal("1"), resets_at=datetime(2026, 3, 16, tzinfo=UTC),
-    )  # fmt: skip
+        tenant_id="acme",
+        feature="chat",
+        window="1d",
+        total_cost=Decimal("1"),
+        max_cost=Decimal("1"),
+        resets_at=datetime(2026, 3, 16, tzinfo=UTC),
+    )
 
 
 @pytest.mark.parametrize("spec_version", ["2.0", "2.4"])
@@ -1225,11 +1245,20 @@ async def call_asgi(
 ) -> list[Message]:
     """Run one GET through ``app`` with raw headers; return every message it sent."""
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version},
-        "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
-        "raw_path": path.encode(), "query_string": b"", "root_path": root_path, "headers": headers,
-        "client": ("127.0.0.1", 12345), "server": ("test", 80), "state": {},
-    }  # fmt: skip
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": root_path,
+        "headers": headers,
+        "client": ("127.0.0.1", 12345),
+        "server": ("test", 80),
+        "state": {},
+    }
     messages: list[Message] = []
     done = asyncio.Event()
     requested = False

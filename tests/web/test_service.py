@@ -25,6 +25,7 @@ from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ConfigError
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.web import service
+from tokenfence_asgi.web.api import tokens
 from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 from tokenfence_asgi.web.service import service_app
 
@@ -726,7 +727,7 @@ async def test_an_expired_token_is_refused_not_charged_again(
 ) -> None:
     svc = make_svc(token_ttl=60)
     now = [1_900_000_000.0]
-    monkeypatch.setattr(service, "_wall", lambda: now[0])
+    monkeypatch.setattr(tokens, "_wall", lambda: now[0])
     held = await svc.reserve()
     done = await svc.post("/commit", id=held["id"], cost="0.04")
     now[0] += 60

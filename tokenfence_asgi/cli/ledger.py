@@ -1,7 +1,7 @@
 """``tokenfence report`` and ``tokenfence export``: spend reports and the PostgreSQL export.
 
 ``register(app)`` adds both commands to a Typer app (the ``tokenfence`` command lists this
-module in ``COMMAND_MODULES``). ``python -m tokenfence_asgi.cli.ledger`` runs them on their own.
+module in ``COMMAND_MODULES``); ``python -m tokenfence_asgi.cli.ledger`` runs them on their own.
 """
 
 # No ``from __future__ import annotations``: Typer reads the commands' annotations at runtime.
@@ -9,64 +9,38 @@ module in ``COMMAND_MODULES``). ``python -m tokenfence_asgi.cli.ledger`` runs th
 import asyncio
 import contextlib
 import json
-import re
 import signal
 import sys
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from tokenfence_asgi.cli.options import (
+    ConfigOption,
+    ExitCode,
+    PrefixOption,
+    RedisUrlOption,
+    empty_prefix_hint,
+    fail,
+    load_config,
+    open_fence,
+    prefix_is_empty,
+    quiet_logs,
+    redact,
+    run_with_fence,
+    store_unreachable,
+    warn,
+)
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import StoreUnavailable, TokenFenceError
+from tokenfence_asgi.errors import MissingExtra, StoreUnavailable, TokenFenceError
 from tokenfence_asgi.ops.report import build_report, render_table, report_csv, report_json
 from tokenfence_asgi.results import DailyUsage
 
 __all__ = ["register"]
-
-# The same options as the other operator commands (tokenfence_asgi.cli.main), declared here so this
-# module does not import the CLI at import time (the CLI imports this module to register it).
-_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-
-
-def _check_prefix(value: str | None) -> str | None:
-    if value is not None and not _PREFIX.fullmatch(value):
-        raise typer.BadParameter(f"expected 1-32 of [A-Za-z0-9_.-], got {value!r}")
-    return value
-
-
-RedisUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--redis-url",
-        envvar="TOKENFENCE_REDIS_URL",
-        show_default=False,
-        help="Redis to read, e.g. redis://localhost:6379/0 [env TOKENFENCE_REDIS_URL]",
-    ),
-]
-PrefixOption = Annotated[
-    str,
-    typer.Option(
-        "--prefix",
-        envvar="TOKENFENCE_PREFIX",
-        callback=_check_prefix,
-        help="key prefix, as TokenFence(prefix=...)",
-    ),
-]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="TOKENFENCE_CONFIG",
-        dir_okay=False,
-        show_default=False,
-        help="plans TOML file, for plan prices (default: the built-in plans)",
-    ),
-]
 
 
 class Format(StrEnum):
@@ -132,14 +106,6 @@ def report(
         first = last.replace(day=1)
     if last < first:
         raise typer.BadParameter(f"--end {last} is before --start {first}", param_hint="--end")
-    from tokenfence_asgi.cli.main import (
-        empty_prefix_hint,
-        load_config,
-        prefix_is_empty,
-        run_with_fence,
-        warn,
-    )
-
     plans = {p.name: p.price_per_month for p in load_config(config)}
     prices = _prices(price or [], plans)
 
@@ -189,15 +155,11 @@ def export(
     Idempotent and resumable: rows are keyed by record id, and each batch commits with its
     streams' checkpoints, so a re-run after a crash continues where the last batch ended.
     """
-    from tokenfence_asgi.cli.main import ExitCode, fail, open_fence, redact
-
     try:
         import asyncpg  # noqa: F401
     except ImportError:
-        fail(
-            ExitCode.MISSING_EXTRA,
-            "tokenfence export needs asyncpg: pip install 'tokenfence-asgi[postgres]'",
-        )
+        missing = MissingExtra("asyncpg", "postgres", needed_for="tokenfence export")
+        fail(ExitCode.MISSING_EXTRA, missing.message)
     from tokenfence_asgi.ops.export import Exporter
 
     fence = open_fence(redis_url, prefix, config)
@@ -233,8 +195,7 @@ def export(
     try:
         asyncio.run(run())
     except StoreUnavailable as exc:
-        fail(ExitCode.STORE_UNAVAILABLE,
-             f"cannot reach Redis at {redact(str(redis_url))}: {exc.message}")  # fmt: skip
+        store_unreachable(redis_url, exc)
     except TokenFenceError as exc:
         fail(ExitCode.FAILED, exc.message)
     except (OSError, TimeoutError) as exc:
@@ -252,11 +213,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:  # pragma: no cover - the same commands are tested through register()
-    from tokenfence_asgi.cli.main import app
-
-    if "report" not in {c.name for c in app.registered_commands}:
-        register(app)
-    app()
+    """``python -m tokenfence_asgi.cli.ledger``: ``report`` and ``export`` on their own."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    app.callback()(quiet_logs)
+    register(app)
+    app(prog_name="python -m tokenfence_asgi.cli.ledger")
 
 
 if __name__ == "__main__":  # pragma: no cover

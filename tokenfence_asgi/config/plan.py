@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
+from tokenfence_asgi._text import first_control
 from tokenfence_asgi.errors import ConfigError, InvalidAmount
 from tokenfence_asgi.money import MAX_LIMIT_NANOS, MoneyInput, _show, from_nanos, to_nanos
 from tokenfence_asgi.policy import Policy
@@ -368,9 +369,7 @@ def _check_features(features: object) -> Mapping[str, float] | None:
     weights: dict[str, float] = {}
     for feature, weight in features.items():
         if not (
-            isinstance(feature, str)
-            and 1 <= len(feature) <= 200
-            and not any(unicodedata.category(char).startswith("C") for char in feature)
+            isinstance(feature, str) and 1 <= len(feature) <= 200 and first_control(feature) is None
         ):
             raise _bad("Plan.features", "feature ids of 1-200 chars, no control chars", feature)
         if not (_is_number(weight) and 0 < weight <= 1):  # also rejects NaN and infinities

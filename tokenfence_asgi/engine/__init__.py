@@ -1,4 +1,4 @@
-"""The engine: ``TokenFence`` and what it runs beside the store (alerts, observers, allowance)."""
+"""The engine: ``TokenFence``, a facade over settings, routing, holds, controls and reads."""
 
 from tokenfence_asgi.engine.fence import TokenFence
 

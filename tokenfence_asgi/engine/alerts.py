@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from tokenfence_asgi.money import format_dollars
 from tokenfence_asgi.results import Alert, FenceCounters
 
 __all__ = ["AlertHook", "AlertHub", "alert_to_dict"]
@@ -39,8 +40,8 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         "window": alert.window,
         "metric": alert.metric,
         "threshold": alert.threshold,
-        "used": f"{alert.used:f}",
-        "limit": f"{alert.limit:f}",
+        "used": format_dollars(alert.used),
+        "limit": format_dollars(alert.limit),
         "reservation_id": alert.reservation_id,
         "repeated": alert.repeated,
     }
@@ -66,10 +67,17 @@ class AlertHub:
         for alert in alerts:
             self._counters.alerts += 1
             log.warning(
-                "budget_alert", tenant=alert.tenant_id, scope=alert.scope, pool=alert.pool,
-                window=alert.window, metric=alert.metric, threshold=alert.threshold,
-                used=str(alert.used), limit=str(alert.limit), feature=alert.feature,
-            )  # fmt: skip
+                "budget_alert",
+                tenant=alert.tenant_id,
+                scope=alert.scope,
+                pool=alert.pool,
+                window=alert.window,
+                metric=alert.metric,
+                threshold=alert.threshold,
+                used=str(alert.used),
+                limit=str(alert.limit),
+                feature=alert.feature,
+            )
             for hook in self._hooks:
                 task = asyncio.get_running_loop().create_task(self._deliver(hook, alert))
                 self._tasks.add(task)

@@ -5,8 +5,9 @@ and from the SDK's status error for its HTTP status second (``BudgetExceeded`` a
 ``anthropic.PaymentRequiredError``; ``RequestLimitExceeded`` and ``openai.RateLimitError``;
 ``ModelNotAllowed`` and ``PermissionDeniedError``; a status the SDK has no class for, such as
 402 in openai, takes ``APIStatusError``, or ``InternalServerError`` from 500 up). It is built
-as the SDK builds its own: a ``response`` (our status, our JSON body, ``Retry-After`` and the
-RateLimit headers) for the request that was not sent, ``status_code`` and ``body``. Our fields
+as the SDK builds its own: a ``response`` (the status ``web.problem.http_status`` gives our
+error, our JSON body, ``Retry-After`` and the RateLimit headers) for the request that was not
+sent, then ``status_code`` and ``body`` as the SDK sets them from it. Our fields
 (``error_code``, ``to_dict()``, ``tenant_id``, ``resets_at``, ...) are unchanged, so the
 middleware answers it as it answers ours. The classes keep our names and module.
 """
@@ -17,7 +18,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from tokenfence_asgi.errors import TokenFenceError
-from tokenfence_asgi.web.problem import limit_headers
+from tokenfence_asgi.web.problem import http_status, limit_headers
 
 __all__ = ["StatusErrors"]
 
@@ -68,7 +69,7 @@ class StatusErrors:
 
     def make(self, exc: TokenFenceError, method: str, url: str) -> Exception:
         """``exc`` as an instance of a class deriving from it and the SDK's status error."""
-        status = exc.http_status
+        status = http_status(exc)
         base = self.base_for(status)
         cls = self._class(type(exc), base)
         body: dict[str, Any] = exc.to_dict()

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from tokenfence_asgi.errors import ApprovalRequired, InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._fenced import Fenced, GuardedCall
 from tokenfence_asgi.guard._taps import tap_async, tap_sync
+from tokenfence_asgi.web.problem import http_status
 
 __all__ = ["STATE", "guarded_class", "state_of"]
 
@@ -118,7 +119,7 @@ def _sent(options: Any, body: dict[str, Any]) -> Any:
 
 
 def _flavoured(state: Fenced, exc: TokenFenceError, client: Any, options: Any) -> Exception:
-    if exc.http_status == 500:  # a bug or a configuration error: ours, as it is
+    if http_status(exc) == 500:  # a bug or a configuration error: ours, as it is
         return exc
     return state.adapter.error(exc, str(options.method).upper(), _absolute(client, options.url))
 

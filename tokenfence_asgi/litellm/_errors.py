@@ -2,10 +2,11 @@
 
 A refusal reaches the caller as a class deriving from both the fence's error (``BudgetExceeded``,
 ...) and ``litellm.BudgetExceededError``: the caller catches ``BudgetExceeded`` (402 from the
-middleware), and a ``Router`` treats it as final. Inside a Router the instance's ``status_code``
-is 422 (the class keeps 402), because the Router decides retries and deployment cooldowns by it:
-a 402, 401, 429 or 503 put the shared deployment in cooldown, denying every other tenant; a 403
-was retried (measured on LiteLLM 1.110.2).
+middleware), and a ``Router`` treats it as final. LiteLLM reads ``status_code`` from its
+exceptions: the class's is the status ``web.problem`` gives our error (402, 429, ...), and
+inside a Router the instance's is 422, because the Router decides retries and deployment
+cooldowns by it: a 402, 401, 429 or 503 put the shared deployment in cooldown, denying every
+other tenant; a 403 was retried (measured on LiteLLM 1.110.2). Responses use the class's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, cast
 from litellm.exceptions import BudgetExceededError
 
 from tokenfence_asgi.errors import TokenFenceError
+from tokenfence_asgi.web.problem import http_status
 
 __all__ = ["for_litellm", "is_router_call"]
 
@@ -35,6 +37,7 @@ def _litellm_class(cls: type[TokenFenceError]) -> type[TokenFenceError]:
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
+            "status_code": http_status(cls),
         }
         derived = cast(
             "type[TokenFenceError]", type(cls.__name__, (cls, BudgetExceededError), namespace)
@@ -56,7 +59,7 @@ def for_litellm(exc: TokenFenceError, *, router: bool) -> TokenFenceError:
     error.__dict__.update(exc.__dict__)
     if router:
         error.__dict__["status_code"] = _ROUTER_STATUS
-    else:  # LiteLLM's __init__ set one; ours is the class's (402, 429, ...)
+    else:  # LiteLLM's __init__ set one; the class's is ours (402, 429, ...)
         error.__dict__.pop("status_code", None)
     return error.with_traceback(exc.__traceback__)
 

@@ -31,7 +31,7 @@ import structlog
 
 from tokenfence_asgi.money import from_nanos
 from tokenfence_asgi.results import DailyUsage, UsageRecord
-from tokenfence_asgi.store.ledger import EPOCH, day_number, read_streams
+from tokenfence_asgi.store.ledger import EPOCH, day_number
 
 if TYPE_CHECKING:
     from tokenfence_asgi.engine.fence import TokenFence
@@ -201,7 +201,7 @@ class Exporter:
         self.cursors: dict[str, str] = {}
         self.streams: list[str] = []
         self.stats = ExportStats()
-        self._prefix = fence._keys.prefix
+        self._prefix = fence.prefix
 
     async def __aenter__(self) -> Exporter:
         await self.connect()
@@ -247,7 +247,6 @@ class Exporter:
         difference is what was lost since. Best effort: a stream that expired as a whole and
         was created anew is not seen.
         """
-        client = self.fence._store.client
         accounted = dict(
             await self.conn.fetch(
                 "SELECT stream, accounted FROM tokenfence_export_checkpoint "
@@ -255,27 +254,18 @@ class Exporter:
                 f"{self._prefix}:",
             )
         )
-        for k in range(0, len(self.streams), 200):
-            chunk = self.streams[k : k + 200]
-            pipe = client.pipeline(transaction=False)
-            for stream in chunk:
-                pipe.xinfo_stream(stream)
-            replies = await pipe.execute(raise_on_error=False)
-            for stream, reply in zip(chunk, replies, strict=True):
-                if not isinstance(reply, dict):
-                    continue  # gone since the scan
-                info = {(x.decode() if isinstance(x, bytes) else x): v for x, v in reply.items()}
-                if "entries-added" not in info:
-                    continue  # Redis before 7.0 does not count
-                trimmed = int(info["entries-added"]) - int(info["length"])
-                lost = trimmed - int(accounted.get(stream, 0))
-                if lost > 0:
-                    log.error("ledger_trimmed_before_export", stream=stream, lost=lost,
-                              detail="raise ledger_retention / ledger_maxlen or export "
-                                     "more often")  # fmt: skip
-                    await self.conn.execute(_ADD_LOST, stream, lost)
-                    self.stats.trimmed.append(stream)
-                    self.stats.lost += lost
+        for stream, trimmed in (await self.fence.ledger_trimmed(self.streams)).items():
+            lost = trimmed - int(accounted.get(stream, 0))
+            if lost > 0:
+                log.error(
+                    "ledger_trimmed_before_export",
+                    stream=stream,
+                    lost=lost,
+                    detail="raise ledger_retention / ledger_maxlen or export more often",
+                )
+                await self.conn.execute(_ADD_LOST, stream, lost)
+                self.stats.trimmed.append(stream)
+                self.stats.lost += lost
 
     async def export_pass(self) -> int:
         """Read what every known stream has after its checkpoint (up to ``batch`` entries
@@ -283,14 +273,12 @@ class Exporter:
         read = 0
         pending: list[tuple[str, list[UsageRecord]]] = []
         size = 0
-        client = self.fence._store.client
-        keys = self.fence._ledger_keys
         for k in range(0, len(self.streams), self.streams_per_read):
-            chunk = self.streams[k : k + self.streams_per_read]
-            cursors = [(s, keys.stream_location(s) or "-", self.cursors.get(s, "0"))
-                       for s in chunk]  # fmt: skip
-            for (stream, _, _), records in zip(
-                cursors, await read_streams(client, cursors, self.batch), strict=True
+            cursors = [
+                (s, self.cursors.get(s, "0")) for s in self.streams[k : k + self.streams_per_read]
+            ]
+            for (stream, _), records in zip(
+                cursors, await self.fence.read_ledgers(cursors, self.batch), strict=True
             ):
                 if not records:
                     continue

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a fence (prometheus-client).
+"""Prometheus metrics of a fence (prometheus-client: the ``metrics`` extra).
 
 ::
 
@@ -43,16 +43,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
-
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (
     BudgetExceeded,
     ConfigError,
+    MissingExtra,
     RequestLimitExceeded,
     TenantDisabled,
     TokenFenceError,
@@ -61,11 +57,33 @@ from tokenfence_asgi.errors import (
 from tokenfence_asgi.ops.webhooks import WebhookSender
 from tokenfence_asgi.results import Alert, Reservation, Settlement
 
+try:  # imported when this module is: `from tokenfence_asgi import FenceMetrics` loads it lazily
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import Collector
+except ImportError as exc:
+    raise MissingExtra(
+        "prometheus-client", "metrics", needed_for="FenceMetrics", module=exc.name
+    ) from exc
+
 __all__ = ["LATENCY_BUCKETS", "FenceMetrics"]
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"),
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    float("inf"),
+)
 """Script latency buckets in seconds: a healthy Redis answers in well under a millisecond."""
 
 _MAX_TRACKED_HOLDS = 100_000
@@ -120,44 +138,35 @@ class FenceMetrics(FenceObserver):
         self._lease_s = fence.hold_ttl
         self._holds: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._webhooks: list[WebhookSender] = []
-        ns, reg = namespace, self.registry
-        self.reservations = Counter(
-            "reservations", "Reservations granted.", ["plan", "feature"], namespace=ns,
-            registry=reg,
-        )  # fmt: skip
+        reg = self.registry
+        at: dict[str, Any] = {"namespace": namespace, "registry": reg}  # every series' home
+        plan_feature = ["plan", "feature"]
+        self.reservations = Counter("reservations", "Reservations granted.", plan_feature, **at)
         self.refusals = Counter(
-            "refusals", "Reservations refused, by reason.", ["reason", "scope", "feature"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.spend = Counter(
-            "spend_dollars", "Dollars charged by commits.", ["plan", "feature"], namespace=ns,
-            registry=reg,
-        )  # fmt: skip
+            "refusals", "Reservations refused, by reason.", ["reason", "scope", "feature"], **at
+        )
+        self.spend = Counter("spend_dollars", "Dollars charged by commits.", plan_feature, **at)
         self.settlements = Counter(
-            "settlements", "Commits and releases, by outcome.", ["kind"], namespace=ns,
-            registry=reg,
-        )  # fmt: skip
+            "settlements", "Commits and releases, by outcome.", ["kind"], **at
+        )
         self.script_seconds = Histogram(
-            "script_duration_seconds", "Store round trip of each script.", ["script"],
-            namespace=ns, registry=reg, buckets=tuple(buckets),
-        )  # fmt: skip
+            "script_duration_seconds",
+            "Store round trip of each script.",
+            ["script"],
+            buckets=tuple(buckets),
+            **at,
+        )
         self.script_errors = Counter(
-            "script_errors", "Scripts that could not reach the store.", ["script"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "script_errors", "Scripts that could not reach the store.", ["script"], **at
+        )
         self.alerts = Counter(
-            "alerts", "Threshold alerts.", ["threshold", "metric", "scope", "window"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "alerts", "Threshold alerts.", ["threshold", "metric", "scope", "window"], **at
+        )
         self.holds_open = Gauge(
-            "holds_open", "Holds this process made that are neither settled nor expired.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "holds_open", "Holds this process made that are neither settled nor expired.", **at
+        )
         self.holds_open.set_function(lambda: self._prune()[0])
-        self.held = Gauge(
-            "held_dollars", "Dollars held by this process's open holds.", namespace=ns,
-            registry=reg,
-        )  # fmt: skip
+        self.held = Gauge("held_dollars", "Dollars held by this process's open holds.", **at)
         self.held.set_function(lambda: self._prune()[1])
         reg.register(_CountersCollector(self))
         fence.observe(self)
@@ -266,14 +275,23 @@ class _CountersCollector(Collector):
         counters = self._metrics.fence.counters
         for name, doc, value in (
             ("store_errors", "Store outages the fence saw.", counters.store_errors),
-            ("allowed_without_store", "Calls let through without the store.",
-             counters.allowed_without_store),
-            ("shadow_refusals", "Refusals a shadow-mode plan did not raise.",
-             counters.shadow_refusals),
+            (
+                "allowed_without_store",
+                "Calls let through without the store.",
+                counters.allowed_without_store,
+            ),
+            (
+                "shadow_refusals",
+                "Refusals a shadow-mode plan did not raise.",
+                counters.shadow_refusals,
+            ),
             ("alert_hook_errors", "Alert hooks that raised.", counters.alert_hook_errors),
-            ("charged_unfenced", "Calls charged after the fact, never held (sync LiteLLM).",
-             counters.charged_unfenced),
-        ):  # fmt: skip
+            (
+                "charged_unfenced",
+                "Calls charged after the fact, never held (sync LiteLLM).",
+                counters.charged_unfenced,
+            ),
+        ):
             yield CounterMetricFamily(f"{ns}_{name}", doc, value=0 if describe else value)
         senders = self._metrics._webhooks
         if not senders and not describe:

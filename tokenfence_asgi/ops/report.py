@@ -28,7 +28,8 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from tokenfence_asgi.money import from_nanos
+from tokenfence_asgi.errors import MissingExtra
+from tokenfence_asgi.money import format_dollars, format_usd_rounded, from_nanos
 from tokenfence_asgi.results import DailyUsage
 
 __all__ = [
@@ -255,10 +256,7 @@ async def collect(usage: AsyncIterator[DailyUsage]) -> list[DailyUsage]:
 
 def _exact(amount: Decimal | None) -> str | None:
     """Money for machines: exact, plain notation (up to 9 places)."""
-    if amount is None:
-        return None
-    text = f"{amount:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return format_dollars(amount)
 
 
 def _n(nanos: int) -> str:
@@ -322,11 +320,28 @@ def report_json(report: SpendReport) -> dict[str, Any]:
 
 
 CSV_COLUMNS = (
-    "section", "rank", "plan", "tenant_id", "tenants", "tenant_days", "cost", "requests",
-    "refusals", "day_p50", "day_p90", "day_p99", "tenant_p50", "tenant_p90", "tenant_p99",
-    "price_per_month", "price_for_period", "revenue", "margin", "margin_p90",
+    "section",
+    "rank",
+    "plan",
+    "tenant_id",
+    "tenants",
+    "tenant_days",
+    "cost",
+    "requests",
+    "refusals",
+    "day_p50",
+    "day_p90",
+    "day_p99",
+    "tenant_p50",
+    "tenant_p90",
+    "tenant_p99",
+    "price_per_month",
+    "price_for_period",
+    "revenue",
+    "margin",
+    "margin_p90",
     "unprofitable_tenants",
-)  # fmt: skip
+)
 
 
 def report_csv(report: SpendReport) -> str:
@@ -345,9 +360,7 @@ def report_csv(report: SpendReport) -> str:
 def _usd(amount: Decimal | None, places: int = 2) -> str:
     if amount is None:
         return "-"
-    rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    sign = "-" if rounded < 0 else ""
-    return f"{sign}${abs(rounded):,.{places}f}"
+    return format_usd_rounded(amount, places)
 
 
 def _usd_n(nanos: int) -> str:
@@ -356,10 +369,25 @@ def _usd_n(nanos: int) -> str:
 
 
 def render_table(report: SpendReport, console: Any) -> None:
-    """Print the report as Rich tables on ``console``."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
+    """Print the report as Rich tables on ``console`` (a ``rich.console.Console``).
+
+    Raises ``MissingExtra`` without Rich (``pip install 'tokenfence-asgi[cli]'``).
+    """
+    try:
+        from rich import box
+        from rich.markup import escape
+        from rich.table import Table
+    except ImportError as exc:
+        raise MissingExtra("Rich", "cli", needed_for="render_table", module=exc.name) from exc
+
+    def table(title: str) -> Table:
+        return Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            header_style="bold",
+            pad_edge=False,
+        )
 
     console.print(
         f"[bold]Spend {report.start} to {report.end}[/] ({report.days} days): "
@@ -372,11 +400,22 @@ def render_table(report: SpendReport, console: Any) -> None:
             f"{_usd_n(report.top_decile_nanos)}, {report.top_decile_share}% of the total."
         )
 
-    plans = Table(title="Spend and margin per plan", title_justify="left", box=box.SIMPLE_HEAD,
-                  header_style="bold", pad_edge=False)  # fmt: skip
-    heads = ("plan", "tenants", "spend", "refusals", "p50\nday", "p90\nday", "p99\nday",
-             "price\n/month", "p50\ntenant", "p90\ntenant", "margin\nat p90", "margin\ntotal",
-             "losing\ntenants")  # fmt: skip
+    plans = table("Spend and margin per plan")
+    heads = (
+        "plan",
+        "tenants",
+        "spend",
+        "refusals",
+        "p50\nday",
+        "p90\nday",
+        "p99\nday",
+        "price\n/month",
+        "p50\ntenant",
+        "p90\ntenant",
+        "margin\nat p90",
+        "margin\ntotal",
+        "losing\ntenants",
+    )
     for head in heads:
         plans.add_column(head, justify="left" if head == "plan" else "right", no_wrap=True)
     for p in report.plans:
@@ -386,12 +425,20 @@ def render_table(report: SpendReport, console: Any) -> None:
         if p.margin_pct is not None:
             total += f" ({p.margin_pct}%)"
         plans.add_row(
-            escape(p.plan), f"{p.tenants:,}", _usd(p.cost), f"{p.refusals:,}",
-            _usd_n(p.day_p50), _usd_n(p.day_p90), _usd_n(p.day_p99), _usd(p.price_per_month),
-            _usd_n(p.tenant_p50), _usd_n(p.tenant_p90),
-            f"[{style}]{_usd(margin_p90)}[/]" if style else _usd(margin_p90), total,
+            escape(p.plan),
+            f"{p.tenants:,}",
+            _usd(p.cost),
+            f"{p.refusals:,}",
+            _usd_n(p.day_p50),
+            _usd_n(p.day_p90),
+            _usd_n(p.day_p99),
+            _usd(p.price_per_month),
+            _usd_n(p.tenant_p50),
+            _usd_n(p.tenant_p90),
+            f"[{style}]{_usd(margin_p90)}[/]" if style else _usd(margin_p90),
+            total,
             "-" if p.unprofitable is None else f"{p.unprofitable:,}",
-        )  # fmt: skip
+        )
     console.print(plans)
     if any(p.price_per_month is not None for p in report.plans):
         console.print(
@@ -400,17 +447,25 @@ def render_table(report: SpendReport, console: Any) -> None:
             style="dim",
         )
 
-    top = Table(title=f"Top {len(report.top)} spenders", title_justify="left",
-                box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)  # fmt: skip
+    top = table(f"Top {len(report.top)} spenders")
     for head in ("#", "tenant", "plan", "spend", "share", "calls", "refusals", "days", "margin"):
-        top.add_column(head, justify="left" if head in ("tenant", "plan") else "right",
-                       no_wrap=True)  # fmt: skip
+        left = head in ("tenant", "plan")
+        top.add_column(head, justify="left" if left else "right", no_wrap=True)
     for rank, s in enumerate(report.top, 1):
         share = "-" if report.cost_nanos == 0 else f"{100 * s.cost_nanos / report.cost_nanos:.1f}%"
         margin = s.margin
         shown = _usd(margin)
         if margin is not None and margin < 0:
             shown = f"[red]{shown}[/]"
-        top.add_row(str(rank), escape(s.tenant_id), escape(s.plan), _usd(s.cost), share,
-                    f"{s.requests:,}", f"{s.refusals:,}", str(s.days), shown)  # fmt: skip
+        top.add_row(
+            str(rank),
+            escape(s.tenant_id),
+            escape(s.plan),
+            _usd(s.cost),
+            share,
+            f"{s.requests:,}",
+            f"{s.refusals:,}",
+            str(s.days),
+            shown,
+        )
     console.print(top)

@@ -39,6 +39,8 @@ recompute it over the body bytes as received (before any JSON parsing), compare 
 time, and reject a ``t`` more than a few minutes from your clock (replays). ``verify_signature``
 does exactly that. Several ``v1=`` entries may appear (one per secret while a secret is rotated);
 one match is enough.
+
+Sending needs httpx (the ``webhooks`` extra); signing and verifying need nothing else.
 """
 
 from __future__ import annotations
@@ -55,16 +57,18 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import structlog
 
 from tokenfence_asgi.engine.alerts import alert_to_dict
-from tokenfence_asgi.errors import ConfigError, InvalidAmount
-from tokenfence_asgi.money import MAX_LIMIT_NANOS, format_usd, to_nanos
+from tokenfence_asgi.errors import ConfigError, InvalidAmount, MissingExtra
+from tokenfence_asgi.money import MAX_LIMIT_NANOS, format_time, format_usd, to_nanos
 from tokenfence_asgi.results import Alert
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -239,6 +243,7 @@ class WebhookSender:
     ``headers`` are added to every request. ``client`` is an ``httpx.AsyncClient`` you own
     (default: one the sender makes and ``aclose`` closes). ``name`` names the sender in logs
     and metrics (default: the URL's scheme, host and port; never its path, which may be secret).
+    Needs httpx (``MissingExtra`` without it: ``pip install 'tokenfence-asgi[webhooks]'``).
     """
 
     def __init__(
@@ -257,6 +262,12 @@ class WebhookSender:
         client: httpx.AsyncClient | None = None,
         name: str | None = None,
     ) -> None:
+        try:
+            import httpx  # noqa: F401  (delivers the alerts)
+        except ImportError as exc:
+            raise MissingExtra(
+                "httpx", "webhooks", needed_for="WebhookSender", module=exc.name
+            ) from exc
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"url must be an http:// or https:// URL, got {url!r}")
@@ -313,9 +324,13 @@ class WebhookSender:
         if len(self._queue) >= self._queue_size:
             self.stats.dropped_full += 1
             self._log.warning(
-                "webhook_dropped", reason="queue_full", queue_size=self._queue_size,
-                tenant=alert.tenant_id, threshold=alert.threshold, window=alert.window,
-            )  # fmt: skip
+                "webhook_dropped",
+                reason="queue_full",
+                queue_size=self._queue_size,
+                tenant=alert.tenant_id,
+                threshold=alert.threshold,
+                window=alert.window,
+            )
             return False
         self._ensure_workers()
         self._queue.append(_Item(alert, delivery_id(alert), datetime.now(UTC)))
@@ -351,7 +366,7 @@ class WebhookSender:
         payload: dict[str, Any] = {
             "type": "budget_alert",
             "id": delivery,
-            "created_at": created_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "created_at": format_time(created_at, timespec="seconds"),
             "alert": alert_to_dict(item_alert),
             "text": _describe(item_alert),
         }
@@ -379,6 +394,8 @@ class WebhookSender:
                 self._busy -= 1
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout), follow_redirects=False
@@ -386,8 +403,11 @@ class WebhookSender:
         return self._client
 
     async def _deliver(self, item: _Item) -> None:
+        import httpx  # there since __init__
+
         alert = item.alert
         body = self.body_of(alert, item.delivery, item.created_at)
+        log = self._log.bind(delivery=item.delivery, tenant=alert.tenant_id)
         last = ""
         for attempt in range(1, self._attempts + 1):
             headers = {
@@ -409,19 +429,24 @@ class WebhookSender:
                 status = response.status_code
                 if 200 <= status < 300:
                     self.stats.delivered += 1
-                    self._log.info(
-                        "webhook_delivered", delivery=item.delivery, attempt=attempt,
-                        status=status, tenant=alert.tenant_id, threshold=alert.threshold,
-                    )  # fmt: skip
+                    log.info(
+                        "webhook_delivered",
+                        attempt=attempt,
+                        status=status,
+                        threshold=alert.threshold,
+                    )
                     return
                 last = f"HTTP {status}"
                 if status not in _RETRY_STATUSES and status < 500:
                     self.stats.attempts_failed += 1
                     self.stats.dropped_failed += 1
-                    self._log.error(
-                        "webhook_dropped", reason="rejected", status=status, attempt=attempt,
-                        delivery=item.delivery, tenant=alert.tenant_id, threshold=alert.threshold,
-                    )  # fmt: skip
+                    log.error(
+                        "webhook_dropped",
+                        reason="rejected",
+                        status=status,
+                        attempt=attempt,
+                        threshold=alert.threshold,
+                    )
                     return
                 retry_after = _retry_after(response.headers.get("retry-after"))
             self.stats.attempts_failed += 1
@@ -432,17 +457,19 @@ class WebhookSender:
             if retry_after is not None:
                 delay = min(self._max_backoff, max(delay, retry_after))
             self.stats.retries += 1
-            self._log.warning(
-                "webhook_attempt_failed", delivery=item.delivery, attempt=attempt, error=last,
-                retry_in_s=round(delay, 3), tenant=alert.tenant_id,
-            )  # fmt: skip
+            log.warning(
+                "webhook_attempt_failed", attempt=attempt, error=last, retry_in_s=round(delay, 3)
+            )
             await asyncio.sleep(delay)
         self.stats.dropped_failed += 1
-        self._log.error(
-            "webhook_dropped", reason="attempts_exhausted", attempts=self._attempts, error=last,
-            delivery=item.delivery, tenant=alert.tenant_id, threshold=alert.threshold,
+        log.error(
+            "webhook_dropped",
+            reason="attempts_exhausted",
+            attempts=self._attempts,
+            error=last,
+            threshold=alert.threshold,
             window=alert.window,
-        )  # fmt: skip
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from tokenfence_asgi.errors import ConfigError, StoreUnavailable
+from tokenfence_asgi.errors import ConfigError, MissingExtra, StoreUnavailable
 from tokenfence_asgi.store._connection import FastPackConnection
 from tokenfence_asgi.store.compiled import COMPILED_SCRIPTS
 from tokenfence_asgi.store.scripts import SCRIPT_NAMES, decode, script_source
@@ -288,8 +288,17 @@ class Store:
             if pool.connection_class is Connection:  # TCP; TLS and unix sockets keep theirs
                 pool.connection_class = FastPackConnection
             return cls(Redis.from_pool(pool), owned=True, timeout_s=timeout_s)
-        from tokenfence_asgi.store._embedded import embedded_client  # imported only when used
+        try:  # imported only when used
+            import lupa  # noqa: F401  (fakeredis runs scripts with it; without it every one fails)
 
+            from tokenfence_asgi.store._embedded import embedded_client
+        except ImportError as exc:
+            raise MissingExtra(
+                "fakeredis[lua]",
+                "embedded",
+                needed_for="TokenFence() without a Redis URL (the embedded store)",
+                module=exc.name,
+            ) from exc
         log.warning(
             "embedded_store",
             detail="no redis_url: budgets live in this process only; use Redis to share them",
@@ -403,6 +412,11 @@ class Store:
         """One field of a hash, decoded, or None."""
         raw = await self._guarded(lambda: self.client.hget(key, field))
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """Some fields of a hash, decoded, None for each missing one."""
+        raw = await self._guarded(lambda: self.client.hmget(key, fields))
+        return [None if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in raw]
 
     async def aclose(self) -> None:
         """Close the client if this store created it."""

@@ -12,10 +12,10 @@ may raise alerts reply ``{kind, number of alerts A, A alert strings, details...}
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tokenfence_asgi._text import replace_control
 from tokenfence_asgi.errors import InvalidAmount
 from tokenfence_asgi.money import MAX_CALL_NANOS
 from tokenfence_asgi.store.keys import OWN, TenantKeys
@@ -54,7 +54,6 @@ __all__ = [
     "move_dump",
     "moved_to",
     "ping_call",
-    "plan_args",
     "refusal",
     "release_call",
     "release_reply",
@@ -87,11 +86,6 @@ def limit_specs(plan: CompiledPlan, pool_plan: CompiledPlan, in_pool: bool) -> l
     return [*plan.feature_args, *plan.limit_args, *pool]
 
 
-def plan_args(plan: str, default_plan: str, pool_plan: str, in_pool: bool) -> list[str]:
-    """The plan names the scripts check: tenant's, default, pool's ('' off a pool)."""
-    return [plan, default_plan, pool_plan if in_pool else ""]
-
-
 def candidate_amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
     """The candidates' amounts as script arguments, validated like any amount."""
     if not candidates:
@@ -118,7 +112,7 @@ def label(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a string or None, got {type(value).__name__}")
     text = value[:MAX_LABEL]
     if not text.isprintable():
-        text = "".join(c if not unicodedata.category(c).startswith("C") else "\ufffd" for c in text)
+        text = replace_control(text)
     return text
 
 

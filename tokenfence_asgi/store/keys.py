@@ -15,10 +15,10 @@ in the same script). The global kill switches live under ``{global}``, read sepa
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from tokenfence_asgi._text import first_control
 from tokenfence_asgi.errors import ConfigError, InvalidId
 
 __all__ = [
@@ -47,9 +47,8 @@ def validate_id(value: object, *, what: str = "tenant_id") -> str:
         raise InvalidId(f"{what} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidId(f"{what} is {len(value)} characters long; the maximum is {MAX_ID_LENGTH}")
-    for char in value:
-        if unicodedata.category(char).startswith("C"):
-            raise InvalidId(f"{what} contains the control character {char!r}")
+    if (char := first_control(value)) is not None:
+        raise InvalidId(f"{what} contains the control character {char!r}")
     return value
 
 

@@ -15,7 +15,7 @@ paid by reports and the exporter, never by a call.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "read_streams",
     "scan_keys",
     "tag_pool",
+    "trimmed_counts",
 ]
 
 EPOCH = date(1970, 1, 1)
@@ -221,6 +222,31 @@ async def read_streams(
         [parse_entry(stream, location, entry_id, fields) for entry_id, fields in entries]
         for (stream, location, _), entries in zip(cursors, replies, strict=True)
     ]
+
+
+async def trimmed_counts(client: Any, streams: Sequence[str]) -> dict[str, int]:
+    """How many entries each stream has had trimmed: ``entries-added - length`` (Redis >= 7.0).
+
+    Streams gone since they were listed, and every stream on an older Redis, are left out.
+    One pipeline per 200 streams.
+    """
+    out: dict[str, int] = {}
+    for k in range(0, len(streams), 200):
+        chunk = streams[k : k + 200]
+        pipe = client.pipeline(transaction=False)
+        for stream in chunk:
+            pipe.xinfo_stream(stream)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"budget store unavailable: {exc}") from exc
+        for stream, reply in zip(chunk, replies, strict=True):
+            if not isinstance(reply, dict):
+                continue  # gone since the scan
+            info = {_text(x): v for x, v in reply.items()}
+            if "entries-added" in info:  # Redis before 7.0 does not count
+                out[stream] = int(info["entries-added"]) - int(info["length"])
+    return out
 
 
 def tag_pool(location: str) -> str | None:

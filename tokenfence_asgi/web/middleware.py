@@ -27,7 +27,7 @@ from tokenfence_asgi.endpoints import misplaced_feature
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import ConfigError, InvalidId, TenantRequired, TokenFenceError
 from tokenfence_asgi.store.keys import validate_id
-from tokenfence_asgi.web.problem import FenceErrorResponse
+from tokenfence_asgi.web.problem import FenceErrorResponse, http_status
 from tokenfence_asgi.web.tenant_header import (
     SignedTenantHeader,
     decode_tenant,
@@ -128,7 +128,7 @@ def _fence_error(exc: Exception) -> TokenFenceError | None:
     ``ConfigError`` beside a refusal) propagates whole: it is a bug to surface, not a refusal.
     """
     if isinstance(exc, TokenFenceError):
-        return None if exc.http_status == 500 else exc
+        return None if http_status(exc) == 500 else exc
     if not isinstance(exc, BaseExceptionGroup):
         return None
     first: TokenFenceError | None = None
@@ -137,7 +137,7 @@ def _fence_error(exc: Exception) -> TokenFenceError | None:
         item = stack.pop()
         if isinstance(item, BaseExceptionGroup):
             stack.extend(reversed(item.exceptions))
-        elif isinstance(item, TokenFenceError) and item.http_status != 500:
+        elif isinstance(item, TokenFenceError) and http_status(item) != 500:
             first = first or item
         else:
             return None
@@ -322,7 +322,7 @@ class TokenFenceMiddleware:
             await self._reply(response, request_id, scope, receive, send)
             return
         except TokenFenceError as exc:
-            if exc.http_status == 500:
+            if http_status(exc) == 500:
                 raise
             log.info("tenant_refused", request_id=request_id, error=exc.error_code)
             response = FenceErrorResponse(exc, now=self._now())
@@ -347,17 +347,16 @@ class TokenFenceMiddleware:
             if error is None:
                 raise
             if not sender.started:
-                if error.http_status >= 500:  # the detail (a store's address) is for the log only
+                status = http_status(error)
+                if status >= 500:  # the detail (a store's address) is for the log only
                     log.warning(
                         "fence_error_response",
-                        status=error.http_status,
+                        status=status,
                         error=error.error_code,
                         detail=error.message,
                     )
                 else:
-                    log.info(
-                        "fence_error_response", status=error.http_status, error=error.error_code
-                    )
+                    log.info("fence_error_response", status=status, error=error.error_code)
                 response = FenceErrorResponse(error, now=self._now())
                 await self._reply(response, request_id, scope, receive, send)
             else:

@@ -1,14 +1,22 @@
-"""A ``TokenFenceError`` as an HTTP response: status, JSON body, ``Retry-After`` and RateLimit.
+"""Errors as HTTP responses: each error's status, its JSON body, ``Retry-After`` and RateLimit.
 
-The status and the body come from the error itself (``status_code``, ``to_dict()``), so the
-middleware and any other HTTP surface answer alike::
+The one place where an error becomes HTTP, for every app of the package (the middleware, the
+admin app, the HTTP API) and for the SDK guards' and LiteLLM's status errors. The core errors
+carry a stable ``error_code`` and their body (``to_dict()``); the status is looked up here, by
+the error's class (the first class of its MRO in ``STATUS``)::
 
-    BudgetExceeded        402  ai_budget_exceeded        Retry-After, RateLimit-Policy, RateLimit
-    RequestLimitExceeded  429  ai_request_limit_exceeded Retry-After, RateLimit-Policy, RateLimit
-    ModelNotAllowed, PolicyDenied, ApprovalRequired, TenantDisabled   403
-    InputTooLong          413  ai_input_too_long
-    TenantRequired        401  tenant_required
-    StoreUnavailable      503  ai_budget_unavailable
+    BudgetExceeded                                  402  Retry-After, RateLimit-Policy, RateLimit
+    RequestLimitExceeded, TooManyOpenHolds          429  Retry-After, RateLimit-Policy, RateLimit
+    Refused: ModelNotAllowed, PolicyDenied,         403
+             ApprovalRequired, TenantDisabled
+    InputTooLong                                    413
+    TenantRequired                                  401
+    InvalidCall                                     400
+    UnknownPlan                                     404
+    ReservationIdConflict                           409
+    InvalidAmount, InvalidId, ModelNotPriced        422
+    Contended, StoreUnavailable                     503
+    anything else (ConfigError: a bug)              500
 
 The RateLimit fields follow draft-ietf-httpapi-ratelimit-headers (revision 11): a policy named
 after the window (``"1d"``), ``q`` the limit, ``w`` the window length in seconds, ``r`` what is
@@ -20,6 +28,10 @@ guaranteed share. A request-count limit uses the draft's default unit, requests:
 
     RateLimit-Policy: "1d";q=500000;qu="usd-micros";w=86400
     RateLimit: "1d";r=0;t=41400
+
+An app's own errors (a bad body, a missing token) are ``Problem`` exceptions with the same body
+shape, ``{"error": code, "message": text, ...}``; ``http_exception_response`` answers Starlette's
+``HTTPException`` (404, 405) that way too.
 """
 
 from __future__ import annotations
@@ -27,16 +39,77 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
+from types import MappingProxyType
+from typing import Any
 
 from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from tokenfence_asgi.config import WINDOW_SECONDS
-from tokenfence_asgi.errors import BudgetExceeded, RequestLimitExceeded, TokenFenceError
+from tokenfence_asgi.errors import (
+    BudgetExceeded,
+    Contended,
+    InputTooLong,
+    InvalidAmount,
+    InvalidCall,
+    InvalidId,
+    ModelNotPriced,
+    Refused,
+    RequestLimitExceeded,
+    ReservationIdConflict,
+    StoreUnavailable,
+    TenantRequired,
+    TokenFenceError,
+    UnknownPlan,
+)
 
-__all__ = ["FenceErrorResponse", "limit_headers"]
+__all__ = [
+    "STATUS",
+    "FenceErrorResponse",
+    "Problem",
+    "http_exception_response",
+    "http_status",
+    "limit_headers",
+]
+
+STATUS: Mapping[type[TokenFenceError], int] = MappingProxyType(
+    {
+        TokenFenceError: 500,
+        InvalidAmount: 422,
+        InvalidId: 422,
+        ReservationIdConflict: 409,
+        InvalidCall: 400,
+        UnknownPlan: 404,
+        ModelNotPriced: 422,
+        TenantRequired: 401,
+        Refused: 403,
+        BudgetExceeded: 402,
+        RequestLimitExceeded: 429,
+        InputTooLong: 413,
+        Contended: 503,
+        StoreUnavailable: 503,
+    }
+)
+"""The HTTP status of each error class; a subclass not listed takes its nearest base's."""
 
 _MICROS = Decimal(1_000_000)
+
+
+def http_status(error: TokenFenceError | type[TokenFenceError]) -> int:
+    """The HTTP status of an error (or an error class): ``STATUS`` of the first class of its
+    MRO that is listed, 500 for a bug or a configuration error.
+
+    Read from the class, never the instance: a LiteLLM refusal seen inside a Router carries
+    ``status_code`` 422 for the Router, and is still answered with its class's 402.
+    """
+    cls = error if isinstance(error, type) else type(error)
+    for base in cls.__mro__:
+        status = STATUS.get(base)
+        if status is not None:
+            return status
+    return 500
 
 
 def _micros(amount: Decimal) -> int:
@@ -62,14 +135,13 @@ def limit_headers(error: TokenFenceError, *, now: datetime | None = None) -> dic
     else:
         return {}
     now = now or datetime.now(UTC)
-    reset_s = max(1, int((error.resets_at - now).total_seconds() + 0.999))
     retry_s = error.retry_after_s(now)
     window_s = WINDOW_SECONDS.get(error.window)
     window = "" if window_s is None else f";w={window_s}"
     name = _sf_string(error.window)
     headers = {
         "RateLimit-Policy": f"{name};q={max(0, quota)}{unit}{window}",
-        "RateLimit": f"{name};r={max(0, remaining)};t={reset_s}",
+        "RateLimit": f"{name};r={max(0, remaining)};t={error.resets_in_s(now)}",
     }
     if retry_s is not None:  # absent when the call can never fit
         headers["Retry-After"] = str(retry_s)
@@ -87,7 +159,7 @@ class FenceErrorResponse(JSONResponse):
 
     The body is ``error.to_dict()`` (``error``, ``message`` and, for limits, ``used``, ``limit``,
     ``window``, ``resets_at``, ``upgrade_url``; money as strings with 6 decimals); the status is
-    ``error.status_code`` unless ``status_code`` is given, the body's ``error`` is replaced by
+    ``http_status(error)`` unless ``status_code`` is given, the body's ``error`` is replaced by
     ``error_code`` when given. Limit refusals carry ``limit_headers`` (computed at ``now``).
     Usable as an exception handler's result in an app without the middleware::
 
@@ -112,8 +184,52 @@ class FenceErrorResponse(JSONResponse):
             all_headers.update(headers)
         super().__init__(
             body,
-            status_code=error.http_status if status_code is None else status_code,
+            status_code=http_status(error) if status_code is None else status_code,
             headers=all_headers,
             background=background,
         )
         self.error = error
+
+
+class Problem(Exception):
+    """An app's own HTTP error (not a fence error), raised by a handler and answered as JSON.
+
+    The body is ``{"error": error, "message": message}`` plus each of ``fields`` that is not
+    ``None`` (``errors=[...]`` for per-field messages, ``field="body"``); ``headers`` go on the
+    response (``WWW-Authenticate`` on a 401).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = dict(headers or {})
+        self.fields = {name: value for name, value in fields.items() if value is not None}
+
+    def response(self) -> JSONResponse:
+        """The JSON response for this problem."""
+        body = {"error": self.error, "message": self.message, **self.fields}
+        return JSONResponse(body, status_code=self.status, headers=self.headers or None)
+
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_exception_response(request: Request, exc: Exception) -> Response:
+    """Starlette's ``HTTPException`` (no route, wrong method) as a problem body: an exception
+    handler, ``exception_handlers={HTTPException: http_exception_response}``."""
+    if not isinstance(exc, HTTPException):  # pragma: no cover - registered for HTTPException
+        raise exc
+    code = _HTTP_ERRORS.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tokenfence_asgi.web import service
+from tokenfence_asgi.cli import serve
 
 TOKEN = "cli-token-0123456789abcdef"
 PLANS_TOML = """
@@ -29,17 +29,17 @@ limits = [{ window = "1d", max_cost = "100" }]
 def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     """uvicorn.run replaced by a recorder; the environment the workers would get is restored."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(service, "_run", lambda **options: calls.append(options))
+    monkeypatch.setattr(serve, "_run", lambda **options: calls.append(options))
     for name in ("TOKENFENCE_SERVICE_TOKEN", "TOKENFENCE_REDIS_URL", "TOKENFENCE_SIGNING_KEY"):
         monkeypatch.delenv(name, raising=False)
-    before = os.environ.get(service._CONFIG_ENV)
+    before = os.environ.get(serve._CONFIG_ENV)
     try:
         yield calls
     finally:
         if before is None:
-            os.environ.pop(service._CONFIG_ENV, None)
+            os.environ.pop(serve._CONFIG_ENV, None)
         else:
-            os.environ[service._CONFIG_ENV] = before
+            os.environ[serve._CONFIG_ENV] = before
 
 
 def cli() -> typer.Typer:
@@ -49,7 +49,7 @@ def cli() -> typer.Typer:
     def root() -> None:
         """The main CLI, as another module builds it."""
 
-    service.register(app)
+    serve.register(app)
     return app
 
 
@@ -58,7 +58,7 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def worker_config() -> dict[str, Any]:
-    return dict(json.loads(os.environ[service._CONFIG_ENV]))
+    return dict(json.loads(os.environ[serve._CONFIG_ENV]))
 
 
 def test_help_lists_the_options() -> None:
@@ -128,7 +128,7 @@ def test_a_file_without_free_or_default_plan_is_refused(
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS_TOML)
     result = invoke("--token", TOKEN, "--config", str(plans))
-    assert result.exit_code == 2
+    assert result.exit_code == 7  # a bad plan file, as for every tokenfence command
     assert f"{plans}: default_plan: not set, and no plan is named 'free'" in result.output
     assert "--default-plan" in result.output
     assert runs == []
@@ -146,8 +146,6 @@ def test_a_file_without_free_or_default_plan_is_refused(
         (("--token", TOKEN, "--workers", "0"), "--workers must be at least 1"),
         (("--token", TOKEN, "--port", "70000"), "--port must be in [0, 65535]"),
         (("--token", TOKEN, "--prefix", "bad prefix"), "prefix must match"),
-        (("--token", TOKEN, "--config", "/nonexistent/plans.toml"), "cannot read plan file"),
-        (("--token", TOKEN, "--default-plan", "gold"), "--default-plan: unknown plan 'gold'"),
         (("--token", TOKEN, "--signing-key", "short"), "--signing-key must be at least 16"),
     ],
 )
@@ -156,6 +154,23 @@ def test_refusals_exit_2_before_serving(
 ) -> None:
     result = invoke(*args)
     assert result.exit_code == 2
+    assert message in result.output
+    assert runs == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--config", "/nonexistent/plans.toml"), 7, "cannot read plan file"),
+        (("--default-plan", "gold"), 4, "--default-plan: unknown plan 'gold'"),
+    ],
+)
+def test_plan_errors_exit_as_every_command_does(
+    runs: list[dict[str, Any]], args: tuple[str, ...], code: int, message: str
+) -> None:
+    """A bad plan file is 7, an unknown plan 4 (the ``tokenfence`` command's exit codes)."""
+    result = invoke("--token", TOKEN, *args)
+    assert result.exit_code == code
     assert message in result.output
     assert runs == []
 
@@ -172,7 +187,7 @@ async def test_the_workers_app_serves_the_configured_plans(
     plans = tmp_path / "plans.toml"
     plans.write_text('default_plan = "tiny"\n' + PLANS_TOML)
     assert invoke("--token", TOKEN, "--config", str(plans)).exit_code == 0
-    app = service._serve_app()  # what each uvicorn worker builds
+    app = serve._serve_app()  # what each uvicorn worker builds
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with (
         app.router.lifespan_context(app),
