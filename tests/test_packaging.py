@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenfence_asgi.store.scripts import SCRIPT_NAMES, script_source
+from tokenfence_asgi.store.scripts import SCRIPT_NAMES, helpers, script_source
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = sorted(p.name for p in (ROOT / "tokenfence_asgi" / "store" / "lua").glob("*.lua"))
@@ -32,10 +32,17 @@ def test_wheel_ships_every_lua_script(tmp_path: Path) -> None:
     assert "tokenfence_asgi/py.typed" in names
 
 
-def test_every_script_has_a_file_and_the_shared_helpers() -> None:
+def test_every_script_has_a_file_and_the_shared_helpers_it_uses() -> None:
     assert {f"{n}.lua" for n in SCRIPT_NAMES} | {"_lib.lua"} == set(LUA)
     for name in SCRIPT_NAMES:
-        assert "local function fmt(n)" in script_source(name)
+        text = (ROOT / "tokenfence_asgi" / "store" / "lua" / f"{name}.lua").read_text()
+        body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+        source = script_source(name)
+        for names, helper in helpers():
+            if any(re.search(rf"\b{n}\b", body) for n in names):
+                assert helper in source, f"{name}.lua lacks {sorted(names)}"
+    assert "local function fmt(n)" in script_source("reserve")
+    assert "local function fmt(n)" not in script_source("approval")  # it uses no helper
 
 
 @pytest.mark.parametrize("name", LUA)

@@ -39,6 +39,7 @@ from tokenfence_asgi.results import (
     UsageRecord,
 )
 from tokenfence_asgi.store.client import Store
+from tokenfence_asgi.store.compiled import ScriptSettings, compiled_sources
 from tokenfence_asgi.store.keys import KeySpace
 
 __all__ = ["TokenFence"]
@@ -151,6 +152,17 @@ class TokenFence:
         self.counters = FenceCounters()
         self._keys = KeySpace(settings.prefix)
         self._store = Store.connect(redis_url=redis_url, redis=redis, timeout_s=timeout_s)
+        scripts = ScriptSettings(
+            default_plan=settings.default_plan,
+            hold_ms=settings.hold_ms_arg,
+            reclaim=settings.reclaim_arg,
+            record_ttl_s=settings.record_ttl_arg,
+            usage_days=settings.usage_days_arg,
+            max_open_holds=settings.max_open_holds_arg,
+            ledger_maxlen=settings.ledger_maxlen_arg,
+            ledger_retention_ms=settings.ledger_retention_arg,
+        )
+        self._store.install(compiled_sources(settings.plans, scripts))
         self._alerts = AlertHub(self.counters)
         self._observers = Observers()
         self._router = Router(settings, self._store, self._keys, self.counters, self._observers)

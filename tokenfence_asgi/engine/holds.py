@@ -131,20 +131,12 @@ class Holds:
                 route.keys,
                 now=router.now_arg(),
                 plan=route.plan_name,
-                default_plan=settings.default_plan,
                 tenant=tenant_enc,
                 reservation=rid_enc,
                 feature=feat_enc,
-                hold_ms=settings.hold_ms_arg,
-                reclaim=settings.reclaim_arg,
-                record_ttl=settings.record_ttl_arg,
                 location=route.location,
                 pool_plan=route.pool_plan_name,
                 enforce=settings.enforce and route.plan.plan.enforce and not force,
-                mode=route.plan.mode,
-                usage_days=settings.usage_days_arg,
-                max_open_holds=settings.max_open_holds_arg,
-                specs=route.specs(),
                 amounts=amounts,
             )
 
@@ -166,12 +158,13 @@ class Holds:
             return degraded
         offered = chosen_from[-1]
 
-        kind, raw_alerts, details = codecs.split(reply)
-        repeated = kind == "ok" and codecs.reserve_existing(details)
+        answer = codecs.reserve_reply(reply)
+        kind, raw_alerts = answer.kind, answer.alerts
+        repeated = kind == "ok" and answer.existing
         if raw_alerts and not repeated:
             self.alerts.dispatch(_alerts(raw_alerts, tenant, feat, route, rid, False))
         if kind == "ok":
-            index, nanos, expires = codecs.reserve_held(details)
+            index, nanos, expires = answer.index, answer.amount_nanos, answer.expires_ms
             if index >= len(offered):  # a retry of an id held for a longer candidate list
                 raise ReservationIdConflict(
                     f"reservation_id {rid!r} already holds candidate {index + 1} of another call",
@@ -180,9 +173,8 @@ class Holds:
             if raw_alerts and repeated:  # the first call's reply may have been lost
                 self.alerts.dispatch(_alerts(raw_alerts, tenant, feat, route, rid, True))
             shadow = None
-            shadow_details = codecs.reserve_shadow(details)
-            if shadow_details is not None and not force:
-                shadow = self._refusal(shadow_details, tenant, feat, route)
+            if answer.refusal is not None and not force:
+                shadow = self._refusal(answer.refusal, tenant, feat, route)
                 self.counters.shadow_refusals += 1
                 log.warning(
                     "reserve_would_refuse",
@@ -205,12 +197,12 @@ class Holds:
             )
         if kind == "killed":
             log.info("reserve_refused", tenant=tenant, feature=feat, reason="killed")
-            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=details[0])
+            raise TenantDisabled(tenant_id=tenant, feature=feat, scope=answer.scope)
         if kind == "duplicate":
             raise ReservationIdConflict(
                 f"reservation_id {rid!r} was already used and settled", settled=True
             )
-        refusal = self._refusal([kind, *details], tenant, feat, route)
+        refusal = self._refusal(answer.refusal or [kind], tenant, feat, route)
         log.info("reserve_refused", tenant=tenant, feature=feat, reason=refusal.error_code)
         raise refusal
 
@@ -335,21 +327,16 @@ class Holds:
                 tenant=tenant_enc,
                 reservation=rid_enc,
                 cost_nanos=nanos,
-                record_ttl=settings.record_ttl_arg,
-                reclaim=settings.reclaim_arg,
                 feature=feat_enc,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 location=route.location,
                 follow_stubs=route.follow_stubs,
-                plans=route.plan_args(settings.default_plan),
+                plan=route.plan_name,
+                pool_plan=route.pool_plan_name,
                 model_requested=requested_arg,
                 model_used=used_arg,
                 request_id=request_arg,
-                ledger_maxlen=settings.ledger_maxlen_arg,
-                ledger_retention=settings.ledger_retention_arg,
-                usage_days=settings.usage_days_arg,
-                specs=route.specs(),
             )
 
         try:
@@ -370,12 +357,12 @@ class Holds:
             return Settlement(reservation.id, from_nanos(nanos), recorded=False)
         if self.allowance is not None and reservation.degraded:
             self.allowance.forget(reservation)
-        kind, raw_alerts, details = codecs.split(reply)
-        if raw_alerts:  # a duplicate repeats the first commit's (its reply may have been lost)
-            repeated = kind == "duplicate"
-            self.alerts.dispatch(_alerts(raw_alerts, tenant, feature, route, rid, repeated))
-        charged, late = codecs.commit_charged(kind, details)
-        if kind == "duplicate":
+        settled = codecs.commit_reply(reply)
+        if settled.alerts:  # a duplicate repeats the first commit's (its reply may be lost)
+            repeated = settled.duplicate
+            self.alerts.dispatch(_alerts(settled.alerts, tenant, feature, route, rid, repeated))
+        charged, late = settled.charged_nanos, settled.late
+        if settled.duplicate:
             log.info("commit_duplicate", tenant=tenant, reservation=reservation.id)
             # cost: what the first settlement charged (a retried call learns it was charged)
             return Settlement(reservation.id, from_nanos(charged), duplicate=True)
@@ -426,7 +413,8 @@ class Holds:
                 "release_not_recorded", tenant=reservation.tenant_id, reservation=reservation.id
             )
             return Settlement(reservation.id, Decimal(0), recorded=False)
-        return Settlement(reservation.id, Decimal(0), duplicate=not codecs.released(reply))
+        released = codecs.release_reply(reply).released
+        return Settlement(reservation.id, Decimal(0), duplicate=not released)
 
     # -- outage write-back ---------------------------------------------------------------------
 

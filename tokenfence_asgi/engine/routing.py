@@ -64,11 +64,6 @@ class Route:
     plan_name: str = ""  # the stored name (plan may be a fallback this instance has)
     pool_plan_name: str = ""
 
-    def plan_args(self, default_plan: str) -> list[str]:
-        """The plan names the scripts check: tenant's, default, pool's ('' off a pool)."""
-        in_pool = self.keys.pool_state is not None
-        return codecs.plan_args(self.plan_name, default_plan, self.pool_plan_name, in_pool)
-
     def specs(self) -> list[str]:
         """Feature arguments, then the tenant's and the pool's limit specs."""
         return codecs.limit_specs(self.plan, self.pool_plan, self.keys.pool_state is not None)
@@ -189,14 +184,14 @@ class Router:
                 if start is None:  # not a settlement that may end at an old location
                     self.remember(self.locations, tenant_enc, location)
                 return reply, route
-            kind, value, for_record = corrected
-            if kind == "moved":
+            value, for_record = corrected.value, corrected.for_record
+            if corrected.kind == "moved":
                 location = value
                 # A hold's forwarding stub is followed only until the tenant itself is.
                 follow_stubs = "1" if for_record and follow_stubs == "1" else "0"
                 if not for_record:
                     self.remember(self.locations, tenant_enc, location)
-            elif kind == "plan":
+            elif corrected.kind == "plan":
                 plan = value
                 self.remember(self.tenant_plans, tenant_enc, plan)
             else:

@@ -41,6 +41,7 @@ from redis.backoff import ExponentialBackoff
 
 from tokenfence_asgi.errors import ConfigError, MissingExtra, StoreUnavailable
 from tokenfence_asgi.store._connection import FastPackConnection
+from tokenfence_asgi.store.compiled import COMPILED_SCRIPTS
 from tokenfence_asgi.store.pipeline import PIPELINED
 from tokenfence_asgi.store.scripts import SCRIPT_NAMES, decode, script_source
 
@@ -225,7 +226,11 @@ class Store:
         self.cluster = isinstance(client, RedisCluster)
         self._owned = owned
         self._timeout_s = timeout_s
-        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._scripts = {
+            name: client.register_script(script_source(name))
+            for name in SCRIPT_NAMES
+            if name not in COMPILED_SCRIPTS
+        }
         # fakeredis subclasses redis.asyncio.Redis but never loses a connection.
         fake = embedded or type(client).__module__.startswith("fakeredis")
         self.backoff: Backoff | None = None if fake or self.cluster else Backoff()
@@ -369,6 +374,11 @@ class Store:
             raise
         finally:
             gate.release()
+
+    def install(self, sources: dict[str, str]) -> None:
+        """Register scripts compiled for one fence (``store/compiled.py``) under their names."""
+        for name, source in sources.items():
+            self._scripts[name] = self.client.register_script(source)
 
     async def run(self, name: str, keys: list[str], args: list[str]) -> list[str]:
         """Run script ``name`` (EVALSHA, reloading on NOSCRIPT) and decode its flat reply.

@@ -1,35 +1,43 @@
 """One codec per Lua script: the KEYS and ARGV a call sends, and what its reply means.
 
-Each ``<script>_call`` returns ``(keys, args)`` in the order the script's header lists them
-(``store/lua/<script>.lua``); the decoders below read the replies back into values and errors.
-The client turns a reply into a flat list of ``str`` (``scripts.decode``); every reply starts
-with its kind; scripts that may raise alerts reply
-``{kind, number of alerts A, A alert strings, details...}`` (see ``split``).
+Each script's slots are declared once (``RESERVE``, ``COMMIT``, ...: a ``Codec`` naming its KEYS
+and ARGV in order) and a test checks them against the header of its ``store/lua/<script>.lua``,
+so a slot added on one side only fails a test instead of shifting every argument after it.
+Each ``<script>_call`` fills the slots by name and returns ``(keys, args)``; the decoders read
+the replies into typed values (``ReserveReply``, ``CommitReply``, ...), and ``store/replies.py``
+turns their parts into alerts, errors and statuses (re-exported here). The client turns a reply
+into a flat list of ``str`` (``scripts.decode``); every reply starts with its kind; scripts that
+may raise alerts reply ``{kind, number of alerts A, A alert strings, details...}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from dataclasses import dataclass
 
 from tokenfence_asgi._text import replace_control
-from tokenfence_asgi.config import Plan
-from tokenfence_asgi.errors import (
-    BudgetExceeded,
-    InvalidAmount,
-    Refused,
-    RequestLimitExceeded,
-    TooManyOpenHolds,
-)
-from tokenfence_asgi.money import MAX_CALL_NANOS, from_nanos
-from tokenfence_asgi.results import Alert, DailyUsage, TenantStatus, WindowStatus
-from tokenfence_asgi.store.keys import OWN, TenantKeys, decode_id
-from tokenfence_asgi.store.ledger import parse_days
+from tokenfence_asgi.errors import InvalidAmount
+from tokenfence_asgi.money import MAX_CALL_NANOS
+from tokenfence_asgi.store.keys import OWN, TenantKeys
+from tokenfence_asgi.store.replies import alerts, refusal, status_reply, usage_days
 from tokenfence_asgi.store.specs import NO_LIMITS, CompiledPlan
 
 __all__ = [
+    "ADMIN",
+    "APPROVAL",
+    "CODECS",
+    "COMMIT",
+    "MOVE",
+    "RELEASE",
+    "RESERVE",
+    "STATUS",
+    "USAGE",
     "Call",
+    "Codec",
+    "CommitReply",
+    "Correction",
+    "ReleaseReply",
+    "ReserveReply",
     "admin_other_call",
     "admin_tenant_call",
     "alerts",
@@ -37,7 +45,7 @@ __all__ = [
     "approval_state",
     "candidate_amounts",
     "commit_call",
-    "commit_charged",
+    "commit_reply",
     "correction",
     "label",
     "limit_specs",
@@ -46,14 +54,11 @@ __all__ = [
     "move_dump",
     "moved_to",
     "ping_call",
-    "plan_args",
     "refusal",
     "release_call",
-    "released",
+    "release_reply",
     "reserve_call",
-    "reserve_existing",
-    "reserve_held",
-    "reserve_shadow",
+    "reserve_reply",
     "split",
     "status_call",
     "status_reply",
@@ -79,11 +84,6 @@ def limit_specs(plan: CompiledPlan, pool_plan: CompiledPlan, in_pool: bool) -> l
     """Feature arguments, then the tenant's and the pool's limit specs."""
     pool = pool_plan.limit_args if in_pool else NO_LIMITS.limit_args
     return [*plan.feature_args, *plan.limit_args, *pool]
-
-
-def plan_args(plan: str, default_plan: str, pool_plan: str, in_pool: bool) -> list[str]:
-    """The plan names the scripts check: tenant's, default, pool's ('' off a pool)."""
-    return [plan, default_plan, pool_plan if in_pool else ""]
 
 
 def candidate_amounts(candidates: Sequence[tuple[str | None, int]]) -> list[str]:
@@ -116,6 +116,115 @@ def label(value: object, what: str) -> str:
     return text
 
 
+# -- slots: the KEYS and ARGV each script's header declares ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """The named slots of one script, as its ``.lua`` header lists them (a test checks).
+
+    ``keys`` and ``argv`` are slot names in order; a key name ending in ``?`` is present only
+    sometimes (the pool's state off a pool), an ARGV name ending in ``...`` takes the rest.
+    """
+
+    script: str
+    keys: tuple[str, ...]
+    argv: tuple[str, ...]
+
+    def args(self, tail: Sequence[str] = (), /, **values: str) -> list[str]:
+        """ARGV in slot order from one value per named slot (and the ``...`` slot's items)."""
+        names = self.argv[:-1] if self.argv[-1].endswith("...") else self.argv
+        if len(values) != len(names):
+            extra = sorted(set(values) - set(names))
+            missing = [name for name in names if name not in values]
+            raise TypeError(f"{self.script}: slots {missing} missing, {extra} not in the script")
+        out = [values[name] for name in names]
+        out.extend(tail)
+        return out
+
+
+_TENANT_KEYS = ("state", "record", "holds", "pool_state?")
+
+RESERVE = Codec(
+    "reserve",
+    _TENANT_KEYS,
+    (
+        "now_ms",
+        "plan",
+        "tenant",
+        "reservation",
+        "feature",
+        "pool",
+        "pool_plan",
+        "enforce",
+        "candidates...",
+    ),
+)
+COMMIT = Codec(
+    "commit",
+    _TENANT_KEYS,
+    (
+        "now_ms",
+        "tenant",
+        "reservation",
+        "cost",
+        "feature",
+        "input_tokens",
+        "output_tokens",
+        "pool",
+        "follow_stubs",
+        "plan",
+        "pool_plan",
+        "model",
+        "model_used",
+        "request_id",
+    ),
+)
+RELEASE = Codec(
+    "release",
+    _TENANT_KEYS,
+    (
+        "now_ms",
+        "tenant",
+        "reservation",
+        "record_ttl_s",
+        "reclaim",
+        "pool",
+        "follow_stubs",
+        "default_plan",
+        "usage_days",
+    ),
+)
+STATUS = Codec(
+    "status",
+    ("state", "holds", "pool_state?"),
+    (
+        "now_ms",
+        "default_plan",
+        "reclaim",
+        "record_ttl_s",
+        "pool",
+        "plan",
+        "pool_plan",
+        "specs...",
+    ),
+)
+ADMIN = Codec("admin", ("state",), ("op", "value", "target", "pool"))
+MOVE = Codec(
+    "move",
+    ("state", "holds", "pool_state?"),
+    ("step", "tenant", "other", "move_id", "here", "extra..."),
+)
+APPROVAL = Codec("approval", ("approval",), ("op", "operands..."))
+USAGE = Codec("usage", ("state", "days"), ("pool",))
+
+CODECS = {
+    codec.script: codec
+    for codec in (RESERVE, COMMIT, RELEASE, STATUS, ADMIN, MOVE, APPROVAL, USAGE)
+}
+"""Every script's codec by script name."""
+
+
 # -- calls: KEYS and ARGV of each script -------------------------------------------------------
 
 
@@ -124,43 +233,27 @@ def reserve_call(
     *,
     now: str,
     plan: str,
-    default_plan: str,
     tenant: str,
     reservation: str,
     feature: str,
-    hold_ms: str,
-    reclaim: str,
-    record_ttl: str,
     location: str,
     pool_plan: str,
     enforce: bool,
-    mode: str,
-    usage_days: str,
-    max_open_holds: str,
-    specs: Sequence[str],
     amounts: Sequence[str],
 ) -> Call:
-    """reserve.lua: hold the first candidate amount that fits (ids encoded)."""
-    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), [
-        now,
-        plan,
-        default_plan,
-        tenant,
-        reservation,
-        feature,
-        hold_ms,
-        reclaim,
-        record_ttl,
-        location_arg(location),
-        pool_plan if keys.pool_state else "",
-        "1" if enforce else "0",
-        mode,
-        usage_days,
-        max_open_holds,
-        *specs,
-        str(len(amounts)),
-        *amounts,
-    ]
+    """reserve.lua (compiled with the fence's plans): hold the first candidate amount that fits
+    (ids encoded)."""
+    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), RESERVE.args(
+        [str(len(amounts)), *amounts],
+        now_ms=now,
+        plan=plan,
+        tenant=tenant,
+        reservation=reservation,
+        feature=feature,
+        pool=location_arg(location),
+        pool_plan=pool_plan if keys.pool_state else "",
+        enforce="1" if enforce else "0",
+    )
 
 
 def commit_call(
@@ -170,44 +263,35 @@ def commit_call(
     tenant: str,
     reservation: str,
     cost_nanos: int,
-    record_ttl: str,
-    reclaim: str,
     feature: str,
     input_tokens: int,
     output_tokens: int,
     location: str,
     follow_stubs: str,
-    plans: Sequence[str],
+    plan: str,
+    pool_plan: str,
     model_requested: str,
     model_used: str,
     request_id: str,
-    ledger_maxlen: str,
-    ledger_retention: str,
-    usage_days: str,
-    specs: Sequence[str],
 ) -> Call:
-    """commit.lua: replace a hold with the actual cost (ids encoded; ``plans``: plan_args)."""
-    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), [
-        now,
-        tenant,
-        reservation,
-        str(cost_nanos),
-        record_ttl,
-        reclaim,
-        feature,
-        str(input_tokens),
-        str(output_tokens),
-        location_arg(location),
-        follow_stubs,
-        *plans,
-        model_requested,
-        model_used,
-        request_id,
-        ledger_maxlen,
-        ledger_retention,
-        usage_days,
-        *specs,
-    ]
+    """commit.lua (compiled with the fence's plans): replace a hold with the actual cost (ids
+    encoded)."""
+    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), COMMIT.args(
+        now_ms=now,
+        tenant=tenant,
+        reservation=reservation,
+        cost=str(cost_nanos),
+        feature=feature,
+        input_tokens=str(input_tokens),
+        output_tokens=str(output_tokens),
+        pool=location_arg(location),
+        follow_stubs=follow_stubs,
+        plan=plan,
+        pool_plan=pool_plan if keys.pool_state else "",
+        model=model_requested,
+        model_used=model_used,
+        request_id=request_id,
+    )
 
 
 def release_call(
@@ -224,17 +308,17 @@ def release_call(
     usage_days: str,
 ) -> Call:
     """release.lua: drop a hold without charging (ids encoded)."""
-    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), [
-        now,
-        tenant,
-        reservation,
-        record_ttl,
-        reclaim,
-        location_arg(location),
-        follow_stubs,
-        default_plan,
-        usage_days,
-    ]
+    return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), RELEASE.args(
+        now_ms=now,
+        tenant=tenant,
+        reservation=reservation,
+        record_ttl_s=record_ttl,
+        reclaim=reclaim,
+        pool=location_arg(location),
+        follow_stubs=follow_stubs,
+        default_plan=default_plan,
+        usage_days=usage_days,
+    )
 
 
 def status_call(
@@ -250,32 +334,40 @@ def status_call(
     specs: Sequence[str],
 ) -> Call:
     """status.lua: a tenant's plan, switches, holds and the counters of every window."""
-    return keys.with_pool([keys.state, keys.holds]), [
-        now,
-        default_plan,
-        reclaim,
-        record_ttl,
-        location_arg(location),
-        plan,
-        pool_plan if keys.pool_state else "",
-        *specs,
-    ]
+    return keys.with_pool([keys.state, keys.holds]), STATUS.args(
+        specs,
+        now_ms=now,
+        default_plan=default_plan,
+        reclaim=reclaim,
+        record_ttl_s=record_ttl,
+        pool=location_arg(location),
+        plan=plan,
+        pool_plan=pool_plan if keys.pool_state else "",
+    )
 
 
 def ping_call(keys: TenantKeys, *, now: str, default_plan: str) -> Call:
     """status.lua on a key no tenant has: the readiness probe."""
-    args = [now, default_plan, "1", "1", "", default_plan, "", "0", "0", "0"]
-    return [keys.state, keys.holds], args
+    return [keys.state, keys.holds], STATUS.args(
+        ["0", "0", "0"],
+        now_ms=now,
+        default_plan=default_plan,
+        reclaim="1",
+        record_ttl_s="1",
+        pool="",
+        plan=default_plan,
+        pool_plan="",
+    )
 
 
 def admin_tenant_call(keys: TenantKeys, op: str, arg: str, location: str) -> Call:
     """admin.lua on a tenant's state where it lives (``set_plan``, ``kill``, ``revive``)."""
-    return [keys.state], [op, arg, "tenant", location_arg(location)]
+    return [keys.state], ADMIN.args(op=op, value=arg, target="tenant", pool=location_arg(location))
 
 
 def admin_other_call(key: str, op: str, arg: str) -> Call:
     """admin.lua on a pool's state or the global switches."""
-    return [key], [op, arg, "other", ""]
+    return [key], ADMIN.args(op=op, value=arg, target="other", pool="")
 
 
 def move_call(
@@ -288,17 +380,19 @@ def move_call(
     extra: Sequence[str] = (),
 ) -> Call:
     """move.lua: one step (begin, out, in, point, drop, end) of a move between locations."""
-    return keys.with_pool([keys.state, keys.holds]), [step, tenant, other, move_id, here, *extra]
+    return keys.with_pool([keys.state, keys.holds]), MOVE.args(
+        extra, step=step, tenant=tenant, other=other, move_id=move_id, here=here
+    )
 
 
 def approval_call(key: str, op: str, *args: str) -> Call:
     """approval.lua: ``create`` (action, ttl s), ``consume`` (action) or ``decide`` (state)."""
-    return [key], [op, *args]
+    return [key], APPROVAL.args(args, op=op)
 
 
 def usage_call(keys: TenantKeys, location: str) -> Call:
     """usage.lua: a tenant's daily usage hash where it lives."""
-    return [keys.state, keys.base + "d"], [location_arg(location)]
+    return [keys.state, keys.base + "d"], USAGE.args(pool=location_arg(location))
 
 
 # -- replies -------------------------------------------------------------------------------------
@@ -310,207 +404,97 @@ def split(reply: list[str]) -> tuple[str, list[str], list[str]]:
     return reply[0], reply[2 : 2 + count], reply[2 + count :]
 
 
-def correction(reply: list[str]) -> tuple[str, str, bool] | None:
-    """A reply that sends the caller elsewhere as (kind, value, for a record), else None.
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A reply that sends the caller elsewhere: ``moved`` (``value``: where the tenant, or for
+    a record a hold's forwarding stub, lives now) or ``plan`` / ``pool_plan`` (``value``: the
+    stored plan the caller should have assumed)."""
 
-    ``moved``: where the tenant (or, for a record, a hold's forwarding stub) lives now;
-    ``plan`` / ``pool_plan``: the stored plan the caller should have assumed.
-    """
+    kind: str
+    value: str
+    for_record: bool
+
+
+def correction(reply: list[str]) -> Correction | None:
+    """The correction a reply asks for, else None."""
     kind = reply[0]
     if kind not in ("moved", "plan", "pool_plan"):
         return None
-    return kind, reply[2], reply[3:4] == ["record"]
+    return Correction(kind, reply[2], reply[3:4] == ["record"])
 
 
-def _utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+@dataclass(frozen=True, slots=True)
+class ReserveReply:
+    """A reserve reply. ``kind``: ``ok`` (held), ``killed`` (``scope``: tenant or feature),
+    ``duplicate`` (the id was settled), or a refusal (``requests``, ``holds``, ``budget``:
+    ``refusal`` holds its details, kind first). An ``ok`` reply has the candidate ``index``
+    (from 0), ``amount_nanos``, the lease's ``expires_ms``, whether it repeats a hold made with
+    the same id (``existing``), and in shadow mode the refusal it would have been (``refusal``).
+    """
+
+    kind: str
+    alerts: list[str]
+    index: int = -1
+    amount_nanos: int = 0
+    expires_ms: int = 0
+    existing: bool = False
+    refusal: list[str] | None = None
+    scope: str = ""
 
 
-def alerts(
-    raw: list[str],
-    *,
-    tenant: str,
-    feature: str | None,
-    pool: str | None,
-    reservation_id: str,
-    repeated: bool = False,
-) -> list[Alert]:
-    """The alert strings of a reply (``scope|window|metric|threshold|used|limit``)."""
-    out = []
-    for item in raw:
-        scope, window, metric, threshold, used, limit = item.split("|")
-        money = metric == "cost"
-        out.append(
-            Alert(
-                tenant_id=tenant,
-                feature=feature,
-                scope=scope,
-                pool=pool,
-                window=window,
-                metric=metric,
-                threshold=int(threshold),
-                used=from_nanos(int(used)) if money else Decimal(used),
-                limit=from_nanos(int(limit)) if money else Decimal(limit),
-                reservation_id=reservation_id,
-                repeated=repeated,
-            )
+def reserve_reply(reply: list[str]) -> ReserveReply:
+    """Decode a reserve reply (see reserve.lua)."""
+    kind, raw_alerts, details = split(reply)
+    if kind == "ok":
+        return ReserveReply(
+            kind,
+            raw_alerts,
+            index=int(details[0]) - 1,
+            amount_nanos=int(details[1]),
+            expires_ms=int(details[2]),
+            existing=details[3] == "existing",
+            refusal=details[4:] if len(details) > 4 else None,
         )
-    return out
+    if kind in ("killed", "duplicate"):
+        return ReserveReply(kind, raw_alerts, scope=details[0])
+    return ReserveReply(kind, raw_alerts, refusal=[kind, *details])
 
 
-def reserve_existing(details: list[str]) -> bool:
-    """Whether an ``ok`` reserve reply repeats a hold already made with the same id."""
-    return details[3] == "existing"
+@dataclass(frozen=True, slots=True)
+class CommitReply:
+    """A commit reply: ``charged_nanos`` (for a duplicate, what the first commit charged),
+    ``late`` (the hold had run out or was unknown), ``released_nanos`` (the hold dropped)."""
+
+    duplicate: bool
+    alerts: list[str]
+    charged_nanos: int
+    late: bool
+    released_nanos: int
 
 
-def reserve_held(details: list[str]) -> tuple[int, int, int]:
-    """An ``ok`` reserve reply as (candidate index from 0, amount nanos, lease expiry ms)."""
-    return int(details[0]) - 1, int(details[1]), int(details[2])
-
-
-def reserve_shadow(details: list[str]) -> list[str] | None:
-    """The refusal details a shadow-mode ``ok`` reserve reply carries, if any."""
-    return details[4:] if len(details) > 4 else None
-
-
-def refusal(
-    details: list[str],
-    *,
-    tenant: str,
-    feature: str | None,
-    plan: Plan,
-    pool_plan: Plan,
-    pool: str | None,
-    hold_ttl_s: float,
-) -> Refused:
-    """A refusal (kind first, then its details) as the error it raises."""
-    kind, scope, window = details[0], details[1], details[2]
-    upgrade_url = (pool_plan if scope == "pool" else plan).upgrade_url
-    if kind == "holds":
-        return TooManyOpenHolds(
-            tenant_id=tenant,
-            feature=feature,
-            open_holds=int(details[3]),
-            max_open_holds=int(details[4]),
-            resets_at=datetime.fromtimestamp(int(details[5]) / 1000, UTC),
-            upgrade_url=upgrade_url,
-        )
-    if kind == "requests":
-        return RequestLimitExceeded(
-            tenant_id=tenant,
-            feature=feature,
-            window=window,
-            requests=int(details[3]),
-            max_requests=int(details[4]),
-            resets_at=_utc(int(details[5])),
-            upgrade_url=upgrade_url,
-            scope=scope,
-            pool=pool,
-        )
-    used, held, limit, resets, amount, carried, reason = details[3:10]
-    return BudgetExceeded(
-        tenant_id=tenant,
-        feature=feature,
-        window=window,
-        total_cost=from_nanos(int(used)),
-        held=from_nanos(int(held)),
-        max_cost=from_nanos(int(limit)),
-        resets_at=_utc(int(resets)),
-        requested=from_nanos(int(amount)),
-        upgrade_url=upgrade_url,
-        scope=scope,
-        pool=pool,
-        reason=reason,
-        carried=from_nanos(int(carried)),
-        hold_ttl_s=hold_ttl_s,
-    )
-
-
-def commit_charged(kind: str, details: list[str]) -> tuple[int, bool]:
-    """A commit reply as (nanos charged, late); a duplicate gives what the first one charged."""
+def commit_reply(reply: list[str]) -> CommitReply:
+    """Decode a committed or duplicate commit reply (see commit.lua)."""
+    kind, raw_alerts, details = split(reply)
     if kind == "duplicate":
-        return int(details[1]), False
-    return int(details[0]), details[1] == "late"
+        return CommitReply(True, raw_alerts, int(details[1]), False, 0)
+    return CommitReply(False, raw_alerts, int(details[0]), details[1] == "late", int(details[2]))
 
 
-def released(reply: list[str]) -> bool:
-    """Whether a release reply dropped a hold (else the id was settled or unknown)."""
-    return reply[0] == "released"
+@dataclass(frozen=True, slots=True)
+class ReleaseReply:
+    """A release reply: whether it dropped a hold (else the id was settled or unknown), the
+    amount dropped, and the state of an id it did not drop."""
+
+    released: bool
+    amount_nanos: int
+    state: str
 
 
-def _windows(
-    plan: Plan, values: list[str], held: int, scope: str, features: list[str]
-) -> tuple[tuple[WindowStatus, ...], list[str]]:
-    windows = []
-    for limit in plan.limits:
-        used, requests, carried, resets = (int(x) for x in values[:4])
-        per_feature = values[4 : 4 + len(features)]
-        values = values[4 + len(features) :]
-        effective = None
-        if limit.max_cost_nanos is not None:
-            effective = limit.max_cost_nanos + carried
-        windows.append(
-            WindowStatus(
-                window=limit.window,
-                kind=limit.kind,
-                used=from_nanos(used),
-                held=from_nanos(held),
-                limit=None if effective is None else from_nanos(effective),
-                remaining=(
-                    None if effective is None else from_nanos(max(0, effective - used - held))
-                ),
-                carried=from_nanos(carried),
-                requests=requests,
-                max_requests=limit.max_requests,
-                resets_at=_utc(resets),
-                scope=scope,
-                features={
-                    name: from_nanos(int(v))
-                    for name, v in zip(features, per_feature, strict=True)
-                    if v != "-"
-                },
-            )
-        )
-    return tuple(windows), values
-
-
-def status_reply(
-    reply: list[str],
-    *,
-    tenant: str,
-    plan: CompiledPlan,
-    pool_plan: CompiledPlan,
-    in_pool: bool,
-    pool: str | None,
-    killed_globally: bool,
-) -> TenantStatus:
-    """A status reply as the tenant's ``TenantStatus``."""
-    held, pool_held = int(reply[5]), int(reply[9])
-    names = [name for name, _ in plan.feature_ppm]
-    rest = reply[10:]
-    windows, rest = _windows(plan.plan, rest, held, "tenant", names)
-    pool_windows: tuple[WindowStatus, ...] = ()
-    if in_pool:
-        pool_windows, rest = _windows(pool_plan.plan, rest, pool_held, "pool", [])
-    return TenantStatus(
-        tenant_id=tenant,
-        plan=reply[3],
-        killed=reply[4] == "1" or killed_globally,
-        killed_features=tuple(decode_id(f) for f in reply[7].split(",") if f),
-        held=from_nanos(held),
-        open_holds=int(reply[6]),
-        windows=windows,
-        pool=pool,
-        pool_plan=(reply[8] or None) if in_pool else None,
-        pool_windows=pool_windows,
-    )
-
-
-def usage_days(
-    reply: list[str], tenant: str, pool: str | None, first: int, last: int
-) -> list[DailyUsage]:
-    """A usage reply's days ``first..last`` (day numbers, inclusive), sorted."""
-    return parse_days(reply[3:], tenant, pool, first, last)
+def release_reply(reply: list[str]) -> ReleaseReply:
+    """Decode a released or noop release reply (see release.lua)."""
+    if reply[0] == "released":
+        return ReleaseReply(True, int(reply[2]), "")
+    return ReleaseReply(False, 0, reply[2])
 
 
 def approval_state(reply: list[str]) -> str | None:

@@ -1,11 +1,11 @@
 -- ADMIN: operator changes to one state hash: a tenant's (where it lives now), a pool's, or the
 -- global switches.
 --
--- KEYS[1]: tenant state TB.."s", pool state TAG.."pool:s", or the global switch hash
--- ARGV[1]: operation: 'set_plan' | 'kill' | 'revive'
--- ARGV[2]: plan name (set_plan), or the switch field: 'k' or 'k:'..encoded feature
--- ARGV[3]: 'tenant' (check the tenant lives here), or 'other'
--- ARGV[4]: pool the caller assumed for the tenant (encoded) or ''
+-- KEYS[1] state: tenant state TB.."s", pool state TAG.."pool:s", or the global switch hash
+-- ARGV[1] op: 'set_plan' | 'kill' | 'revive'
+-- ARGV[2] value: plan name (set_plan), or the switch field: 'k' or 'k:'..encoded feature
+-- ARGV[3] target: 'tenant' (check the tenant lives here), or 'other'
+-- ARGV[4] pool: the pool the caller assumed for the tenant (encoded) or ''
 --
 -- Reply: {'done', 0, previous value or ''} | {'moved', 0, where the tenant lives now}
 local key, op, arg = KEYS[1], ARGV[1], ARGV[2]

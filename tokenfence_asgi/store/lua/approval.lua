@@ -1,10 +1,10 @@
 -- APPROVAL: a pending tool-call approval, decided by an operator and used at most once.
 --
--- KEYS[1]: the approval hash "<prefix>:{t.<tenant>}:ap:<id>" (fields: action, state)
--- ARGV[1]: operation: 'create' | 'decide' | 'consume'
--- create:  ARGV[2] action name, ARGV[3] ttl in seconds
--- decide:  ARGV[2] 'approved' | 'denied' (only a pending approval can be decided)
--- consume: ARGV[2] action name; an approved approval for that action is deleted (single use)
+-- KEYS[1] approval: the approval hash "<prefix>:{t.<tenant>}:ap:<id>" (fields action, state)
+-- ARGV[1] op: 'create' | 'decide' | 'consume'
+-- ARGV[2] operands...: create: action name, ttl in seconds; decide: 'approved' | 'denied'
+--         (only a pending approval can be decided); consume: action name (an approved
+--         approval for that action is deleted: single use)
 --
 -- Replies: {'done', 0, previous state} | {'missing', 0} | {'wrong_action', 0, action}
 local key, op = KEYS[1], ARGV[1]

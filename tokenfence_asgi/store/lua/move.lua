@@ -7,13 +7,16 @@
 -- running it again. Spend already charged to a pool's own limits stays with that pool. The
 -- tenant's daily usage moves with it; its ledger entries stay in the stream they were written to.
 --
--- KEYS[1]: tenant state at this tag TB.."s"   KEYS[2]: holds of this tag TAG.."h"
--- KEYS[3]: pool state TAG.."pool:s" (when this tag is a pool's)
--- ARGV[1]: step 'begin' | 'out' | 'in' | 'point' | 'drop' | 'end'
--- ARGV[2]: tenant (encoded)   ARGV[3]: the other end: '-' (own tag) or a pool (encoded)
--- ARGV[4]: move id            ARGV[5]: this tag's pool (encoded), or '-' for the own tag
--- 'in' only, from ARGV[6]: the dump 'out' returned (after its first two items)
--- 'drop' only, ARGV[6]: ttl of the forwarding stubs left for moved holds, integer seconds
+-- KEYS[1] state: tenant state at this tag TB.."s"
+-- KEYS[2] holds: holds of this tag TAG.."h"
+-- KEYS[3] pool_state?: pool state TAG.."pool:s" (when this tag is a pool's)
+-- ARGV[1] step: 'begin' | 'out' | 'in' | 'point' | 'drop' | 'end'
+-- ARGV[2] tenant: tenant id (encoded)
+-- ARGV[3] other: the other end: '-' (own tag) or a pool (encoded)
+-- ARGV[4] move_id: the move's id
+-- ARGV[5] here: this tag's pool (encoded), or '-' for the own tag
+-- ARGV[6] extra...: 'in': the dump 'out' returned (after its first two items); 'drop': ttl of
+--         the forwarding stubs left for moved holds, integer seconds; else nothing
 --
 -- Replies: {'dump', 0, ...} from 'out'; {'done', 0} ; {'moved', 0, where the tenant lives}
 local state, holds, pool_state = KEYS[1], KEYS[2], KEYS[3]
@@ -54,12 +57,15 @@ if step == 'end' then
 end
 
 if step == 'out' then
-  local meta = redis.call('HMGET', state, 'loc', 'mv', 'pool')
+  local meta = redis.call('HMGET', state, 'loc', 'mv', 'pool', 'sv', 't')
   if meta[1] and meta[2] ~= move_id then
     return { 'moved', 0, meta[1] }
   end
   if here ~= '-' and not meta[1] and meta[3] ~= here then
     return { 'moved', 0, '-' }
+  end
+  if not meta[4] and meta[5] then
+    migrate(state, tb) -- a dump in this layout only
   end
   redis.call('HSET', state, 'loc', other, 'mv', move_id)
   local reply = { 'dump', 0 }
@@ -151,8 +157,12 @@ end
 if step ~= 'in' then
   return redis.error_reply('tokenfence: unknown move step ' .. tostring(step))
 end
-if redis.call('HGET', state, 'mv_in') == move_id then
+local dest = redis.call('HMGET', state, 'mv_in', 'sv', 't')
+if dest[1] == move_id then
   return { 'done', 0 }
+end
+if not dest[2] and dest[3] then
+  migrate(state, tb)
 end
 
 -- Parse the dump: each section is a count followed by its items.
@@ -200,7 +210,7 @@ local function put(field, value)
   out[#out + 1] = value
 end
 local function counter(field)
-  local window, suffix = string.match(field, '^(.-):([pcqrab])$')
+  local window, suffix = string.match(field, '^(.-):([pecqrabs])$')
   if window and SIZES[window] then
     return window, suffix
   end
@@ -208,12 +218,15 @@ local function counter(field)
 end
 for field, value in pairs(fields) do
   local window, suffix = counter(field)
-  local feature_window = string.match(field, '^(.-):f:')
+  local feature_window = string.match(field, '^(.-):g:')
   if window and suffix == 'p' then
     local mine, theirs = num(current[field]), num(value)
     if theirs > mine then
       for _, suffix in ipairs({ ':p', ':c', ':r', ':q', ':a', ':b' }) do
         put(window .. suffix, fields[window .. suffix] or '0')
+      end
+      if fields[window .. ':e'] then
+        put(window .. ':e', fields[window .. ':e'])
       end
     elseif theirs == mine then
       for _, suffix in ipairs({ ':c', ':r' }) do
@@ -232,15 +245,14 @@ for field, value in pairs(fields) do
       end
     end
   elseif window then
-    -- the period's other counters were merged with its ':p' field
+    -- the period's other counters were merged with its ':p' field; share sums are recomputed
   elseif feature_window and SIZES[feature_window] then
-    local tp, tc = string.match(value, '^(%d+):(%d+)$')
-    local mp, mc = string.match(current[field] or '0:0', '^(%d+):(%d+)$')
-    tp, tc, mp, mc = tonumber(tp), tonumber(tc), tonumber(mp), tonumber(mc)
+    -- a feature's cost this period: the newer period wins, the same one adds up
+    local mp, tp = num(current[feature_window .. ':p']), num(fields[feature_window .. ':p'])
     if tp > mp then
       put(field, value)
     elseif tp == mp then
-      put(field, fmt(tp) .. ':' .. fmt(tc + mc))
+      put(field, fmt(num(current[field]) + num(value)))
     end
   elseif field == 'held' or field == 'nh' or string.sub(field, 1, 3) == 'hf:' then
     put(field, fmt(num(current[field]) + num(value)))
@@ -284,6 +296,8 @@ for _, r in ipairs(records) do
   end
 end
 put('mv_in', move_id)
+put('rv', '') -- held and feature costs were merged: the share sums are recomputed
+put('sv', '2')
 if here ~= '-' then
   put('pool', here)
 end
@@ -324,7 +338,21 @@ if #dargs > 0 then
   end
 end
 
--- Sliding windows: bucket by bucket.
+-- Sliding windows: bucket by bucket; the current bucket of either side becomes a bucket field.
+local function buckets_of(map)
+  local out, totals = {}, { c = 0, r = 0 }
+  for field, value in pairs(map) do
+    if string.match(field, '^-?%d+$') then
+      local c, r = string.match(value, '^(%d+),(%d+)$')
+      out[field] = { tonumber(c), tonumber(r) }
+    end
+  end
+  if map.ci then
+    local b = out[map.ci] or { 0, 0 }
+    out[map.ci] = { b[1] + num(map.cc), b[2] + num(map.cr) }
+  end
+  return out
+end
 for window, map in pairs(sliding) do
   local key = tb .. 'w:' .. window
   local mine = {}
@@ -332,32 +360,30 @@ for window, map in pairs(sliding) do
   for k = 1, #mflat, 2 do
     mine[mflat[k]] = mflat[k + 1]
   end
-  local args = {}
-  for field, value in pairs(map) do
-    if field == 'c' or field == 'r' then
+  local args = { 'c', fmt(num(mine.c) + num(map.c)), 'r', fmt(num(mine.r) + num(map.r)) }
+  if map.o or mine.o then
+    args[#args + 1] = 'o'
+    args[#args + 1] = fmt(math.min(num(mine.o or map.o), num(map.o or mine.o)))
+  end
+  for _, field in ipairs({ 'A', 'B' }) do
+    -- alert marks: the higher level wins, so none is reported twice
+    if map[field] and math.floor(num(map[field]) / MARK)
+      > math.floor(num(mine[field]) / MARK) then
       args[#args + 1] = field
-      args[#args + 1] = fmt(num(mine[field]) + num(value))
-    elseif field == 'o' then
-      args[#args + 1] = field
-      args[#args + 1] = fmt(math.min(num(mine[field] or value), num(value)))
-    elseif field == 'a' or field == 'b' then
-      -- alert marks "<level>@<bucket>": the higher level wins, so none is reported twice
-      local level = tonumber(string.match(value, '^(%d+)@')) or 0
-      local held_level = tonumber(string.match(mine[field] or '0@0', '^(%d+)@')) or 0
-      if level > held_level then
-        args[#args + 1] = field
-        args[#args + 1] = value
-      end
-    else
-      local tc, tr = string.match(value, '^(%d+),(%d+)$')
-      local mc, mr = string.match(mine[field] or '0,0', '^(%d+),(%d+)$')
-      args[#args + 1] = field
-      args[#args + 1] = fmt(tonumber(tc) + tonumber(mc)) .. ',' .. fmt(tonumber(tr) + tonumber(mr))
+      args[#args + 1] = map[field]
     end
   end
-  if #args > 0 then
-    redis.call('HSET', key, unpack(args))
-    redis.call('PEXPIRE', key, fmt(SIZES[window] * 1000 + 60000))
+  local merged = buckets_of(mine)
+  for field, b in pairs(buckets_of(map)) do
+    local m = merged[field] or { 0, 0 }
+    merged[field] = { m[1] + b[1], m[2] + b[2] }
   end
+  for field, b in pairs(merged) do
+    args[#args + 1] = field
+    args[#args + 1] = fmt(b[1]) .. ',' .. fmt(b[2])
+  end
+  redis.call('HDEL', key, 'ci', 'cc', 'cr')
+  redis.call('HSET', key, unpack(args))
+  redis.call('PEXPIRE', key, fmt(SIZES[window] * 1000 + 60000))
 end
 return { 'done', 0 }

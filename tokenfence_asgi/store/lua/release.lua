@@ -1,14 +1,19 @@
 -- RELEASE: drop a hold without charging (the call failed before costing anything).
 -- Idempotent, and a no-op for an id already committed, released or reclaimed.
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
--- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
--- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: tenant (encoded)           ARGV[3]: reservation id (encoded)
--- ARGV[4]: record ttl after settling, integer seconds
--- ARGV[5]: reclaim budget             ARGV[6]: pool the caller assumed (encoded) or ''
--- ARGV[7]: '1' to follow a forwarding stub of a moved hold, '0' not to
--- ARGV[8]: default plan               ARGV[9]: days of daily usage kept
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] record: reservation record TB.."r:"..id
+-- KEYS[3] holds: holds of the tag TAG.."h"
+-- KEYS[4] pool_state?: pool state TAG.."pool:s" (pool members only)
+-- ARGV[1] now_ms: integer ms since the epoch, or '' to use the server's TIME
+-- ARGV[2] tenant: tenant id (encoded)
+-- ARGV[3] reservation: reservation id (encoded)
+-- ARGV[4] record_ttl_s: record ttl after settling, integer seconds
+-- ARGV[5] reclaim: most expired holds reclaimed by this call
+-- ARGV[6] pool: the pool the caller assumed (encoded) or ''
+-- ARGV[7] follow_stubs: '1' to follow a forwarding stub of a moved hold, '0' not to
+-- ARGV[8] default_plan: the plan of a tenant without one
+-- ARGV[9] usage_days: days of daily usage kept
 -- A release charges nothing and writes no ledger entry; it is counted in the daily usage.
 --
 -- Replies: {'released', 0, amount} | {'noop', 0, state or 'unknown'} | {'moved', 0, where}
@@ -27,7 +32,7 @@ if elsewhere then
   return { 'moved', 0, elsewhere, 'tenant' }
 end
 local now = clock_ms(ARGV[1], meta[1])
-reclaim(tag, now, tonumber(ARGV[5]), ARGV[4], pool_state ~= nil)
+reclaim(tag, now, ARGV[5], ARGV[4], pool_state ~= nil, ARGV[2])
 
 v = redis.call('HMGET', record, 'a', 's', 'f', 'fl')
 if v[2] ~= 'h' then

@@ -1,28 +1,33 @@
 -- RESERVE: check every limit of the tenant's plan (and of its pool), the kill switches and the
 -- feature shares, and hold the first candidate amount that fits. Decides first, then writes: a
--- refused call changes nothing but housekeeping (reclaimed holds, dropped sliding buckets, the
--- 100% alert mark) and the refusal count of the tenant's daily usage.
--- A tenant's open holds are bounded (ARGV[15], after expired ones are reclaimed): every hold is
+-- refused call changes nothing but housekeeping (reclaimed holds, dropped sliding buckets, a
+-- period that started, the 100% alert mark) and the refusal count of the tenant's daily usage.
+-- The plans are compiled into the script (tokenfence_asgi/store/compiled.py): plan_named()
+-- gives a plan's limits, feature_ppm() and plan_features() its feature weights, and the fence's
+-- settings are constants (HOLD_MS, RECLAIM, RECORD_TTL, USAGE_DAYS, MAX_OPEN, DEFAULT_PLAN), so
+-- a call sends only ids, the feature, the plans it assumed and the amounts.
+-- A tenant's open holds are bounded (MAX_OPEN, after expired ones are reclaimed): every hold is
 -- a record and a member of the tag's holds, and a $0 hold is limited by no budget, so without
 -- the bound one tenant could grow the store without end. It holds in shadow mode too.
 -- The alerts an admitted call raised are kept in its record (field 'ra') and reported again by
 -- a repeat of the call (same id), which a client sends when the first reply was lost.
+-- Feature shares cost the same whatever the number of features: each calendar cost limit keeps
+-- the sum of the features' unused guarantees (':s'), moved by this feature's part only; the
+-- sums are recomputed from every feature when the plan version or the period changed.
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: reservation record TB.."r:"..id
--- KEYS[3]: holds of the tag TAG.."h" KEYS[4]: pool state TAG.."pool:s" (pool members only)
--- ARGV[1]: now, integer ms since the epoch, or '' to use the server's TIME
--- ARGV[2]: plan the caller assumed      ARGV[3]: default plan, for a tenant without one
--- ARGV[4]: tenant (encoded)             ARGV[5]: reservation id (encoded)
--- ARGV[6]: feature (encoded) or ''      ARGV[7]: hold lease, integer ms
--- ARGV[8]: reclaim budget (max expired holds reclaimed by this call)
--- ARGV[9]: record ttl after settling, integer seconds
--- ARGV[10]: pool the caller assumed (encoded) or ''   ARGV[11]: its plan or ''
--- ARGV[12]: '1' enforce, '0' shadow mode (decide and record, never refuse)
--- ARGV[13]: feature mode 'share' | 'cap' | ''   ARGV[14]: days of daily usage kept
--- ARGV[15]: most open holds the tenant may have, or '' for no bound
--- ARGV[16]: features: count, (name, weight ppm) pairs
--- then the tenant's limit specs, the pool's limit specs (see read_specs), and the candidates:
--- a count, then amounts in integer nano-dollars, in order of preference.
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] record: reservation record TB.."r:"..id
+-- KEYS[3] holds: holds of the tag TAG.."h"
+-- KEYS[4] pool_state?: pool state TAG.."pool:s" (pool members only)
+-- ARGV[1] now_ms: integer ms since the epoch, or '' to use the server's TIME
+-- ARGV[2] plan: the tenant's plan the caller assumed
+-- ARGV[3] tenant: tenant id (encoded)
+-- ARGV[4] reservation: reservation id (encoded)
+-- ARGV[5] feature: feature (encoded) or ''
+-- ARGV[6] pool: the pool the caller assumed (encoded) or ''
+-- ARGV[7] pool_plan: the pool's plan the caller assumed, or ''
+-- ARGV[8] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse)
+-- ARGV[9] candidates...: a count, then amounts in integer nano-dollars, in order of preference
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
 --   ok:        candidate index (1-based), amount, lease expiry ms, 'new' | 'existing',
@@ -37,36 +42,83 @@
 --   budget:    scope, window, used, held, effective limit, resets s, amount, carried, reason
 --              (reason: 'limit' | 'share' | 'cap')
 local state, record, holds, pool_state = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local tag = string.sub(holds, 1, -2)
-local tb = string.sub(state, 1, -2)
-local feature = ARGV[6]
+local tenant, feature = ARGV[3], ARGV[5]
+local pooled = pool_state ~= nil
+local P = plan_named(ARGV[2]) or plan_named(DEFAULT_PLAN)
+local limits = P.limits
+local ppm = nil -- the feature's weight when the plan lists it
+if feature ~= '' and P.nf > 0 then
+  ppm = feature_ppm(P.name, feature)
+end
+local hf_field = ppm and 'hf:' .. feature or 'hf:'
 
-local meta = redis.call('HMGET', state, 't', 'plan', 'k', 'k:' .. feature, 'loc', 'pool')
-local elsewhere = moved(meta[5], meta[6], ARGV[10])
+-- One read of the tenant's state: meta (t, plan, k, loc, pool, sv, held, nh, rv, lt), every
+-- calendar limit's counters and share sum (the compiled list), this feature's kill switch,
+-- held amount and cost in each calendar cost limit.
+local fields = P.fields
+local n_fields = #fields
+fields[n_fields + 1] = 'k:' .. feature
+fields[n_fields + 2] = hf_field
+if ppm then
+  for _, L in ipairs(limits) do
+    if L.is > 0 then
+      L.fgf = L.fg .. feature
+      fields[#fields + 1] = L.fgf
+      L.ig = #fields
+    end
+  end
+end
+local v = redis.call('HMGET', state, unpack(fields))
+local elsewhere = moved(v[4], v[5], ARGV[6])
 if elsewhere then
   return { 'moved', 0, elsewhere }
 end
-local now = clock_ms(ARGV[1], meta[1])
+local now = clock_ms(ARGV[1], v[1])
 local now_s = math.floor(now / 1000)
-local retry = plans_differ(meta[2], ARGV[3], ARGV[2], pool_state, ARGV[11])
+
+-- The pool's state: its plan, held total and calendar counters.
+local PP, pv, pool_fields
+if pooled then
+  PP = plan_named(ARGV[7]) or plan_named(DEFAULT_PLAN)
+  if ARGV[7] == '' then
+    PP = { limits = {} }
+  end
+  pool_fields = PP.pfields or { 'plan', 'held', 'sv' }
+  pv = redis.call('HMGET', pool_state, unpack(pool_fields))
+end
+local retry = plans_differ(v[2], DEFAULT_PLAN, ARGV[2], pooled, pooled and pv[1], ARGV[7])
 if retry then
   return retry
 end
-local pooled = pool_state ~= nil
-if meta[3] then
+if v[3] then
   return { 'killed', 0, 'tenant' }
 end
-if feature ~= '' and meta[4] then
+if feature ~= '' and v[n_fields + 1] then
   return { 'killed', 0, 'feature' }
 end
 
-local done_ttl = ARGV[9]
-reclaim(tag, now, tonumber(ARGV[8]), done_ttl, pooled)
+local tag = string.sub(holds, 1, -2)
+local tb = string.sub(state, 1, -2)
+local migrated = false
+if not v[6] and v[1] then
+  migrate(state, tb) -- written by the previous layout: converted once
+  migrated = true
+end
+if pooled and not pv[3] and pv[2] then
+  migrate(pool_state, tag .. 'pool:')
+  pv = redis.call('HMGET', pool_state, unpack(pool_fields))
+end
+if reclaim(tag, now, RECLAIM, RECORD_TTL, pooled, tenant) or migrated then
+  v = redis.call('HMGET', state, unpack(fields))
+  if pooled then
+    pv = redis.call('HMGET', pool_state, unpack(pool_fields))
+  end
+end
 
 -- A retried reserve with the same id gets the same hold, never a second one, and the alerts
 -- the first call raised (its reply may have been lost).
-local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i', 'ra')
-if existing[1] then
+if redis.call('EXISTS', record) == 1 then
+  local existing = redis.call('HMGET', record, 's', 'a', 'e', 'i', 'ra')
   if existing[1] == 'h' then
     local reply = { 'ok', 0 }
     if existing[5] then
@@ -83,16 +135,13 @@ if existing[1] then
   return { 'duplicate', 0, existing[1] }
 end
 
-local hf_field = 'hf:' .. feature
-local hv = redis.call('HMGET', state, 'held', hf_field, 'nh')
-local held, held_f, open = num(hv[1]), num(hv[2]), num(hv[3])
-local max_open = tonumber(ARGV[15])
-if max_open and open >= max_open then
+local held, open, held_f = num(v[7]), num(v[8]), num(v[n_fields + 2])
+if MAX_OPEN and open >= MAX_OPEN then
   -- Expired holds were reclaimed above (up to the reclaim budget, so every call at the bound
   -- frees places while any are left). The refusal says when the earliest of the tenant's holds
   -- expires (the tag's first 16 holds are looked at, bounded work; else one lease from now).
-  local prefix = ARGV[4] .. '/'
-  local first = now + tonumber(ARGV[7])
+  local prefix = tenant .. '/'
+  local first = now + HOLD_MS
   local members = redis.call('ZRANGE', holds, '0', '15', 'WITHSCORES')
   for k = 1, #members, 2 do
     if string.sub(members[k], 1, #prefix) == prefix then
@@ -100,97 +149,91 @@ if max_open and open >= max_open then
       break
     end
   end
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, '', meta[2] or ARGV[3], tonumber(ARGV[14]))
-  return { 'holds', 0, 'tenant', 'open_holds', fmt(open), fmt(max_open), fmt(first) }
+  day_add(tb, now, 0, 0, 1, 0, 0, 0, '', v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  return { 'holds', 0, 'tenant', 'open_holds', fmt(open), fmt(MAX_OPEN), fmt(first) }
 end
 
-local mode = ARGV[13]
-local features, i = read_features(16)
-local specs, pool_specs, candidates
-specs, i = read_specs(i)
-pool_specs, i = read_specs(i)
-local listed = nil
-for _, f in ipairs(features) do
-  if f.name == feature then
-    listed = f
+-- Counters of every limit. Shares: this feature's part of each sum, or all sums from scratch.
+local recompute = P.nf > 0 and v[9] ~= P.ver
+for _, L in ipairs(limits) do
+  if L.cal then
+    cal_load(L, state, now_s, v, 10 + L.o)
+    if L.is > 0 then
+      if L.rolled == true then
+        recompute = true
+      end
+      L.shares = num(v[L.is])
+      L.fused = ppm and num(v[L.ig]) or 0
+      L.term = ppm and shares_term(L.limit, ppm, L.fused, held_f) or 0
+    end
+  else
+    sl_load(L, tb .. L.wkey, now_s)
   end
 end
-
+for _, L in ipairs(limits) do
+  if L.rolled == true then
+    cal_clear_features(state, L) -- housekeeping: the past period's feature costs
+  end
+end
+if recompute then
+  shares_recompute(state, limits, plan_features(P.name), ppm and feature)
+end
 local pool_held = 0
 if pooled then
-  pool_held = num(redis.call('HGET', pool_state, 'held'))
-end
-load_scope(state, tb, specs, now_s, #features > 0 and features or nil)
-if pooled then
-  load_scope(pool_state, tag .. 'pool:', pool_specs, now_s, nil)
+  pool_held = num(pv[2])
+  for _, L in ipairs(PP.limits) do
+    if L.cal then
+      cal_load(L, pool_state, now_s, pv, L.o + 3)
+    else
+      sl_load(L, tag .. 'pool:' .. L.wkey, now_s)
+    end
+  end
 end
 
 local alerts = {}
 local refusal = nil
 
 local function requests_refusal(scope, list)
-  for _, s in ipairs(list) do
-    if s.max_requests >= 0 and s.requests + 1 > s.max_requests then
-      local resets = s.resets
-      if s.kind == 's' then
-        resets = sliding_resets(s)
+  for _, L in ipairs(list) do
+    if L.n >= 0 and L.requests + 1 > L.n then
+      local resets = L.resets
+      if not L.cal then
+        resets = sl_resets(L)
       end
-      return { 'requests', scope, s.window, fmt(s.requests), fmt(s.max_requests), fmt(resets) }
+      return { 'requests', scope, L.w, fmt(L.requests), fmt(L.n), fmt(resets) }
     end
   end
   return nil
 end
-refusal = requests_refusal('tenant', specs) or (pooled and requests_refusal('pool', pool_specs))
-
--- Held amounts of every listed feature, for the share rule.
-local hv_f = {}
-if #features > 0 then
-  local names = {}
-  for k, f in ipairs(features) do
-    names[k] = 'hf:' .. f.name
-  end
-  local v = redis.call('HMGET', state, unpack(names))
-  for k, f in ipairs(features) do
-    hv_f[f.name] = v[k]
-  end
-end
+refusal = requests_refusal('tenant', limits) or (pooled and requests_refusal('pool', PP.limits))
 
 -- The first limit a candidate amount fails, or nil. Feature rules (tenant calendar cost limits):
 -- share mode keeps every other listed feature's unused guarantee free; cap mode also caps the
 -- feature at its own guarantee. Unlisted features have weight 0.
+local cap_mode = P.mode == 'cap'
 local function fails(amount)
-  for _, s in ipairs(specs) do
-    if s.max_cost >= 0 then
-      if s.used + held + amount > s.limit then
-        return 'tenant', s, held, 'limit'
+  for _, L in ipairs(limits) do
+    if L.m >= 0 then
+      if L.used + held + amount > L.limit then
+        return 'tenant', L, held, 'limit'
       end
-      if s.kind == 'c' and #features > 0 then
-        local reserved = 0
-        for _, g in ipairs(features) do
-          if g ~= listed then
-            local free = share(s.limit, g.ppm) - s.fused[g.name] - num(hv_f and hv_f[g.name])
-            if free > 0 then
-              reserved = reserved + free
-            end
-          end
+      if L.is > 0 then
+        if L.used + held + amount + L.shares - L.term > L.limit then
+          return 'tenant', L, held, 'share'
         end
-        if s.used + held + amount + reserved > s.limit then
-          return 'tenant', s, held, 'share'
-        end
-        if mode == 'cap' then
-          local mine = listed and s.fused[listed.name] or 0
-          local guarantee = listed and share(s.limit, listed.ppm) or 0
-          if mine + held_f + amount > guarantee then
-            return 'tenant', s, held_f, 'cap'
+        if cap_mode then
+          local guarantee = ppm and share(L.limit, ppm) or 0
+          if L.fused + held_f + amount > guarantee then
+            return 'tenant', L, held_f, 'cap'
           end
         end
       end
     end
   end
   if pooled then
-    for _, s in ipairs(pool_specs) do
-      if s.max_cost >= 0 and s.used + pool_held + amount > s.limit then
-        return 'pool', s, pool_held, 'limit'
+    for _, L in ipairs(PP.limits) do
+      if L.m >= 0 and L.used + pool_held + amount > L.limit then
+        return 'pool', L, pool_held, 'limit'
       end
     end
   end
@@ -198,58 +241,96 @@ local function fails(amount)
 end
 
 local chosen = nil
-local amount = 0
+local amount, amount_s = 0, nil
 local failed = nil
-local n_candidates = tonumber(ARGV[i])
+local n_candidates = tonumber(ARGV[9])
 -- A call refused by a request limit is not priced against the cost limits.
 for k = 1, refusal and 0 or n_candidates do
-  amount = tonumber(ARGV[i + k])
-  local scope, s, scope_held, reason = fails(amount)
+  amount = tonumber(ARGV[9 + k])
+  local scope, L, scope_held, reason = fails(amount)
   if not scope then
-    chosen = k
+    chosen, amount_s = k, ARGV[9 + k]
     break
   end
-  failed = { scope = scope, s = s, held = scope_held, reason = reason, amount = amount }
+  failed = { scope = scope, L = L, held = scope_held, reason = reason, amount = amount }
 end
 if not chosen and failed then
   -- No candidate fits: refused by the limit the last (cheapest) candidate failed.
-  local s = failed.s
-  local resets = s.resets
-  if s.kind == 's' then
-    resets = sliding_resets(s)
+  local L = failed.L
+  local resets = L.resets
+  if not L.cal then
+    resets = sl_resets(L)
   end
-  local used, limit = s.used, s.limit
+  local used, limit = L.used, L.limit
   if failed.reason == 'cap' then
-    used = s.fused[listed and listed.name or ''] or 0
-    limit = listed and share(s.limit, listed.ppm) or 0
+    used = L.fused
+    limit = ppm and share(L.limit, ppm) or 0
   end
-  refusal = { 'budget', failed.scope, s.window, fmt(used), fmt(failed.held), fmt(limit),
-    fmt(resets), fmt(failed.amount), fmt(s.carried), failed.reason }
+  refusal = { 'budget', failed.scope, L.w, fmt(used), fmt(failed.held), fmt(limit),
+    fmt(resets), fmt(failed.amount), fmt(L.carried), failed.reason }
   -- A limit that open holds and spend have filled is at 100%: reported once per window. (A
   -- call refused only because it is large reports nothing: the limit is not reached.)
-  if failed.reason == 'limit' and s.alert < 100 and s.used + failed.held >= s.limit then
-    alerts[#alerts + 1] = failed.scope .. '|' .. s.window .. '|cost|100|'
-      .. fmt(s.used + failed.held) .. '|' .. fmt(s.limit)
-    s.alert = 100
-    s.alert_changed = true
+  if failed.reason == 'limit' and L.alert < 100 and L.used + failed.held >= L.limit then
+    alerts[#alerts + 1] = failed.scope .. '|' .. L.w .. '|cost|100|'
+      .. fmt(L.used + failed.held) .. '|' .. fmt(L.limit)
+    L.alert = 100
+    L.alert_changed = true
   end
 end
 
-local enforce = ARGV[12] == '1'
+-- Field/value pairs of a scope's calendar counters: a period that started and a raised 100%
+-- mark; on a refusal (`admitted` false) only for a limit whose mark was raised, so a refused
+-- call starts no period (a scope's first period stays the first one it spent in).
+local function scope_args(list, admitted)
+  local args = {}
+  for _, L in ipairs(list) do
+    if L.cal and (admitted or L.alert_changed) then
+      cal_rolled(args, L)
+      if L.alert_changed and L.rolled ~= true then
+        args[#args + 1] = L.fa
+        args[#args + 1] = fmt(L.alert)
+      end
+    end
+  end
+  return args
+end
+
+local enforce = ARGV[8] == '1'
 if refusal and enforce then
   -- A refusal is counted in the tenant's daily usage (it charges nothing).
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(specs), meta[2] or ARGV[3], tonumber(ARGV[14]))
-  -- Store only the 100% alert marks, so each is reported once per window.
-  for _, pair in ipairs({ { state, specs }, { pool_state, pool_specs } }) do
-    for _, s in ipairs(pair[2] or {}) do
-      if s.alert_changed then
-        if s.kind == 'c' then
-          local args = {}
-          calendar_fields(args, s)
-          redis.call('HSET', pair[1], unpack(args))
-        else
-          sliding_mark(s, 'a', s.alert)
-        end
+  day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(limits), v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  -- Store a period that started (its date maths is done) and the 100% alert marks, so each
+  -- is reported once per window.
+  local args = scope_args(limits, false)
+  if recompute then
+    args[#args + 1] = 'rv'
+    args[#args + 1] = P.ver
+    for _, L in ipairs(limits) do
+      if L.is > 0 then
+        args[#args + 1] = L.fs
+        args[#args + 1] = fmt(L.shares)
+      end
+    end
+  end
+  if #args > 0 then
+    if not v[6] then
+      args[#args + 1] = 'sv'
+      args[#args + 1] = '2'
+    end
+    redis.call('HSET', state, unpack(args))
+  end
+  if pooled then
+    local pool_args = scope_args(PP.limits, false)
+    if #pool_args > 0 then
+      pool_args[#pool_args + 1] = 'sv'
+      pool_args[#pool_args + 1] = '2'
+      redis.call('HSET', pool_state, unpack(pool_args))
+    end
+  end
+  for _, list in ipairs({ limits, pooled and PP.limits or {} }) do
+    for _, L in ipairs(list) do
+      if L.alert_changed and not L.cal then
+        sl_mark(L, 'A', L.alert)
       end
     end
   end
@@ -264,70 +345,110 @@ if refusal and enforce then
 end
 if not chosen then
   chosen = n_candidates -- shadow mode: hold the last (cheapest) candidate
-  amount = tonumber(ARGV[i + chosen])
+  amount_s = ARGV[9 + chosen]
+  amount = tonumber(amount_s)
 end
 
 -- Admit: count the request in every limit, raise the holds, write the record.
-local function admit(scope, scope_state, list)
-  local args = {}
-  for _, s in ipairs(list) do
-    s.requests = s.requests + 1
-    if s.max_requests >= 0 then
-      local level = crossed(alerts, scope, s, 'requests', s.requests, s.max_requests, s.ralert)
-      if level ~= s.ralert then
-        s.ralert = level
-        if s.kind == 's' then
-          sliding_mark(s, 'b', level)
+local function admit(scope, list)
+  for _, L in ipairs(list) do
+    L.requests = L.requests + 1
+    local level = L.ralert
+    if L.n >= 0 then
+      level = crossed(alerts, scope, L, 'requests', L.requests, L.n, L.ralert)
+    end
+    L.ralert_changed = level ~= L.ralert
+    L.ralert = level
+  end
+  local args = scope_args(list, true)
+  for _, L in ipairs(list) do
+    if L.cal then
+      if L.rolled ~= true then
+        args[#args + 1] = L.fr
+        args[#args + 1] = fmt(L.requests)
+        if L.ralert_changed then
+          args[#args + 1] = L.fb
+          args[#args + 1] = fmt(L.ralert)
         end
       end
-    end
-    if s.kind == 'c' then
-      calendar_fields(args, s)
     else
-      sliding_add(s, 0, 1)
-      if s.alert_changed then
-        sliding_mark(s, 'a', s.alert)
+      sl_add(L, '0', 0, 1)
+      if L.ralert_changed then
+        sl_mark(L, 'B', L.ralert)
+      end
+      if L.alert_changed then
+        sl_mark(L, 'A', L.alert)
       end
     end
   end
   return args
 end
 
-local expires = now + tonumber(ARGV[7])
-local args = admit('tenant', state, specs)
+local expires = now + HOLD_MS
+local expires_s = fmt(expires)
+local chosen_s = chosen == 1 and '1' or fmt(chosen)
+local args = admit('tenant', limits)
 args[#args + 1] = 'held'
 args[#args + 1] = fmt(held + amount)
 args[#args + 1] = 't'
 args[#args + 1] = fmt(now)
 args[#args + 1] = 'nh'
 args[#args + 1] = fmt(open + 1)
+if not v[6] then
+  args[#args + 1] = 'sv'
+  args[#args + 1] = '2'
+end
 local fl = '0'
-if listed then
+if ppm then
+  fl = '1'
   args[#args + 1] = hf_field
   args[#args + 1] = fmt(held_f + amount)
-  fl = '1'
+end
+if P.nf > 0 then
+  if recompute then
+    args[#args + 1] = 'rv'
+    args[#args + 1] = P.ver
+  end
+  for _, L in ipairs(limits) do
+    if L.is > 0 then
+      if ppm then -- this feature's held amount grew: its unused guarantee shrank
+        local term = shares_term(L.limit, ppm, L.fused, held_f + amount)
+        L.shares = L.shares - L.term + term
+        args[#args + 1] = L.fs
+        args[#args + 1] = fmt(L.shares)
+      elseif recompute then
+        args[#args + 1] = L.fs
+        args[#args + 1] = fmt(L.shares)
+      end
+    end
+  end
 end
 redis.call('HSET', state, unpack(args))
 if pooled then
-  local pool_args = admit('pool', pool_state, pool_specs)
+  local pool_args = admit('pool', PP.limits)
   pool_args[#pool_args + 1] = 'held'
   pool_args[#pool_args + 1] = fmt(pool_held + amount)
+  pool_args[#pool_args + 1] = 'sv'
+  pool_args[#pool_args + 1] = '2'
   redis.call('HSET', pool_state, unpack(pool_args))
 end
 if #alerts > 0 then
-  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+  redis.call('HSET', record, 's', 'h', 'a', amount_s, 'e', expires_s, 'i', chosen_s,
     'f', feature, 'fl', fl, 'ra', table.concat(alerts, ';'))
 else
-  redis.call('HSET', record, 's', 'h', 'a', fmt(amount), 'e', fmt(expires), 'i', fmt(chosen),
+  redis.call('HSET', record, 's', 'h', 'a', amount_s, 'e', expires_s, 'i', chosen_s,
     'f', feature, 'fl', fl)
 end
-redis.call('ZADD', holds, fmt(expires), ARGV[4] .. '/' .. ARGV[5])
+redis.call('ZADD', holds, expires_s, tenant .. '/' .. ARGV[4])
 
+if #alerts == 0 and not refusal then
+  return { 'ok', 0, chosen_s, amount_s, expires_s, 'new' }
+end
 local reply = { 'ok', #alerts }
 for _, a in ipairs(alerts) do
   reply[#reply + 1] = a
 end
-for _, x in ipairs({ fmt(chosen), fmt(amount), fmt(expires), 'new' }) do
+for _, x in ipairs({ chosen_s, amount_s, expires_s, 'new' }) do
   reply[#reply + 1] = x
 end
 if refusal then

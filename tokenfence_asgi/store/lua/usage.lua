@@ -1,7 +1,8 @@
 -- USAGE: a tenant's daily usage where it lives now (read only).
 --
--- KEYS[1]: tenant state TB.."s"      KEYS[2]: its daily usage TB.."d"
--- ARGV[1]: pool the caller assumed (encoded) or ''
+-- KEYS[1] state: tenant state TB.."s"
+-- KEYS[2] days: its daily usage TB.."d"
+-- ARGV[1] pool: the pool the caller assumed (encoded) or ''
 --
 -- Reply: {'usage', 0, stored plan or '', day, value, day, value, ...} (see _lib.lua for the
 --        value) | {'moved', 0, where the tenant lives now}
