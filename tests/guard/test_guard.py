@@ -164,6 +164,25 @@ async def test_the_hold_is_a_true_upper_bound_written_into_the_call(
     assert await spent(fence) == (3 * CHAT + list_cost("gpt-4.1-mini", 1000, 200), 0)
 
 
+async def test_input_named_by_reference_is_held_at_the_context_window(
+    fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider, held: Held
+) -> None:
+    """A Responses call that continues an earlier one (``previous_response_id``) is billed the
+    earlier input again, which the request does not carry: it is held at the model's window."""
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    await client.responses.create(model="gpt-4.1-mini", input="Go on.", max_output_tokens=10)
+    await client.responses.create(
+        model="gpt-4.1-mini", input="Go on.", max_output_tokens=10, previous_response_id="resp_1"
+    )
+    window = fence.prices.max_input_tokens("gpt-4.1-mini")
+    assert window is not None
+    plain, continued = held.reservations
+    assert plain.amount < Decimal("0.001")
+    assert continued.amount >= window * Decimal("0.4") / 1_000_000
+    assert oai.requests[1]["previous_response_id"] == "resp_1"
+    assert await spent(fence) == (2 * list_cost("gpt-4.1-mini", 1000, 200), 0)  # the usage
+
+
 async def test_a_limit_the_budget_cannot_hold_is_shrunk_on_a_shrink_plan(
     make_fence: Callable[..., TokenFence], make_client: Callable[[str], Any], ant: FakeAnthropic
 ) -> None:

@@ -496,3 +496,44 @@ async def test_a_litellm_call_to_an_unpriced_model_is_a_json_422_and_never_sent(
         assert response.json()["error"] == "ai_model_not_priced"
         assert response.json()["models"] == [model]
     assert provider.calls == 1  # only the priced call was sent
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"input": "Go on.", "previous_response_id": "resp_123"},
+        {"input": "Go on.", "conversation": "conv_123"},
+        {"input": "Go on.", "conversation": {"id": "conv_123"}},
+        {"input": "Go on.", "prompt": {"id": "pmpt_123", "variables": {"city": "Paris"}}},
+        {"input": [{"type": "item_reference", "id": "msg_123"}]},
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Summarise this."},
+                        {"type": "input_file", "file_id": "file-123"},
+                    ],
+                }
+            ]
+        },
+    ],
+    ids=["previous_response", "conversation_id", "conversation", "prompt", "item", "file"],
+)
+def test_responses_input_named_by_reference_is_held_at_the_context_window(
+    kwargs: dict[str, object],
+) -> None:
+    """Input the request only names (an earlier response, a conversation, a stored prompt, an
+    item or a file uploaded before) is billed as input tokens; the hold cannot count them, so it
+    takes the most the model accepts: its context window."""
+    from tokenfence_asgi.calls.shapes import shape_of
+
+    book = PriceBook()
+    window = book.max_input_tokens("gpt-4.1-mini")
+    assert window is not None
+    assert window > 100_000
+    plain = book.bound("gpt-4.1-mini", shape_of("responses", {"input": "Go on."}), allowance=10)
+    named = book.bound("gpt-4.1-mini", shape_of("responses", kwargs), allowance=10)
+    assert plain.input_tokens < 100
+    assert named.input_tokens >= window
+    assert named.amount_nanos >= to_nanos(window * Decimal("0.4e-6"), rounding="up")

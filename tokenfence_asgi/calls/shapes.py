@@ -75,12 +75,21 @@ def _texts(value: object) -> tuple[tuple[str, ...], int]:
     return (repr(value),), 0
 
 
-def _responses_input(value: object) -> tuple[tuple[object, ...], tuple[object, ...]]:
-    """Chat messages and other items (counted as JSON) from a Responses API ``input``."""
+_REFERENCES = ("previous_response_id", "conversation", "prompt")
+"""Responses API arguments that name input stored at the provider instead of sending it."""
+
+
+def _responses_input(
+    value: object,
+) -> tuple[tuple[object, ...], tuple[object, ...], int]:
+    """Chat messages, other items (counted as JSON) and the number of items named by reference
+    (``item_reference``) in a Responses API ``input``. A content part that is neither text nor
+    an image (a file) stays in its message, where the tokenizer bounds it as an opaque part."""
     if isinstance(value, str):
-        return ({"role": "user", "content": value},), ()
+        return ({"role": "user", "content": value},), (), 0
     messages: list[object] = []
     extra: list[object] = []
+    references = 0
     for item in value if isinstance(value, Sequence) else (value,):
         if isinstance(item, Mapping) and "role" in item and "content" in item:
             content = item["content"]
@@ -94,12 +103,14 @@ def _responses_input(value: object) -> tuple[tuple[object, ...], tuple[object, .
                     elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
                         parts.append({"type": "text", "text": part["text"]})
                     else:
-                        extra.append(part)
+                        parts.append(part)
                 content = parts
             messages.append({"role": str(item["role"]), "content": content})
+        elif isinstance(item, Mapping) and item.get("type") == "item_reference":
+            references += 1
         elif item is not None:
             extra.append(item)
-    return tuple(messages), tuple(extra)
+    return tuple(messages), tuple(extra), references
 
 
 def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = None) -> CallShape:
@@ -123,14 +134,16 @@ def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = No
             choices=_count(kwargs, "n"),
         )
     if kind == "responses":
-        found_messages, items = _responses_input(kwargs.get("input"))
+        found_messages, items, references = _responses_input(kwargs.get("input"))
         extra = tuple(kwargs[k] for k in ("instructions", "text") if kwargs.get(k))
+        references += sum(1 for k in _REFERENCES if kwargs.get(k))
         return CallShape(
             "responses",
             messages=found_messages,
             tools=tool_tuple,
             extra=items + extra,
             output_limit=limit,
+            references=references,
         )
     if kind == "text":
         texts, tokens = _texts(kwargs.get("prompt"))

@@ -30,9 +30,9 @@ On Azure, ``model`` is the deployment name: plans and prices name deployments
 (``azure_deployment=``) is priced and allowed as that deployment, whatever ``model`` says.
 Cached input tokens (``cached_tokens``) are charged at the model's cached input price.
 
-Not seen before a call: input a Responses call names by reference (``previous_response_id``,
-``conversation``, a stored ``prompt``) is charged from the usage afterwards but not held; hosted
-tool fees and the priority tier's surcharge are not priced.
+Input a call names instead of sending (``previous_response_id``, ``conversation``, a stored
+``prompt``, an ``item_reference``, an uploaded file) is held at the model's context window and
+charged from the usage afterwards. Not priced: hosted tool fees and the priority tier's surcharge.
 """
 
 from __future__ import annotations

@@ -314,21 +314,24 @@ class PriceBook:
         return None if listed is None else listed.max_input_tokens
 
     def _opaque(self, model: str, count: InputCount, deployment: ModelPrice | None) -> int:
-        """``count``'s tokens, each opaque part (audio, file) bounded by the context window."""
+        """``count``'s tokens, or with opaque parts (audio, files, input named by reference)
+        the context window: a call's whole input fits in it (the provider refuses, unbilled,
+        one that does not), whatever the parts hold."""
         if not count.opaque:
             return count.tokens
         window = self.max_input_tokens(model, deployment)
         if window is None:
             raise ConfigError(
-                f"cannot bound the input of a call with audio or file parts on model "
+                f"cannot bound the input of a call with audio or file parts, or input named by "
+                f"reference, on model "
                 f"{shown(model)}: its context window is unknown; give its ModelPrice "
                 "max_input_tokens=..."
             )
-        return count.tokens + count.opaque * window
+        return max(count.tokens, window)
 
     def _count(self, model: str, shape: CallShape) -> InputCount:
         tokenizer = tokenizer_for(model)
-        count = InputCount(shape.tokens)
+        count = InputCount(shape.tokens, opaque=shape.references)
         if shape.messages:
             count += tokenizer.messages(shape.messages)
         if shape.tools:

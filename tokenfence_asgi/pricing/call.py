@@ -47,6 +47,9 @@ class CallShape:
     characters: int = 0
     tokens: int = 0
     """Input given as token ids (embeddings, prompts): counted as they are."""
+    references: int = 0
+    """Input the call names instead of sending (an earlier response, a conversation, a stored
+    prompt or item): bounded by the model's context window, like an audio or file part."""
 
 
 @dataclass(frozen=True, slots=True)

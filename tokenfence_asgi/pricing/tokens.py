@@ -14,7 +14,7 @@ tool-use system prompt is documented at 159-530 tokens; 1,000 are counted).
 Images count a fixed bound per image (no download, no decoding): the most the model family can
 bill for one image at any size and detail. Audio, files and documents cannot be bounded from
 their bytes (a compressed PDF page can hold far more text than its size), so they are reported
-as opaque parts: the price book bounds each by the model's context window.
+as opaque parts: the price book bounds an input holding any by the model's context window.
 """
 
 from __future__ import annotations
