@@ -115,3 +115,39 @@ async def test_a_callers_own_reservation_id_is_left_to_the_caller(
     assert await _held(fence, "acme") == (1, "0.1")
     assert fence.counters.released_after_cancel == 0
     await fence.release(held)
+
+
+async def test_aclose_releases_at_once_a_hold_still_waiting_for_its_retry(
+    make_fence: MakeFence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fence closed while a cancelled reserve's hold waits for its next release retry (1 s,
+    then 5 s) releases it before the store closes, instead of leaving it to the lease."""
+    fence = make_fence()
+    other = make_fence()  # another instance on the same store, to look after the close
+    real = fence._router.run
+    sent = asyncio.Event()
+    in_transit: list[asyncio.Task[Any]] = []
+
+    async def slow_wire(name: str, keys: list[str], args: list[str]) -> Any:
+        if name != "reserve":
+            return await real(name, keys, args)
+
+        async def arrive() -> Any:
+            await asyncio.sleep(0.2)  # the command reaches the store after the caller gave up
+            return await real(name, keys, args)
+
+        in_transit.append(asyncio.ensure_future(arrive()))
+        sent.set()
+        return await asyncio.shield(in_transit[0])
+
+    monkeypatch.setattr(fence._router, "run", slow_wire)
+    task = asyncio.create_task(fence.reserve("acme", "0.10"))
+    await sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await in_transit[0]  # the store holds it; the first release found nothing
+    assert (await _held(other, "acme"))[0] == 1
+    await fence.aclose()
+    assert fence.counters.released_after_cancel == 1
+    assert await _held(other, "acme") == (0, "0")

@@ -402,10 +402,12 @@ class TokenFence:
 
         Spend owed since an outage is written back first when the store answers; what cannot
         be is logged (``outage_spend_lost``) with its amount. Commits queued by
-        ``commit_soon`` are sent first.
+        ``commit_soon`` are sent first, and the holds of reserves cancelled in flight that
+        wait for a retried release are released at once.
         """
         self.commits.close()
         await self.commits.flush()
+        await self._holds.release_orphans_now()
         await self._holds.settle_owed()
         await self._alerts.drain()
         await self._store.aclose()

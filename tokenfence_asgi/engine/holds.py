@@ -9,6 +9,7 @@ when the store answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -79,7 +80,7 @@ class Holds:
             self.allowance = Allowance(settings.outage_allowance_nanos)
             router.on_answer = self._answered
         self.writing_back: asyncio.Task[int] | None = None
-        self._orphans: set[asyncio.Task[None]] = set()
+        self._orphans: dict[asyncio.Task[None], Reservation] = {}
         self._write_back_running = False
 
     # -- reserve -------------------------------------------------------------------------------
@@ -216,21 +217,41 @@ class Holds:
         zero = Decimal(0)
         orphan = Reservation(rid, tenant, feature, None, zero, amount_nanos=0, plan="")
         task = asyncio.get_running_loop().create_task(self._release_later(orphan))
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
+        self._orphans[task] = orphan
+        task.add_done_callback(self._forget_orphan)
+
+    def _forget_orphan(self, task: asyncio.Task[None]) -> None:
+        self._orphans.pop(task, None)
 
     async def _release_later(self, orphan: Reservation) -> None:
         for delay in _ORPHAN_RETRIES:
             await asyncio.sleep(delay)
-            try:
-                settlement = await self._release(orphan)
-            except Exception as exc:
-                log.warning("orphan_release_failed", reservation=orphan.id, error=repr(exc))
+            if await self._release_orphan_once(orphan):
                 return
-            if not settlement.duplicate and settlement.recorded:
-                self.counters.released_after_cancel += 1
-                log.info("released_after_cancel", tenant=orphan.tenant_id, reservation=orphan.id)
-                return
+
+    async def _release_orphan_once(self, orphan: Reservation) -> bool:
+        """One release of a cancelled reserve's hold; True when done (dropped, or failed)."""
+        try:
+            settlement = await self._release(orphan)
+        except Exception as exc:
+            log.warning("orphan_release_failed", reservation=orphan.id, error=repr(exc))
+            return True
+        if not settlement.duplicate and settlement.recorded:
+            self.counters.released_after_cancel += 1
+            log.info("released_after_cancel", tenant=orphan.tenant_id, reservation=orphan.id)
+            return True
+        return False
+
+    async def release_orphans_now(self) -> None:
+        """At close: the cancelled reserves' holds still waiting for a retry are released now,
+        once each (a hold that is not there yet is left to its lease)."""
+        pending = list(self._orphans.items())
+        for task, _ in pending:
+            task.cancel()
+        for task, orphan in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self._release_orphan_once(orphan)
 
     def _reserve_without_store(
         self,
