@@ -288,19 +288,20 @@ class TokenFence:
         holds the first candidate whatever the limits say (for money already spent; a killed
         tenant still raises ``TenantDisabled``). Refused for budget or open holds while commits
         of the tenant (or its pool) wait in ``commits``, it tries once more after they landed:
-        their holds may be taking more than those calls cost.
+        their holds may be taking more than those calls cost. Only the refusal the caller gets
+        is counted (daily usage, observers): a first try made while commits wait counts none.
         """
+        holds = self._holds
+        if not self.commits.pending:
+            return await holds.reserve_first(tenant_id, candidates, feature, reservation_id, force)
         try:
-            return await self._holds.reserve_first(
-                tenant_id, candidates, feature, reservation_id, force
+            return await holds.reserve_first(
+                tenant_id, candidates, feature, reservation_id, force, count_refusal=False
             )
         except (BudgetExceeded, TooManyOpenHolds) as refusal:
-            if not self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
-                raise
-        await self.commits.flush()
-        return await self._holds.reserve_first(
-            tenant_id, candidates, feature, reservation_id, force
-        )
+            if self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
+                await self.commits.flush()
+        return await holds.reserve_first(tenant_id, candidates, feature, reservation_id, force)
 
     async def charge(
         self,

@@ -24,10 +24,12 @@ from tokenfence_asgi.engine.observe import Observers
 from tokenfence_asgi.engine.routing import Route, Router, origin
 from tokenfence_asgi.engine.settings import FenceSettings
 from tokenfence_asgi.errors import (
+    BudgetExceeded,
     Refused,
     ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
+    TooManyOpenHolds,
 )
 from tokenfence_asgi.money import MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.results import Alert, FenceCounters, Reservation, Settlement
@@ -92,16 +94,18 @@ class Holds:
         feature: str | None,
         reservation_id: str | None,
         force: bool,
+        count_refusal: bool = True,
     ) -> Reservation:
-        """``TokenFence.reserve_first``, observed."""
+        """``TokenFence.reserve_first``, observed. ``count_refusal=False`` leaves a budget or
+        open-holds refusal out of the daily usage (the caller tries once more)."""
+        args = (tenant_id, candidates, feature, reservation_id, force, count_refusal)
         if not self.observers.items:
-            return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
+            return await self._reserve_first(*args)
         try:
-            reservation = await self._reserve_first(
-                tenant_id, candidates, feature, reservation_id, force
-            )
+            reservation = await self._reserve_first(*args)
         except (Refused, TenantDisabled) as error:
-            self.observers.refused(error, tenant_id, feature)
+            if count_refusal or not isinstance(error, BudgetExceeded | TooManyOpenHolds):
+                self.observers.refused(error, tenant_id, feature)
             raise
         self.observers.reserved(reservation)
         return reservation
@@ -113,6 +117,7 @@ class Holds:
         feature: str | None,
         reservation_id: str | None,
         force: bool = False,
+        count_refusal: bool = True,
     ) -> Reservation:
         settings, router = self.settings, self.router
         tenant = validate_id(tenant_id, what="tenant_id")
@@ -139,6 +144,7 @@ class Holds:
                 pool_plan=route.pool_plan_name,
                 enforce=settings.enforce and route.plan.plan.enforce and not force,
                 amounts=amounts,
+                count_refusal=count_refusal,
             )
 
         try:

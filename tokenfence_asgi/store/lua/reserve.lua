@@ -26,7 +26,8 @@
 -- ARGV[5] feature: feature (encoded) or ''
 -- ARGV[6] pool: the pool the caller assumed (encoded) or ''
 -- ARGV[7] pool_plan: the pool's plan the caller assumed, or ''
--- ARGV[8] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse)
+-- ARGV[8] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse), '2' enforce
+--   and leave a budget or open-holds refusal uncounted (the caller tries once more)
 -- ARGV[9] candidates...: a count, then amounts in integer nano-dollars, in order of preference
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
@@ -149,7 +150,9 @@ if MAX_OPEN and open >= MAX_OPEN then
       break
     end
   end
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, '', v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  if ARGV[8] ~= '2' then
+    day_add(tb, now, 0, 0, 1, 0, 0, 0, '', v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  end
   return { 'holds', 0, 'tenant', 'open_holds', fmt(open), fmt(MAX_OPEN), fmt(first) }
 end
 
@@ -295,10 +298,12 @@ local function scope_args(list, admitted)
   return args
 end
 
-local enforce = ARGV[8] == '1'
+local enforce = ARGV[8] ~= '0'
 if refusal and enforce then
   -- A refusal is counted in the tenant's daily usage (it charges nothing).
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(limits), v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  if ARGV[8] == '1' or refusal[1] ~= 'budget' then
+    day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(limits), v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  end
   -- Store a period that started (its date maths is done) and the 100% alert marks, so each
   -- is reported once per window.
   local args = scope_args(limits, false)
