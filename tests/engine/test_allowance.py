@@ -43,10 +43,22 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(200):
             if _answers(self.url):
                 return
@@ -72,8 +84,15 @@ def server() -> Iterator[Server]:
 
 
 def make(server: Server, **options: object) -> TokenFence:
-    return TokenFence(redis_url=server.url, plans=[PLAN], default_plan="day", timeout_s=0.2,
-                      on_store_error="allowance", outage_allowance="0.05", **options)  # type: ignore[arg-type]  # fmt: skip
+    return TokenFence(
+        redis_url=server.url,
+        plans=[PLAN],
+        default_plan="day",
+        timeout_s=0.2,
+        on_store_error="allowance",
+        outage_allowance="0.05",
+        **options,
+    )  # type: ignore[arg-type]
 
 
 async def reachable(fence: TokenFence) -> None:
@@ -158,8 +177,9 @@ async def test_spend_owed_at_close_is_logged_with_its_amount(server: Server) -> 
     with structlog.testing.capture_logs() as logs:
         await fence.aclose()
     lost = [e for e in logs if e["event"] == "outage_spend_lost"]
-    assert lost == [{"event": "outage_spend_lost", "cost_nanos": 12_500_000, "commits": 1,
-                     "log_level": "error"}]  # fmt: skip
+    assert lost == [
+        {"event": "outage_spend_lost", "cost_nanos": 12_500_000, "commits": 1, "log_level": "error"}
+    ]
 
 
 async def test_closed_and_open_modes_are_unchanged(server: Server) -> None:
