@@ -21,6 +21,7 @@ import structlog
 from tests.conftest import _answers, _free_port
 from tokenfence_asgi import Limit, Plan, StoreUnavailable, TokenFence
 from tokenfence_asgi.engine.allowance import Allowance, Owed
+from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import ConfigError
 from tokenfence_asgi.results import Reservation
 
@@ -217,3 +218,23 @@ def test_allowance_counts() -> None:
     allowance.recovered()
     assert allowance.used_nanos("t") == 0
     assert not allowance.owed
+
+
+async def test_the_write_back_starts_by_itself_on_a_fence_with_observers(server: Server) -> None:
+    """Observers (the Prometheus metrics among them) time each script on another path: the
+    first answer after an outage starts the write-back there too."""
+    fence = make(server)
+    fence.observe(FenceObserver())
+    try:
+        server.kill()
+        reservation = await fence.reserve("acme", "0.02")
+        assert reservation.degraded
+        await fence.commit(reservation, "0.02")
+        server.start()
+        await reachable(fence)
+        assert fence._holds.writing_back is not None
+        await asyncio.wait_for(fence._holds.writing_back, 5)
+        assert fence.counters.written_back == 1
+        assert await used(fence, "acme") == Decimal("0.02")
+    finally:
+        await fence.aclose()
