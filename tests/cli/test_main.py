@@ -204,3 +204,15 @@ def test_logs_are_quiet_and_restored() -> None:
     before = structlog.get_config()
     assert run("simulate", "--days", "1", "--tenants", "2").exit_code == 0
     assert structlog.get_config() == before
+
+
+@pytest.mark.parametrize("module", ["tokenfence_asgi.cli.ledger", "tokenfence_asgi.cli.serve"])
+def test_a_command_module_runs_on_its_own_without_a_warning(module: str) -> None:
+    """``python -m tokenfence_asgi.cli.ledger``: the package does not import the module first
+    (runpy would warn that it found it in ``sys.modules`` already)."""
+    done = command(
+        sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help", env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    assert "RuntimeWarning" not in done.stderr

@@ -3,6 +3,7 @@
 Without Typer or Rich, ``main`` prints which extra to install and returns ``MISSING_EXTRA``.
 """
 
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,18 @@ except ImportError as exc:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 else:
-    from tokenfence_asgi.cli.main import COMMAND_MODULES, app, main
+
+    def __getattr__(name: str) -> Any:
+        # Imported on first use, so that ``python -m tokenfence_asgi.cli.ledger`` (or
+        # ``.serve``) runs its module once, not after this package imported it already.
+        if name in ("COMMAND_MODULES", "app", "main"):
+            command = importlib.import_module("tokenfence_asgi.cli.main")
+            # Importing the submodule ``main`` set this package's ``main`` to it: the
+            # function is what the name stands for.
+            names = {n: getattr(command, n) for n in ("COMMAND_MODULES", "app", "main")}
+            globals().update(names)
+            return names[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["COMMAND_MODULES", "ExitCode", "app", "main"]
