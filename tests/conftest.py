@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fakeredis
@@ -253,6 +254,30 @@ class Backend:
                     await client.delete(key)
             finally:
                 await client.aclose()
+
+
+@contextmanager
+def flushable(backend: Backend) -> Iterator[dict[str, Any]]:
+    """Fence options on a store whose script cache the test may flush (``SCRIPT FLUSH``): on
+    the "redis" backend a ``redis-server`` of the test's own (the shared Redis and its cached
+    scripts are not the test's), as ``redis_url``; the embedded store and the test cluster are
+    the session's already (no options). Yields the options and keeps the server up meanwhile."""
+    if backend.kind != "redis":
+        yield {}
+        return
+    from tests.reliability.servers import redis_server
+
+    with redis_server() as server:
+        yield {"redis_url": server.url}
+
+
+def raw_client(backend: Backend, options: dict[str, Any]) -> Any:
+    """A raw async client on the store ``options`` (from ``flushable``) point at."""
+    if "redis_url" in options:
+        import redis.asyncio as aioredis
+
+        return aioredis.Redis.from_url(options["redis_url"])
+    return backend.client()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.conftest import START, Backend
+from tests.conftest import START, Backend, flushable, raw_client
 from tests.reliability.figures import record
 from tests.reliability.servers import have_redis_binaries, redis_server
 from tokenfence_asgi.config import Limit, Plan
@@ -109,20 +109,22 @@ async def test_queued_commits_survive_a_lost_script_cache(
 ) -> None:
     """After SCRIPT FLUSH (a restart, a failover), each pipelined commit answered NOSCRIPT
     is sent again on its own, which loads the script: all land, once."""
-    fence = make_fence(plans=PLANS, default_plan="big")
-    held = [await fence.reserve(f"t{n % 3}", "0.05") for n in range(30)]
-    raw = backend.client()
-    try:
-        await raw.script_flush()
-    finally:
-        await raw.aclose()
-    for reservation in held:
-        await fence.commit_soon(reservation, "0.01")
-    await fence.commits.flush()
-    assert pipelines  # they went as a pipeline first
-    assert fence.counters.commit_errors == 0
-    for tenant in ("t0", "t1", "t2"):
-        assert await used_and_held(fence, tenant) == (D("0.10"), D(0))
+    with flushable(backend) as options:
+        fence = make_fence(plans=PLANS, default_plan="big", **options)
+        held = [await fence.reserve(f"t{n % 3}", "0.05") for n in range(30)]
+        raw = raw_client(backend, options)
+        try:
+            await raw.script_flush()
+        finally:
+            await raw.aclose()
+        for reservation in held:
+            await fence.commit_soon(reservation, "0.01")
+        await fence.commits.flush()
+        assert pipelines  # they went as a pipeline first
+        assert fence.counters.commit_errors == 0
+        for tenant in ("t0", "t1", "t2"):
+            assert await used_and_held(fence, tenant) == (D("0.10"), D(0))
+        await fence.aclose()
 
 
 async def test_commit_stays_awaitable_with_the_same_settlement(make_fence: MakeFence) -> None:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import Backend, FakeClock
+from tests.conftest import Backend, FakeClock, flushable, raw_client
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.errors import (
@@ -378,16 +378,18 @@ async def test_rollover_carries_unused_budget_once(make_fence: MakeFence, clock:
 
 
 async def test_script_cache_flush_is_survived(make_fence: MakeFence, backend: Backend) -> None:
-    fence = make_fence(plans=PLANS, default_plan="day")
-    r = await fence.reserve("acme", "0.1")
-    raw = backend.client()
-    await raw.script_flush()
-    await fence.ping()
-    await raw.script_flush()
-    await fence.commit(r, "0.1")
-    await raw.script_flush()
-    assert (await day_window(fence, "acme"))[0] == D("0.1")
-    await raw.aclose()
+    with flushable(backend) as options:
+        fence = make_fence(plans=PLANS, default_plan="day", **options)
+        r = await fence.reserve("acme", "0.1")
+        raw = raw_client(backend, options)
+        await raw.script_flush()
+        await fence.ping()
+        await raw.script_flush()
+        await fence.commit(r, "0.1")
+        await raw.script_flush()
+        assert (await day_window(fence, "acme"))[0] == D("0.1")
+        await raw.aclose()
+        await fence.aclose()
 
 
 @pytest.mark.parametrize(
