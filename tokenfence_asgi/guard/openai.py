@@ -51,6 +51,7 @@ from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
 from tokenfence_asgi.pricing.call import CallKind
+from tokenfence_asgi.pricing.variants import call_item_tool, hosted_calls, reported_tier
 
 __all__ = ["ADAPTER", "CLIENTS", "OpenAIAdapter"]
 
@@ -145,6 +146,8 @@ class OpenAIAdapter:
             present = [key for key in keys if body.get(key) is not None] or list(keys[:1])
             for key in present:  # every limit the provider might honour covers only the hold
                 body[key] = planned.output_limit
+        if planned.tool_calls is not None and kind == "responses":
+            body["max_tool_calls"] = planned.tool_calls  # the hosted tool calls held
         if planned.tools_changed:
             if planned.tools:
                 body["tools"] = list(planned.tools)
@@ -175,7 +178,13 @@ class OpenAIAdapter:
             return None
         cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
         cached = min(cached, _int(prompt))
-        return Usage(_int(prompt) - cached, _int(output), cache_read_tokens=cached)
+        return Usage(
+            _int(prompt) - cached,
+            _int(output),
+            cache_read_tokens=cached,
+            tier=reported_tier(body),
+            hosted=hosted_calls(body),
+        )
 
     def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
         """The tools a chat completion or a response calls (``tool_calls``, ``function_call``,
@@ -206,6 +215,11 @@ class OpenAIAdapter:
             if isinstance(delta, str) and delta:
                 call.text.append(delta)
                 call.chunks += 1
+            item = data.get("item")
+            if kind == "response.output_item.done" and isinstance(item, Mapping):
+                tool = call_item_tool(item.get("type"))
+                if tool is not None:  # charged if the stream stops before its usage
+                    call.hosted_seen[tool] = call.hosted_seen.get(tool, 0) + 1
             if kind in ("response.completed", "response.incomplete", "response.failed"):
                 response = data.get("response")
                 if isinstance(response, Mapping):
