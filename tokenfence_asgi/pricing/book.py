@@ -25,15 +25,15 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from types import ModuleType
-from typing import Any, cast
 
 import structlog
 
 from tokenfence_asgi.errors import ConfigError, ModelNotPriced
-from tokenfence_asgi.money import MoneyInput, to_nanos
+from tokenfence_asgi.money import to_nanos
+from tokenfence_asgi.pricing._litellm_map import CACHE_SIZE as _CACHE_SIZE
+from tokenfence_asgi.pricing._litellm_map import mapped_price
 from tokenfence_asgi.pricing._prices import snapshot
 from tokenfence_asgi.pricing._prices.model_price import (
-    MAX_TOKENS,
     ModelPrice,
     checked_model,
     shown,
@@ -55,8 +55,6 @@ __all__ = ["ModelPrice", "PriceBook", "load_litellm"]
 
 log = structlog.get_logger("tokenfence_asgi")
 
-_CACHE_SIZE = 4096
-
 
 def load_litellm() -> ModuleType:
     """Import LiteLLM with its bundled price map (no download); raises ``ImportError`` if absent."""
@@ -72,14 +70,6 @@ def _stripped(model: str) -> list[str]:
     while "/" in keys[-1]:
         keys.append(keys[-1].split("/", 1)[1])
     return keys
-
-
-def _optional_price(entry: Mapping[str, Any], *names: str) -> object:
-    for name in names:
-        value = entry.get(name)
-        if value is not None:
-            return value
-    return None
 
 
 class PriceBook:
@@ -171,46 +161,7 @@ class PriceBook:
         A LiteLLM ``Router`` registers each deployment's configured prices there under the
         deployment's id, which a caller cannot write: the way to trust a deployment's prices.
         """
-        litellm = sys.modules.get("litellm")
-        model_cost = getattr(litellm, "model_cost", None)
-        if not isinstance(model_cost, Mapping):
-            return None
-        entry = model_cost.get(key)
-        if not isinstance(entry, Mapping):
-            return None
-        raw = (
-            entry.get("input_cost_per_token"),
-            entry.get("output_cost_per_token"),
-            entry.get("max_output_tokens") or entry.get("max_tokens"),
-            _optional_price(entry, "input_cost_per_query", "output_cost_per_image"),
-            entry.get("input_cost_per_character"),
-            entry.get("max_input_tokens"),
-        )
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
-        if raw[0] is None or raw[1] is None:
-            if raw[3] is None and raw[4] is None:
-                return None
-            raw = (raw[0] or 0, raw[1] or 0, *raw[2:])
-        max_out = raw[2] if isinstance(raw[2], int) and 0 < raw[2] <= MAX_TOKENS else None
-        max_in = raw[5] if isinstance(raw[5], int) and 0 < raw[5] <= MAX_TOKENS else None
-        try:
-            price = ModelPrice(
-                cast("MoneyInput", raw[0]),
-                cast("MoneyInput", raw[1]),
-                max_output_tokens=max_out,
-                per_call=cast("MoneyInput | None", raw[3]),
-                per_character=cast("MoneyInput | None", raw[4]),
-                max_input_tokens=max_in,
-            )
-        except ConfigError:
-            log.warning("price_map_entry_invalid", model=key)
-            return None
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()
-        self._cache[key] = (raw, price)
-        return price
+        return mapped_price(key, self._cache)
 
     def _mapped(self, model: str) -> ModelPrice | None:
         for key in _stripped(model):
