@@ -6,7 +6,11 @@ and tools, with ``max_tokens`` (which Anthropic requires) as the output limit; s
 ``usage``, or for a stream from ``message_start`` (input) and ``message_delta`` (output).
 
 Anthropic reports cached input apart from ``input_tokens``: cache reads, five-minute and
-one-hour cache writes are each charged at the model's price for them.
+one-hour cache writes are each charged at the model's price for them. ``speed="fast"`` is held
+at the snapshot's fast-mode price and charged at ``usage.speed``; a model with no such price
+refuses it (``ModelNotPriced``). A server tool billed per use (``web_search_20250305``) is held
+for its ``max_uses`` (written into the tool when it set none: the price book's allowance) and
+charged ``usage.server_tool_use``.
 
 Free and passed through: GET and DELETE, ``/v1/messages/count_tokens``, files, skills,
 cancels and archives, organisation administration. Every other POST is refused with

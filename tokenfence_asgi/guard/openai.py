@@ -32,7 +32,15 @@ Cached input tokens (``cached_tokens``) are charged at the model's cached input 
 
 Input a call names instead of sending (``previous_response_id``, ``conversation``, a stored
 ``prompt``, an ``item_reference``, an uploaded file) is held at the model's context window and
-charged from the usage afterwards. Not priced: hosted tool fees and the priority tier's surcharge.
+charged from the usage afterwards.
+
+A costlier ``service_tier`` (``"priority"``, ``"fast"``) is held at the snapshot's price for it
+and charged at the tier the response reports (its ``service_tier``), else the one asked; a
+costlier tier nothing prices for the model is refused (``ModelNotPriced``) before sending. A
+Responses call offering hosted tools (web search, file search) is held for its
+``max_tool_calls`` (else the price book's allowance, written into the call) at the tool's fee,
+and charged the ``web_search_call`` / ``file_search_call`` items its response reports (a
+stream's ``response.completed``); an unpriced hosted tool (code interpreter) is refused.
 """
 
 from __future__ import annotations
