@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from tokenfence_asgi.calls.shapes import shape_of
-from tokenfence_asgi.errors import InvalidCall, ModelNotPriced
+from tokenfence_asgi.errors import ConfigError, InvalidCall, ModelNotPriced
 from tokenfence_asgi.money import to_nanos
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.pricing.call import CallShape
@@ -181,3 +181,13 @@ def test_shapes_read_the_tier_and_the_tool_call_limit() -> None:
 
 def _fields(shape: CallShape) -> dict[str, object]:
     return {name: getattr(shape, name) for name in CallShape.__dataclass_fields__}
+
+
+def test_the_hosted_tool_allowance_is_configurable() -> None:
+    book = PriceBook(default_tool_calls=2)
+    shape = CallShape("responses", messages=MSGS, output_limit=100, tools=(WEB,))
+    assert book.bound("gpt-4o-mini", shape).tool_calls == 2
+    with pytest.raises(ConfigError, match="default_tool_calls"):
+        PriceBook(default_tool_calls=0)
+    with pytest.raises(ConfigError, match="per_tool_call"):
+        ModelPrice("0", "0", per_tool_call={"web_search": "-1"})
