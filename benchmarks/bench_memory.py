@@ -30,8 +30,13 @@ PLAN = Plan(
 async def run(redis_url: str, *, tenants: int = 200, calls: int = 20) -> dict[str, Any]:
     prefix = f"tfmem{uuid.uuid4().hex[:8]}"
     now = [1_800_000_000.0]
-    fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="realistic",
-                       prefix=prefix, clock=lambda: now[0])  # fmt: skip
+    fence = TokenFence(
+        redis_url=redis_url,
+        plans=[PLAN],
+        default_plan="realistic",
+        prefix=prefix,
+        clock=lambda: now[0],
+    )
     client = fence._store.client
     features = list(DEFAULT_FEATURE_WEIGHTS)
     try:

@@ -150,11 +150,30 @@ def _free_port() -> int:
 def _start(cpu: int | None) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.bench_middleware:variants_app",
-         "--factory", "--host", "127.0.0.1", "--port", str(port), "--http", "h11",
-         "--ws", "none", "--lifespan", "off", "--no-access-log", "--log-level", "warning"],
-        cwd=_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.bench_middleware:variants_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            "h11",
+            "--ws",
+            "none",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if cpu is not None:
         os.sched_setaffinity(proc.pid, {cpu})
     return proc, port

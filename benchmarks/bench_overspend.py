@@ -102,16 +102,19 @@ async def _overhead_us(fence: TokenFence, n: int) -> tuple[float, float]:
             await fn()
             samples[label].append(time.perf_counter() - t0)
     base = statistics.median(samples["plain"])
-    return ((statistics.median(samples["ours"]) - base) * 1e6,
-            (statistics.median(samples["theirs"]) - base) * 1e6)  # fmt: skip
+    return (
+        (statistics.median(samples["ours"]) - base) * 1e6,
+        (statistics.median(samples["theirs"]) - base) * 1e6,
+    )
 
 
 async def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
     prefix = f"tfbench{uuid.uuid4().hex[:8]}"
     race = Plan("race", [Limit("1d", max_cost=BUDGET), Limit("1mo", max_cost="1000")])
     roomy = Plan("roomy", [Limit("1d", max_cost="100000"), Limit("1mo", max_cost="1000000")])
-    fence = TokenFence(redis_url=redis_url, plans=[race, roomy], default_plan="roomy",
-                       prefix=prefix)  # fmt: skip
+    fence = TokenFence(
+        redis_url=redis_url, plans=[race, roomy], default_plan="roomy", prefix=prefix
+    )
     client = fence._store.client
     try:
         await fence.set_plan("racer", "race")

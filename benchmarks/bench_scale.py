@@ -77,8 +77,7 @@ async def _pair(fence: TokenFence, tenant: str, feature: str) -> float:
 async def run(redis_url: str, *, quick: bool, tenants: int = 100_000) -> dict[str, Any]:
     n = 2_000 if quick else 20_000
     prefix = f"tfbench{uuid.uuid4().hex[:8]}"
-    fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="realistic",
-                       prefix=prefix)  # fmt: skip
+    fence = TokenFence(redis_url=redis_url, plans=[PLAN], default_plan="realistic", prefix=prefix)
     client = fence._store.client
     rng = random.Random(7)
     try:

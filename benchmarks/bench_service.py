@@ -67,12 +67,28 @@ def _start_server(
     port = _free_port()
     log = (workdir / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenfence_asgi", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--redis-url", redis_url, "--prefix", prefix, "--config",
-         str(plans), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "tokenfence_asgi",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+            "--prefix",
+            prefix,
+            "--config",
+            str(plans),
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, "TOKENFENCE_SERVICE_TOKEN": TOKEN},
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -102,14 +118,21 @@ async def _measure(url: str, redis_url: str, prefix: str, n: int) -> dict[str, A
     async def over_http(tenant: str) -> None:
         held = await client.post(
             "/reserve",
-            json={"tenant": tenant, "feature": "chat",
-                  "candidates": [{"model": "gpt-4o-mini", "estimate": "0.0123"}]},
-        )  # fmt: skip
+            json={
+                "tenant": tenant,
+                "feature": "chat",
+                "candidates": [{"model": "gpt-4o-mini", "estimate": "0.0123"}],
+            },
+        )
         done = await client.post(
             "/commit",
-            json={"id": held.json()["id"], "cost": "0.0101", "input_tokens": 1000,
-                  "output_tokens": 200},
-        )  # fmt: skip
+            json={
+                "id": held.json()["id"],
+                "cost": "0.0101",
+                "input_tokens": 1000,
+                "output_tokens": 200,
+            },
+        )
         if done.status_code != 200:
             raise RuntimeError(done.text)
 

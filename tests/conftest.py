@@ -10,6 +10,12 @@ cluster is ``TOKENFENCE_TEST_CLUSTER_NODES`` (``host:port,...``) when given, els
 ``redis-server`` / ``redis-cli`` its tests are skipped, or fail when ``CI`` is set. Each test
 uses its own key prefix and deletes its keys afterwards, so a shared Redis is never flushed.
 
+Garbage collection: one test process runs thousands of tests and holds a million objects
+(LiteLLM, the SDKs, hypothesis), and a full collection of them stops the event loop for over a
+second, long enough to time out a test's store calls. Every ``GC_FREEZE_EVERY`` tests the
+objects still alive are collected and moved out of the collector's view (``gc.freeze``), so a
+collection during a test only walks what the last tests made.
+
 Hypothesis: ``HYPOTHESIS_PROFILE=ci`` loads the "ci" profile (no deadline, failing examples
 printed as blobs) and raises the hostile-input tests to ``HOSTILE_EXAMPLES`` = 10,000 examples
 (``TOKENFENCE_HOSTILE_EXAMPLES`` overrides); the default profile runs them with 300.
@@ -17,6 +23,7 @@ printed as blobs) and raises the hostile-input tests to ``HOSTILE_EXAMPLES`` = 1
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -51,6 +58,20 @@ HOSTILE_EXAMPLES = int(
 """Examples of the main hostile-input tests (ids, money and names through the engine; raw
 headers through the middleware): 10,000 in the "ci" profile, the issue's figure; the costlier
 ones (plan files, cluster, LiteLLM callback, signatures) run a share of it."""
+
+GC_FREEZE_EVERY = 50
+_tests_since_freeze = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _tests_since_freeze
+    _tests_since_freeze += 1
+    if _tests_since_freeze >= GC_FREEZE_EVERY:
+        _tests_since_freeze = 0
+        gc.collect()
+        gc.freeze()
+
 
 # The suites that also run on Redis Cluster (every suite with TOKENFENCE_TEST_CLUSTER=all).
 CLUSTER_SUITES = frozenset(
@@ -93,11 +114,22 @@ def redis_url() -> Iterator[str]:
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="tokenfence-redis-")
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not _answers(url):

@@ -288,9 +288,15 @@ def test_feature_on_sync_generator_returns_its_value() -> None:
 
 async def test_feature_shares_the_scope_open_reservations() -> None:
     r = Reservation(
-        id="r-1", tenant_id="acme", feature="chat", model=None, amount=Decimal("0.01"),
-        amount_nanos=10_000_000, plan="free", expires_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )  # fmt: skip
+        id="r-1",
+        tenant_id="acme",
+        feature="chat",
+        model=None,
+        amount=Decimal("0.01"),
+        amount_nanos=10_000_000,
+        plan="free",
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
     @feature("chat")
     async def call() -> None:

@@ -18,8 +18,9 @@ from tokenfence_asgi.web.problem import http_status
 
 segment = st.text(alphabet="abcdxyz_-.", min_size=1, max_size=6)
 names = st.lists(segment, min_size=1, max_size=5).map(":".join)
-patterns = st.lists(st.one_of(segment, st.just("*"), segment.map(lambda s: s + "*")),
-                    min_size=1, max_size=4).map(":".join)  # fmt: skip
+patterns = st.lists(
+    st.one_of(segment, st.just("*"), segment.map(lambda s: s + "*")), min_size=1, max_size=4
+).map(":".join)
 
 
 @pytest.mark.parametrize(
@@ -162,15 +163,18 @@ def test_plans_carry_policies_from_toml(tmp_path: Path) -> None:
 
 
 GUARDED = Plan(
-    "guarded", [Limit("1d", max_cost="1")],
-    policy=Policy(default="deny").allow("tool:search", "tool:email:*")
+    "guarded",
+    [Limit("1d", max_cost="1")],
+    policy=Policy(default="deny")
+    .allow("tool:search", "tool:email:*")
     .require_approval("tool:email:send"),
-)  # fmt: skip
+)
 
 
 async def test_check_tool_allows_denies_and_asks(make_fence: Callable[..., TokenFence]) -> None:
-    fence = make_fence(plans=[GUARDED], default_plan="guarded",
-                       policy=Policy().deny("tool:email:bulk"))  # fmt: skip
+    fence = make_fence(
+        plans=[GUARDED], default_plan="guarded", policy=Policy().deny("tool:email:bulk")
+    )
     await fence.check_tool("tool:search", tenant_id="acme")
     await fence.check_tool("tool:email:draft", tenant_id="acme")
     with pytest.raises(PolicyDenied) as denied:
@@ -193,8 +197,9 @@ async def test_check_tool_allows_denies_and_asks(make_fence: Callable[..., Token
     assert used.value.approval_id != approval
     assert await fence.deny(used.value.approval_id) is True
     with pytest.raises(PolicyDenied):
-        await fence.check_tool("tool:email:send", tenant_id="acme",
-                               approval_id=used.value.approval_id)  # fmt: skip
+        await fence.check_tool(
+            "tool:email:send", tenant_id="acme", approval_id=used.value.approval_id
+        )
 
 
 async def test_approvals_are_bound_to_tenant_and_action(

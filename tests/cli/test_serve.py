@@ -64,23 +64,45 @@ def worker_config() -> dict[str, Any]:
 def test_help_lists_the_options() -> None:
     result = CliRunner().invoke(cli(), ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--workers", "--redis-url", "--config", "--token",
-                   "--prefix", "--signing-key", "--default-plan", "TOKENFENCE_SERVICE_TOKEN",
-                   "TOKENFENCE_REDIS_URL"):  # fmt: skip
+    for option in (
+        "--host",
+        "--port",
+        "--workers",
+        "--redis-url",
+        "--config",
+        "--token",
+        "--prefix",
+        "--signing-key",
+        "--default-plan",
+        "TOKENFENCE_SERVICE_TOKEN",
+        "TOKENFENCE_REDIS_URL",
+    ):
         assert option in result.output
 
 
 def test_defaults_serve_on_loopback(runs: list[dict[str, Any]]) -> None:
     result = invoke("--token", TOKEN)
     assert result.exit_code == 0, result.output
-    assert runs == [{
-        "host": "127.0.0.1", "port": 8787, "workers": 1, "log_level": "info", "lifespan": "on",
-        "access_log": False, "server_header": False, "proxy_headers": False,
-    }]  # fmt: skip
+    assert runs == [
+        {
+            "host": "127.0.0.1",
+            "port": 8787,
+            "workers": 1,
+            "log_level": "info",
+            "lifespan": "on",
+            "access_log": False,
+            "server_header": False,
+            "proxy_headers": False,
+        }
+    ]
     config = worker_config()
     assert {k: v for k, v in config.items() if k != "signing_key"} == {
-        "token": TOKEN, "redis_url": None, "config": None, "default_plan": "free", "prefix": "tf",
-    }  # fmt: skip
+        "token": TOKEN,
+        "redis_url": None,
+        "config": None,
+        "default_plan": "free",
+        "prefix": "tf",
+    }
     assert len(config["signing_key"]) >= 32  # random, and the same for every worker
 
 
@@ -88,17 +110,36 @@ def test_options_and_environment(runs: list[dict[str, Any]], tmp_path: Path) -> 
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS_TOML)
     result = invoke(
-        "--host", "0.0.0.0", "--port", "9000", "--workers", "3", "--config", str(plans),
-        "--prefix", "svc", "--default-plan", "big", "--log-level", "warning",
-        env={"TOKENFENCE_SERVICE_TOKEN": TOKEN, "TOKENFENCE_REDIS_URL": "redis://r:6379/1",
-             "TOKENFENCE_SIGNING_KEY": "k" * 20},
-    )  # fmt: skip
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--workers",
+        "3",
+        "--config",
+        str(plans),
+        "--prefix",
+        "svc",
+        "--default-plan",
+        "big",
+        "--log-level",
+        "warning",
+        env={
+            "TOKENFENCE_SERVICE_TOKEN": TOKEN,
+            "TOKENFENCE_REDIS_URL": "redis://r:6379/1",
+            "TOKENFENCE_SIGNING_KEY": "k" * 20,
+        },
+    )
     assert result.exit_code == 0, result.output
     assert (runs[0]["host"], runs[0]["port"], runs[0]["workers"]) == ("0.0.0.0", 9000, 3)
     assert worker_config() == {
-        "token": TOKEN, "redis_url": "redis://r:6379/1", "config": str(plans.resolve()),
-        "default_plan": "big", "prefix": "svc", "signing_key": "k" * 20,
-    }  # fmt: skip
+        "token": TOKEN,
+        "redis_url": "redis://r:6379/1",
+        "config": str(plans.resolve()),
+        "default_plan": "big",
+        "prefix": "svc",
+        "signing_key": "k" * 20,
+    }
 
 
 def test_a_builtin_default_plan(runs: list[dict[str, Any]]) -> None:

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 import structlog
 
-from tests.conftest import _answers, _free_port
+from tests.reliability.servers import RedisProcess, redis_server
 from tokenfence_asgi import Limit, Plan, StoreUnavailable, TokenFence
 from tokenfence_asgi.engine.allowance import Allowance, Owed
+from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import ConfigError
 from tokenfence_asgi.results import Reservation
 
@@ -29,51 +27,23 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no
 PLAN = Plan("day", [Limit("1d", max_cost="10")])
 
 
-class Server:
-    """A redis-server of this test's own, which it may kill and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="tokenfence-allowance-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for _ in range(200):
-            if _answers(self.url):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    s.start()
-    try:
+def server() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, which it may kill and start again on the same port."""
+    with redis_server("--appendonly", "no") as s:
         yield s
-    finally:
-        s.kill()
-        shutil.rmtree(s.dir, ignore_errors=True)
 
 
-def make(server: Server, **options: object) -> TokenFence:
-    return TokenFence(redis_url=server.url, plans=[PLAN], default_plan="day", timeout_s=0.2,
-                      on_store_error="allowance", outage_allowance="0.05", **options)  # type: ignore[arg-type]  # fmt: skip
+def make(server: RedisProcess, **options: object) -> TokenFence:
+    return TokenFence(
+        redis_url=server.url,
+        plans=[PLAN],
+        default_plan="day",
+        timeout_s=0.2,
+        on_store_error="allowance",
+        outage_allowance="0.05",
+        **options,
+    )  # type: ignore[arg-type]
 
 
 async def reachable(fence: TokenFence) -> None:
@@ -91,7 +61,7 @@ async def used(fence: TokenFence, tenant: str) -> Decimal:
     return (await fence.status(tenant)).windows[0].used
 
 
-async def test_outage_spend_is_capped_then_written_back_once(server: Server) -> None:
+async def test_outage_spend_is_capped_then_written_back_once(server: RedisProcess) -> None:
     fence = make(server)
     try:
         await fence.commit(await fence.reserve("acme", "0.01"), "0.01")
@@ -135,7 +105,7 @@ async def test_outage_spend_is_capped_then_written_back_once(server: Server) -> 
         await fence.aclose()
 
 
-async def test_write_back_waits_while_the_store_is_away(server: Server) -> None:
+async def test_write_back_waits_while_the_store_is_away(server: RedisProcess) -> None:
     fence = make(server)
     server.kill()
     r = await fence.reserve("acme", "0.01")
@@ -151,18 +121,19 @@ async def test_write_back_waits_while_the_store_is_away(server: Server) -> None:
     await fence.aclose()
 
 
-async def test_spend_owed_at_close_is_logged_with_its_amount(server: Server) -> None:
+async def test_spend_owed_at_close_is_logged_with_its_amount(server: RedisProcess) -> None:
     fence = make(server)
     server.kill()
     await fence.commit(await fence.reserve("acme", "0.02"), "0.0125")
     with structlog.testing.capture_logs() as logs:
         await fence.aclose()
     lost = [e for e in logs if e["event"] == "outage_spend_lost"]
-    assert lost == [{"event": "outage_spend_lost", "cost_nanos": 12_500_000, "commits": 1,
-                     "log_level": "error"}]  # fmt: skip
+    assert lost == [
+        {"event": "outage_spend_lost", "cost_nanos": 12_500_000, "commits": 1, "log_level": "error"}
+    ]
 
 
-async def test_closed_and_open_modes_are_unchanged(server: Server) -> None:
+async def test_closed_and_open_modes_are_unchanged(server: RedisProcess) -> None:
     closed = TokenFence(redis_url=server.url, timeout_s=0.2)
     opened = TokenFence(redis_url=server.url, timeout_s=0.2, on_store_error="open")
     server.kill()
@@ -197,3 +168,25 @@ def test_allowance_counts() -> None:
     allowance.recovered()
     assert allowance.used_nanos("t") == 0
     assert not allowance.owed
+
+
+async def test_the_write_back_starts_by_itself_on_a_fence_with_observers(
+    server: RedisProcess,
+) -> None:
+    """Observers (the Prometheus metrics among them) time each script on another path: the
+    first answer after an outage starts the write-back there too."""
+    fence = make(server)
+    fence.observe(FenceObserver())
+    try:
+        server.kill()
+        reservation = await fence.reserve("acme", "0.02")
+        assert reservation.degraded
+        await fence.commit(reservation, "0.02")
+        server.start()
+        await reachable(fence)
+        assert fence._holds.writing_back is not None
+        await asyncio.wait_for(fence._holds.writing_back, 5)
+        assert fence.counters.written_back == 1
+        assert await used(fence, "acme") == Decimal("0.02")
+    finally:
+        await fence.aclose()

@@ -27,6 +27,36 @@ async def _settled(fence: TokenFence, tenant: str) -> tuple[int, str]:
     return held
 
 
+async def _cancel_before_it_lands(
+    fence: TokenFence, monkeypatch: pytest.MonkeyPatch, transit_s: float
+) -> None:
+    """Cancel a reserve whose command reaches the store ``transit_s`` after the caller gave up
+    (so the first release finds nothing); return once the store holds it."""
+    real = fence._router.run
+    sent = asyncio.Event()
+    in_transit: list[asyncio.Task[Any]] = []
+
+    async def slow_wire(name: str, keys: list[str], args: list[str]) -> Any:
+        if name != "reserve":
+            return await real(name, keys, args)
+
+        async def arrive() -> Any:
+            await asyncio.sleep(transit_s)
+            return await real(name, keys, args)
+
+        in_transit.append(asyncio.ensure_future(arrive()))
+        sent.set()
+        return await asyncio.shield(in_transit[0])
+
+    monkeypatch.setattr(fence._router, "run", slow_wire)
+    task = asyncio.create_task(fence.reserve("acme", "0.10"))
+    await sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await in_transit[0]
+
+
 @pytest.mark.parametrize("late", [0.0, 0.2])
 async def test_a_reserve_cancelled_after_the_store_held_it_is_released(
     make_fence: MakeFence, monkeypatch: pytest.MonkeyPatch, late: float
@@ -58,29 +88,7 @@ async def test_a_reserve_that_lands_after_the_first_release_is_released_by_a_ret
     make_fence: MakeFence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fence = make_fence()
-    real = fence._router.run
-    sent = asyncio.Event()
-    in_transit: list[asyncio.Task[Any]] = []
-
-    async def slow_wire(name: str, keys: list[str], args: list[str]) -> Any:
-        if name != "reserve":
-            return await real(name, keys, args)
-
-        async def arrive() -> Any:
-            await asyncio.sleep(0.3)  # the command reaches the store after the caller gave up
-            return await real(name, keys, args)
-
-        in_transit.append(asyncio.ensure_future(arrive()))
-        sent.set()
-        return await asyncio.shield(in_transit[0])
-
-    monkeypatch.setattr(fence._router, "run", slow_wire)
-    task = asyncio.create_task(fence.reserve("acme", "0.10"))
-    await sent.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await in_transit[0]  # now the store holds it, and the first release found nothing
+    await _cancel_before_it_lands(fence, monkeypatch, 0.3)  # the first release found nothing
     assert (await _held(fence, "acme"))[0] == 1
     for _ in range(300):
         if fence.counters.released_after_cancel:
@@ -115,3 +123,17 @@ async def test_a_callers_own_reservation_id_is_left_to_the_caller(
     assert await _held(fence, "acme") == (1, "0.1")
     assert fence.counters.released_after_cancel == 0
     await fence.release(held)
+
+
+async def test_aclose_releases_at_once_a_hold_still_waiting_for_its_retry(
+    make_fence: MakeFence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fence closed while a cancelled reserve's hold waits for its next release retry (1 s,
+    then 5 s) releases it before the store closes, instead of leaving it to the lease."""
+    fence = make_fence()
+    other = make_fence()  # another instance on the same store, to look after the close
+    await _cancel_before_it_lands(fence, monkeypatch, 0.2)
+    assert (await _held(other, "acme"))[0] == 1
+    await fence.aclose()
+    assert fence.counters.released_after_cancel == 1
+    assert await _held(other, "acme") == (0, "0")

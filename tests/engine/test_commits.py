@@ -14,13 +14,14 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import structlog
 
-from tests.conftest import Backend
+from tests.conftest import START, Backend
 from tests.reliability.figures import record
 from tests.reliability.servers import have_redis_binaries, redis_server
 from tokenfence_asgi.config import Limit, Plan
@@ -299,6 +300,16 @@ async def test_a_call_refused_for_its_own_queued_holds_is_tried_again_after_they
     assert await used_and_held(reader, "acme") == (D("0.10"), D("0.60"))
     with pytest.raises(BudgetExceeded):  # and a real refusal stays one
         await fence.reserve("acme", "0.60")
+    # The daily usage counts the refusals callers saw: the reader's and the last one, not the
+    # tries that were made again after the queued commits landed.
+    today = datetime.fromtimestamp(START, UTC).date()
+    (day,) = await reader.usage("acme", today, today)
+    assert day.refusals == 2
+    await fence.commit_soon(await fence.reserve("acme", "0.10"), "0.10")
+    with pytest.raises(BudgetExceeded):  # refused while a commit of its own was queued
+        await fence.reserve("acme", "0.60")
+    (day,) = await reader.usage("acme", today, today)
+    assert day.refusals == 3
 
 
 async def test_awaited_commits_of_concurrent_callers_share_round_trips(

@@ -47,16 +47,24 @@ async def test_reserve_commit_charges_the_actual_cost(make_fence: MakeFence) -> 
     fence = make_fence(plans=PLANS, default_plan="day")
     r = await fence.reserve("acme", "0.02", feature="chat", model="gpt-4o")
     assert (r.tenant_id, r.feature, r.model, r.amount, r.plan) == (
-        "acme", "chat", "gpt-4o", D("0.02"), "day",
-    )  # fmt: skip
+        "acme",
+        "chat",
+        "gpt-4o",
+        D("0.02"),
+        "day",
+    )
     assert await day_window(fence, "acme") == (D(0), D("0.02"), 1)
     settled = await fence.commit(r, "0.013", input_tokens=100, output_tokens=20)
     assert (settled.cost, settled.late, settled.duplicate) == (D("0.013"), False, False)
     s = await fence.status("acme")
     (w,) = s.windows
     assert (w.used, w.held, w.limit, w.remaining, w.requests) == (
-        D("0.013"), D(0), D("1"), D("0.987"), 1,
-    )  # fmt: skip
+        D("0.013"),
+        D(0),
+        D("1"),
+        D("0.987"),
+        1,
+    )
     assert s.plan == "day"
     assert s.open_holds == 0
 
@@ -116,8 +124,10 @@ async def test_every_limit_is_checked_first_failing_reported(
     with pytest.raises(BudgetExceeded) as info:
         await fence.reserve("acme", "0.30")
     assert (info.value.window, info.value.total_cost, info.value.max_cost) == (
-        "1mo", D("1.8"), D("2"),
-    )  # fmt: skip
+        "1mo",
+        D("1.8"),
+        D("2"),
+    )
     assert info.value.resets_at == datetime(2026, 4, 1, tzinfo=UTC)
 
 
@@ -414,9 +424,16 @@ async def test_hostile_tenant_ids_get_their_own_budget(make_fence: MakeFence, te
 
 @pytest.mark.parametrize(
     ("tenant", "match"),
-    [("", "empty"), ("x" * 201, "maximum"), ("a\nb", "control"), ("a\x00", "control"),
-     ("\u200b", "control"), (42, "string"), (None, "string")],
-)  # fmt: skip
+    [
+        ("", "empty"),
+        ("x" * 201, "maximum"),
+        ("a\nb", "control"),
+        ("a\x00", "control"),
+        ("\u200b", "control"),
+        (42, "string"),
+        (None, "string"),
+    ],
+)
 async def test_bad_ids_are_refused_clearly(
     make_fence: MakeFence, tenant: object, match: str
 ) -> None:
@@ -599,9 +616,11 @@ async def test_open_mode_allows_and_counts_when_the_store_is_down() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fence = TokenFence(
-        redis_url=f"redis://127.0.0.1:{port}/0", plans=PLANS, default_plan="day",
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        plans=PLANS,
+        default_plan="day",
         on_store_error="open",
-    )  # fmt: skip
+    )
     r = await fence.reserve("acme", "0.01")
     assert r.degraded
     settled = await fence.commit(r, "0.01")

@@ -64,9 +64,13 @@ async def test_observer_sees_every_event(make_fence: Callable[..., TokenFence]) 
     ]
     scripts = [e[1] for e in rec.events if e[0] == "script"]
     assert scripts == [
-        ("reserve", True), ("commit", True), ("commit", True), ("reserve", True),
-        ("reserve", True), ("release", True),
-    ]  # fmt: skip
+        ("reserve", True),
+        ("commit", True),
+        ("commit", True),
+        ("reserve", True),
+        ("reserve", True),
+        ("release", True),
+    ]
 
 
 def test_observe_rejects_other_objects() -> None:

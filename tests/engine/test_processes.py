@@ -21,8 +21,9 @@ PLAN = Plan("shared", [Limit("1d", max_cost="3.00"), Limit("1mo", max_cost="100"
 async def _spend(url: str, prefix: str, seed: int, start: Any) -> tuple[int, int]:
     """Reserve and commit random amounts until refused 20 times; return (committed nanos, calls)."""
     rng = random.Random(seed)
-    fence = TokenFence(redis_url=url, prefix=prefix, plans=[PLAN], default_plan="shared",
-                       timeout_s=5)  # fmt: skip
+    fence = TokenFence(
+        redis_url=url, prefix=prefix, plans=[PLAN], default_plan="shared", timeout_s=5
+    )
     committed = calls = refusals = 0
     try:
         await fence.ping()  # connected and scripts loaded before the race starts

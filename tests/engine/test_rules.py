@@ -155,9 +155,11 @@ async def test_a_new_pools_first_period_carries_nothing(
 
 SHARED = Plan("shared", [Limit("1d", max_cost="1")], features={"chat": 0.5, "search": 0.25})
 CAPPED = Plan(
-    "capped", [Limit("1d", max_cost="1")], features={"chat": 0.5, "search": 0.25},
+    "capped",
+    [Limit("1d", max_cost="1")],
+    features={"chat": 0.5, "search": 0.25},
     feature_mode="cap",
-)  # fmt: skip
+)
 
 
 async def test_share_mode_keeps_other_features_guarantees_free(make_fence: MakeFence) -> None:
@@ -344,8 +346,10 @@ async def test_request_thresholds(make_fence: MakeFence) -> None:
         await fence.release(await fence.reserve("t", "0.01"))
     await fence._alerts.drain()
     assert [(a.metric, a.threshold, a.used) for a in seen] == [
-        ("requests", 50, 2), ("requests", 80, 4), ("requests", 100, 4),
-    ]  # fmt: skip
+        ("requests", 50, 2),
+        ("requests", 80, 4),
+        ("requests", 100, 4),
+    ]
 
 
 async def test_slow_or_failing_hooks_never_delay_or_fail_a_call(make_fence: MakeFence) -> None:

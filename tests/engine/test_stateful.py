@@ -194,9 +194,14 @@ class BudgetMachine(StoreMachine):
         self.ids: list[str] = []
         self.reservations: dict[str, Reservation] = {}
         self.fence = TokenFence(
-            redis=self.client, prefix=self.prefix, plans=[PLAN], default_plan="model",
-            clock=lambda: self.now, hold_ttl=HOLD_S, reclaim_batch=RECLAIM,
-        )  # fmt: skip
+            redis=self.client,
+            prefix=self.prefix,
+            plans=[PLAN],
+            default_plan="model",
+            clock=lambda: self.now,
+            hold_ttl=HOLD_S,
+            reclaim_batch=RECLAIM,
+        )
 
     @initialize(offset_days=st.integers(0, 800), offset_s=st.integers(0, 86399))
     def start_somewhere(self, offset_days: int, offset_s: int) -> None:
@@ -264,8 +269,10 @@ class BudgetMachine(StoreMachine):
             assert settled.duplicate
         else:
             assert (settled.duplicate, settled.late, to_nanos(settled.cost)) == (
-                False, expected[1], cost,
-            )  # fmt: skip
+                False,
+                expected[1],
+                cost,
+            )
 
     @precondition(lambda self: bool(self.reservations))
     @rule(index=st.integers(0, 10**6))
@@ -280,8 +287,9 @@ class BudgetMachine(StoreMachine):
         status = self.run(self.fence.status(TENANT))
         self.model.reclaim(self.now_ms)  # status reclaims too, with the same bound
         assert (to_nanos(status.held), status.open_holds) == (
-            self.model.held, len(self.model.holds),
-        )  # fmt: skip
+            self.model.held,
+            len(self.model.holds),
+        )
         for limit, w in zip(PLAN.limits, status.windows, strict=True):
             start, end = period(limit.window, self.now_ms // 1000)
             c, r, q = self.model.counters(limit.window, start)

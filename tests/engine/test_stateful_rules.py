@@ -188,8 +188,9 @@ class Model:
             mine = t.held_f.get(feature, 0) if feature else 0
             reserved = sum(
                 max(0, share(limit, ppm) - day.feature(g) - t.held_f.get(g, 0))
-                for g, ppm in WEIGHTS.items() if g != feature
-            )  # fmt: skip
+                for g, ppm in WEIGHTS.items()
+                if g != feature
+            )
             if day.c + t.held + amount > limit:
                 refusal = ("budget", "tenant", "1d", "limit", day, limit)
             elif day.c + t.held + amount + reserved > limit:
@@ -319,9 +320,14 @@ class RulesMachine(StoreMachine):
         self.now = START + offset
         self.model = Model(mode, enforce)
         self.fence = TokenFence(
-            redis=self.client, prefix=self.prefix, plans=[tenant_plan(mode, enforce), POOL_PLAN],
-            default_plan="t", clock=lambda: self.now, hold_ttl=HOLD_S, reclaim_batch=1000,
-        )  # fmt: skip
+            redis=self.client,
+            prefix=self.prefix,
+            plans=[tenant_plan(mode, enforce), POOL_PLAN],
+            default_plan="t",
+            clock=lambda: self.now,
+            hold_ttl=HOLD_S,
+            reclaim_batch=1000,
+        )
         self.fence.on_alert(self.seen.append)
 
     def check_alerts(self, tenant: str, expected: list[tuple[Any, ...]]) -> None:
@@ -348,8 +354,9 @@ class RulesMachine(StoreMachine):
         expected, alerts = self.model.reserve(tenant, rid, amount, feature, self.now_ms)
         outcome: Reservation | Exception
         try:
-            outcome = self.run(self.fence.reserve(tenant, from_nanos(amount), feature=feature,
-                                                  reservation_id=rid))  # fmt: skip
+            outcome = self.run(
+                self.fence.reserve(tenant, from_nanos(amount), feature=feature, reservation_id=rid)
+            )
         except (BudgetExceeded, RequestLimitExceeded, InvalidAmount) as exc:
             outcome = exc
         if isinstance(outcome, InvalidAmount):
@@ -359,8 +366,9 @@ class RulesMachine(StoreMachine):
             would = outcome.shadow_refusal
             assert (would is None) == (expected[1] is None), (would, expected)
             if would is not None:
-                assert expected[1][0] == ("budget" if isinstance(would, BudgetExceeded)
-                                          else "requests")  # fmt: skip
+                assert expected[1][0] == (
+                    "budget" if isinstance(would, BudgetExceeded) else "requests"
+                )
             self.reservations[rid] = outcome
         else:
             assert expected[0] != "ok", (expected, outcome)
@@ -492,19 +500,22 @@ def _never_overspend(redis_url: str | None, calls: list[Any], mode: str, pooled:
         )
         prefix = f"tfo{uuid.uuid4().hex[:10]}"
         tenant = Plan(
-            "t", [Limit("1d", max_cost="0.60"), Limit("1m", max_cost="0.70", kind="sliding")],
+            "t",
+            [Limit("1d", max_cost="0.60"), Limit("1m", max_cost="0.70", kind="sliding")],
             features=None if mode == "none" else {"chat": 0.5, "search": 0.25},
             feature_mode="cap" if mode == "cap" else "share",
-        )  # fmt: skip
+        )
         pool = Plan("pool", [Limit("1d", max_cost="0.40")])
-        fence = TokenFence(redis=client, prefix=prefix, plans=[tenant, pool], default_plan="t",
-                           clock=lambda: START)  # fmt: skip
+        fence = TokenFence(
+            redis=client, prefix=prefix, plans=[tenant, pool], default_plan="t", clock=lambda: START
+        )
         if pooled:
             for tenant in TENANTS:
                 await fence.set_pool(tenant, POOL, plan="pool")
 
-        async def call(tenant: str, feature: str | None, est: int, pct: int, naps: int,
-                       release: bool) -> None:  # fmt: skip
+        async def call(
+            tenant: str, feature: str | None, est: int, pct: int, naps: int, release: bool
+        ) -> None:
             try:
                 r = await fence.reserve(tenant, from_nanos(est), feature=feature)
             except (BudgetExceeded, RequestLimitExceeded):

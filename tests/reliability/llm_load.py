@@ -64,9 +64,14 @@ class Recorder(FenceObserver):
 
 
 async def _run(
-    url: str, prefix: str, plan: Plan, tenants: dict[str, str], callers: int, ready: Any,
+    url: str,
+    prefix: str,
+    plan: Plan,
+    tenants: dict[str, str],
+    callers: int,
+    ready: Any,
     go: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import httpx
     import litellm
@@ -82,8 +87,9 @@ async def _run(
     from tokenfence_asgi.litellm import TokenFenceCallback
     from tokenfence_asgi.web.middleware import TokenFenceMiddleware
 
-    fence = TokenFence(redis_url=url, prefix=prefix, plans=[plan], default_plan=plan.name,
-                       timeout_s=5)  # fmt: skip
+    fence = TokenFence(
+        redis_url=url, prefix=prefix, plans=[plan], default_plan=plan.name, timeout_s=5
+    )
     recorders = {phase: Recorder() for phase in PHASES}
     current: list[Recorder] = []
 
@@ -119,9 +125,12 @@ async def _run(
     async def chat(request: Request) -> JSONResponse:
         phase = request.path_params["phase"]
         response = await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, max_tokens=MAX_TOKENS,
-            api_base=f"{provider_base[0]}/{phase}/v1", api_key="sk-fake",
-        )  # fmt: skip
+            model="gpt-4o-mini",
+            messages=MSGS,
+            max_tokens=MAX_TOKENS,
+            api_base=f"{provider_base[0]}/{phase}/v1",
+            api_key="sk-fake",
+        )
         return JSONResponse({"model": response.model})
 
     app = Starlette(
@@ -177,9 +186,15 @@ async def _run(
 
 
 def llm_worker(
-    url: str, prefix: str, plan: Plan, tenants: dict[str, str], callers: int, ready: Any,
-    go: dict[str, Any], queue: Any,
-) -> None:  # fmt: skip
+    url: str,
+    prefix: str,
+    plan: Plan,
+    tenants: dict[str, str],
+    callers: int,
+    ready: Any,
+    go: dict[str, Any],
+    queue: Any,
+) -> None:
     """Run every phase of ``PHASES`` in order: put the phase on ``ready``, wait for its ``go``
     event, spend; at the end put what it saw on ``queue``."""
     import warnings

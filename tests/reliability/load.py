@@ -34,8 +34,9 @@ def _backoff(fence: TokenFence) -> dict[str, int]:
 async def _engine_load(
     url: str, prefix: str, tenant: str, mode: str, seconds: float, callers: int, start: Any
 ) -> dict[str, Any]:
-    fence = TokenFence(redis_url=url, prefix=prefix, plans=[BIG], default_plan="big",
-                       on_store_error=mode)  # type: ignore[arg-type]  # fmt: skip
+    fence = TokenFence(
+        redis_url=url, prefix=prefix, plans=[BIG], default_plan="big", on_store_error=mode
+    )  # type: ignore[arg-type]
     await fence.ping()
     await asyncio.to_thread(start.wait, 120)
     deadline = time.monotonic() + seconds
@@ -99,9 +100,15 @@ async def _engine_load(
 
 
 def engine_worker(
-    url: str, prefix: str, tenant: str, mode: str, seconds: float, callers: int, start: Any,
+    url: str,
+    prefix: str,
+    tenant: str,
+    mode: str,
+    seconds: float,
+    callers: int,
+    start: Any,
     queue: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Reserve and commit on ``tenant`` from ``callers`` concurrent tasks for ``seconds``."""
     queue.put(asyncio.run(_engine_load(url, prefix, tenant, mode, seconds, callers, start)))
 
@@ -165,8 +172,12 @@ async def _http_load(
             await asyncio.gather(*(caller() for _ in range(callers)))
     # The fence's connections belong to the server's event loop, which is gone: the process
     # exits without closing them.
-    return {"tenant": tenant, "ops": ops, "counters": asdict(fence.counters),
-            "backoff": _backoff(fence)}  # fmt: skip
+    return {
+        "tenant": tenant,
+        "ops": ops,
+        "counters": asdict(fence.counters),
+        "backoff": _backoff(fence),
+    }
 
 
 def http_worker(

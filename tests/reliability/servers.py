@@ -113,10 +113,23 @@ class RedisProcess:
         if self._log is None:
             self._log = open(os.path.join(self.workdir, "redis.log"), "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir,
-             "--save", "", "--protected-mode", "no", *self.extra],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.workdir,
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                *self.extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         if wait:
             self.wait_ready(timeout)
 
@@ -212,9 +225,13 @@ class LocalCluster:
     """
 
     def __init__(
-        self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 5000,
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 5000,
         extra: tuple[str, ...] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.masters = masters
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
@@ -232,20 +249,40 @@ class LocalCluster:
             node_dir = os.path.join(self.workdir, str(n))
             os.mkdir(node_dir)
             node = RedisProcess(
-                port, node_dir, "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
-                str(self.node_timeout_ms), "--appendonly", "no", "--repl-diskless-sync-delay", "0",
+                port,
+                node_dir,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(bus),
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
                 *self.extra,
-            )  # fmt: skip
+            )
             self.nodes.append(node)
             node.start(wait=False)
         for node in self.nodes:
             node.wait_ready(timeout)
         created = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            capture_output=True, timeout=timeout, check=False,
-        )  # fmt: skip
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]!r}")
         self.wait_ok(timeout)

@@ -33,8 +33,14 @@ HOLDS = 50
 
 
 async def _hold_then_spin(url: str, prefix: str, conn: Any) -> None:
-    fence = TokenFence(redis_url=url, prefix=prefix, plans=[PLAN], default_plan="crash",
-                       hold_ttl=HOLD_S, timeout_s=5)  # fmt: skip
+    fence = TokenFence(
+        redis_url=url,
+        prefix=prefix,
+        plans=[PLAN],
+        default_plan="crash",
+        hold_ttl=HOLD_S,
+        timeout_s=5,
+    )
     committed = []
     for n in range(10):
         r = await fence.reserve(TENANT, "0.05", reservation_id=f"c{n}")
@@ -63,8 +69,14 @@ async def test_sigkilled_worker_holds_come_back_after_the_lease(
 ) -> None:
     parent, child = workers.ctx.Pipe()
     proc = workers.start(_worker, redis_url, prefix, child)
-    fence = TokenFence(redis_url=redis_url, prefix=prefix, plans=[PLAN], default_plan="crash",
-                       hold_ttl=HOLD_S, timeout_s=5)  # fmt: skip
+    fence = TokenFence(
+        redis_url=redis_url,
+        prefix=prefix,
+        plans=[PLAN],
+        default_plan="crash",
+        hold_ttl=HOLD_S,
+        timeout_s=5,
+    )
     try:
         ready = await asyncio.to_thread(parent.poll, 120)
         assert ready, "the worker did not report"

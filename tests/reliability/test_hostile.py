@@ -82,9 +82,30 @@ BAD_MONEY = st.one_of(
     st.decimals(allow_nan=True, allow_infinity=True, places=None).map(str),
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-(10**20), 10**20),
-    st.sampled_from(["-0.01", "1e3", "1E-10", " 1", "1 ", "0x10", "1_000", "١٢", "", "½",
-                     "1e400", "NaN", "-inf", True, False, None, b"1", [1], 10**7]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "-0.01",
+            "1e3",
+            "1E-10",
+            " 1",
+            "1 ",
+            "0x10",
+            "1_000",
+            "١٢",
+            "",
+            "½",
+            "1e400",
+            "NaN",
+            "-inf",
+            True,
+            False,
+            None,
+            b"1",
+            [1],
+            10**7,
+        ]
+    ),
+)
 MONEY = st.one_of(GOOD_MONEY, GOOD_MONEY, BAD_MONEY)
 
 
@@ -114,8 +135,9 @@ def shared_fence(redis_url: str, runner: asyncio.Runner) -> Iterator[tuple[Token
     import uuid
 
     prefix = f"tfh{uuid.uuid4().hex[:10]}"
-    fence = TokenFence(redis_url=redis_url, prefix=prefix, plans=[BIG], default_plan="big",
-                       timeout_s=5)  # fmt: skip
+    fence = TokenFence(
+        redis_url=redis_url, prefix=prefix, plans=[BIG], default_plan="big", timeout_s=5
+    )
     try:
         yield fence, prefix
     finally:
@@ -142,9 +164,14 @@ def test_hostile_ids_and_money_through_the_engine(
         request_id=st.none() | IDS,
     )
     def example(
-        tenants: list[str], feature: str | None, model: str | None, used_model: str | None,
-        amount: Any, cost: Any, request_id: str | None,
-    ) -> None:  # fmt: skip
+        tenants: list[str],
+        feature: str | None,
+        model: str | None,
+        used_model: str | None,
+        amount: Any,
+        cost: Any,
+        request_id: str | None,
+    ) -> None:
         async def run() -> None:
             for tenant in tenants:
                 try:
@@ -203,10 +230,20 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 async def _asgi(
     app: Any, headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
-             "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80)}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -248,8 +285,13 @@ def test_hostile_headers_through_the_middleware(
         assert ctx is not None
         assert ctx.tenant_id is not None
         body = json.dumps({"tenant": ctx.tenant_id}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     app = TokenFenceMiddleware(inner, fence=fence)
@@ -296,17 +338,32 @@ def _toml_value(value: Any) -> str:
 
 WINDOWS = ["1d", "1h", "1m", "7d", "1mo", "30d", "1y", "0d", "-1d", "1 d", "1D"]
 SCALARS = st.one_of(
-    st.integers(-(10**20), 10**20), st.floats(allow_nan=True), st.booleans(), IDS,
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    IDS,
     st.sampled_from([*WINDOWS, "sliding", "calendar", "cap", "share", "-1", "0", "0.5", "1e400"]),
-)  # fmt: skip
+)
 VALUES = st.recursive(
     SCALARS,
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(IDS, inner, max_size=2),
     max_leaves=3,
 )
-PLAN_KEYS = st.sampled_from(["models", "downgrade", "features", "feature_mode", "upgrade_url",
-                             "enforce", "max_input_chars", "max_input_tokens", "price_per_month",
-                             "policy", "bogus"])  # fmt: skip
+PLAN_KEYS = st.sampled_from(
+    [
+        "models",
+        "downgrade",
+        "features",
+        "feature_mode",
+        "upgrade_url",
+        "enforce",
+        "max_input_chars",
+        "max_input_tokens",
+        "price_per_month",
+        "policy",
+        "bogus",
+    ]
+)
 LIMIT = st.fixed_dictionaries(
     {"window": st.sampled_from(WINDOWS) | SCALARS},
     optional={
@@ -373,8 +430,7 @@ def test_hostile_plan_files_load_or_raise_config_error(
             loaded += 1
             assert plans
             assert all(isinstance(p, Plan) for p in plans)
-            fence = TokenFence(redis=client, prefix=prefix, plans=plans,
-                               default_plan=plans[0].name)  # fmt: skip
+            fence = TokenFence(redis=client, prefix=prefix, plans=plans, default_plan=plans[0].name)
 
             async def run() -> None:
                 try:
@@ -404,8 +460,9 @@ def test_hostile_ids_on_redis_cluster_never_cross_slots(
 
     prefix = f"tfhc{uuid.uuid4().hex[:8]}"
     client = redis_cluster.client()
-    fence = TokenFence(redis=client, prefix=prefix, plans=[BIG, Plan("pool", [])],
-                       default_plan="big")  # fmt: skip
+    fence = TokenFence(
+        redis=client, prefix=prefix, plans=[BIG, Plan("pool", [])], default_plan="big"
+    )
     charged: dict[str, int] = {}
     braces = st.text(alphabet="{}:.%ab", min_size=1, max_size=10)
 
@@ -469,9 +526,11 @@ def test_hostile_metadata_and_models_through_the_litellm_callback(
     )
     def example(model: str, tenant: Any, feature: Any, content: str, max_tokens: Any) -> None:
         kwargs: dict[str, Any] = {
-            "model": model, "messages": [{"role": "user", "content": content}],
-            "metadata": {"tenant_id": tenant, "feature": feature}, "max_tokens": max_tokens,
-        }  # fmt: skip
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "metadata": {"tenant_id": tenant, "feature": feature},
+            "max_tokens": max_tokens,
+        }
 
         async def run() -> None:
             try:
@@ -501,8 +560,15 @@ def test_valid_id_restates_the_documented_rule() -> None:
     """``valid_id`` (the tests' oracle) on edge ids, and the engine agreeing with it."""
     from tokenfence_asgi.store.keys import validate_id
 
-    for value, ok in [("a", True), ("", False), ("x" * 200, True), ("x" * 201, False),
-                      ("a\u200bb", False), ("é", True), ("a\ud800", False)]:  # fmt: skip
+    for value, ok in [
+        ("a", True),
+        ("", False),
+        ("x" * 200, True),
+        ("x" * 201, False),
+        ("a\u200bb", False),
+        ("é", True),
+        ("a\ud800", False),
+    ]:
         assert valid_id(value) is ok
         if ok:
             assert validate_id(value) == value

@@ -54,8 +54,16 @@ def test_ten_second_outage_fails_closed_fast_and_recovers_without_a_herd(
         queue = workers.ctx.Queue()
         start = workers.ctx.Barrier(PROCESSES + 1)
         for i in range(PROCESSES):
-            workers.start(http_worker, proxy.url, prefix, f"outage-{i}",
-                          BEFORE_S + OUTAGE_S + AFTER_S, CALLERS, start, queue)  # fmt: skip
+            workers.start(
+                http_worker,
+                proxy.url,
+                prefix,
+                f"outage-{i}",
+                BEFORE_S + OUTAGE_S + AFTER_S,
+                CALLERS,
+                start,
+                queue,
+            )
         start.wait(120)
         time.sleep(BEFORE_S)
         stopped = time.monotonic()

@@ -42,8 +42,7 @@ PLAN = Plan("load", [Limit("1d", max_cost=LIMIT)])
 
 
 async def _store_view(url: str, prefix: str, tenant: str) -> tuple[int, int, list[Any]]:
-    fence = TokenFence(redis_url=url, prefix=prefix, plans=[PLAN], default_plan="load",
-                       timeout_s=5)  # fmt: skip
+    fence = TokenFence(redis_url=url, prefix=prefix, plans=[PLAN], default_plan="load", timeout_s=5)
     try:
         status = await fence.status(tenant)
         records = [r async for r in fence.usage_records(tenant_id=tenant)]

@@ -42,14 +42,19 @@ CALLERS = 8
 
 
 def _run(
-    workers: Workers, server: RedisProcess, prefix: str, modes: list[str], seconds: float,
+    workers: Workers,
+    server: RedisProcess,
+    prefix: str,
+    modes: list[str],
+    seconds: float,
     fault: Callable[[], dict[str, float]],
-) -> tuple[list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     queue = workers.ctx.Queue()
     start = workers.ctx.Barrier(len(modes) + 1)
     for i, mode in enumerate(modes):
-        workers.start(engine_worker, server.url, prefix, f"w{i}-{mode}", mode, seconds, CALLERS,
-                      start, queue)  # fmt: skip
+        workers.start(
+            engine_worker, server.url, prefix, f"w{i}-{mode}", mode, seconds, CALLERS, start, queue
+        )
     start.wait(120)
     times = fault()
     results = workers.results(queue, len(modes))
@@ -60,8 +65,9 @@ def _check_ledger(server: RedisProcess, prefix: str, result: dict[str, Any]) -> 
     """Each committed reservation charged once; counters equal the ledger."""
 
     async def read() -> tuple[list[Any], Any]:
-        fence = TokenFence(redis_url=server.url, prefix=prefix, plans=[BIG], default_plan="big",
-                           timeout_s=5)  # fmt: skip
+        fence = TokenFence(
+            redis_url=server.url, prefix=prefix, plans=[BIG], default_plan="big", timeout_s=5
+        )
         try:
             records = [r async for r in fence.usage_records(tenant_id=result["tenant"])]
             return records, await fence.status(result["tenant"])
@@ -160,5 +166,11 @@ def test_script_flush_under_load_fails_no_call(
         assert result["counters"]["store_errors"] == 0
         latencies += [t1 - t0 for t0, t1, _, _ in result["ops"]]
         _check_ledger(own_redis, prefix, result)
-    record("script_flush", processes=4, calls=calls, flushes=5, failed=0,
-           p99_call_s=round(percentile(latencies, 0.99), 4))  # fmt: skip
+    record(
+        "script_flush",
+        processes=4,
+        calls=calls,
+        flushes=5,
+        failed=0,
+        p99_call_s=round(percentile(latencies, 0.99), 4),
+    )

@@ -228,8 +228,14 @@ def test_a_replayed_signed_header_is_refused(
 
 
 MSGS = [{"role": "user", "content": "Say hello."}]
-_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback",
-                   "_async_success_callback", "_async_failure_callback")  # fmt: skip
+_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+)
 
 
 @pytest.fixture
@@ -249,8 +255,12 @@ async def fenced_app(
 
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
-        await litellm.acompletion(model="gpt-4o-mini", messages=MSGS, mock_response="hi",
-                                  metadata=body.get("metadata") or {})  # fmt: skip
+        await litellm.acompletion(
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="hi",
+            metadata=body.get("metadata") or {},
+        )
         return JSONResponse({"ok": True})
 
     app = Starlette(
@@ -295,8 +305,9 @@ async def test_a_request_is_charged_to_its_own_tenant_only(
     assert both.status_code == 400
     # A reservation id smuggled in the metadata does not settle anyone else's call.
     smuggled = {"metadata": {"tokenfence_reservation_id": "victim-call"}}
-    assert (await client.post("/chat", headers={"X-Tenant-ID": "attacker"},
-                              json=smuggled)).status_code == 200  # fmt: skip
+    assert (
+        await client.post("/chat", headers={"X-Tenant-ID": "attacker"}, json=smuggled)
+    ).status_code == 200
     assert await _spent(fence, victim) == (0, 0)
     status = await fence.status(victim)
     assert status.open_holds == 0
@@ -393,8 +404,14 @@ def _routes(app: Starlette) -> list[tuple[str, str]]:
         path = getattr(route, "path", None)
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
             if path is not None and method != "HEAD":
-                found.append((method, path.replace("{tenant}", "acme").replace("{pool}", "p")
-                              .replace("{approval}", "a")))  # fmt: skip
+                found.append(
+                    (
+                        method,
+                        path.replace("{tenant}", "acme")
+                        .replace("{pool}", "p")
+                        .replace("{approval}", "a"),
+                    )
+                )
     return found
 
 
@@ -410,8 +427,9 @@ async def _refuses_without_the_token(app: Starlette, token: str, public: set[str
                 response = await client.request(method, path, headers=headers, json={})
                 assert response.status_code == 401, (method, path, header, response.text)
                 checked += 1
-            ok = await client.request(method, path, headers={"Authorization": f"Bearer {token}"},
-                                      json={})  # fmt: skip
+            ok = await client.request(
+                method, path, headers={"Authorization": f"Bearer {token}"}, json={}
+            )
             assert ok.status_code != 401, (method, path)
     return checked
 
@@ -421,8 +439,7 @@ async def test_every_admin_route_refuses_a_missing_or_wrong_token(
 ) -> None:
     from tokenfence_asgi.web.admin import admin_app
 
-    app = admin_app(make_fence(plans=[OPEN], default_plan="open"), token=ADMIN_TOKEN,
-                    metrics=False)  # fmt: skip
+    app = admin_app(make_fence(plans=[OPEN], default_plan="open"), token=ADMIN_TOKEN, metrics=False)
     public = {"/", "/dashboard.js", "/dashboard.css"}  # documented: no data, no token
     assert await _refuses_without_the_token(app, ADMIN_TOKEN, public) > 0
 

@@ -88,8 +88,9 @@ async def test_every_script_stays_in_one_slot_and_every_primary_is_used(
             if i % 4 == 0:
                 await fence.set_pool(tenant, f"pool-{i % 3}", plan="pool")
             r = await fence.reserve(tenant, "0.01", feature="chat", model="m")
-            await fence.commit(r, "0.005", input_tokens=3, output_tokens=2, model="m2",
-                               request_id="req-1")  # fmt: skip
+            await fence.commit(
+                r, "0.005", input_tokens=3, output_tokens=2, model="m2", request_id="req-1"
+            )
             await fence.release(await fence.reserve(tenant, "0.02"))
             await fence.kill(tenant, feature="chat")
             await fence.revive(tenant, feature="chat")
@@ -237,10 +238,11 @@ class Load:
             rid, cost = f"w{w}-{n}", 1_000_000 + 1000 * w + n
             n += 1
             reservation = await self.attempt(
-                tenant, lambda t=tenant, c=cost, i=rid: self.fence.reserve(  # type: ignore[misc]
+                tenant,
+                lambda t=tenant, c=cost, i=rid: self.fence.reserve(  # type: ignore[misc]
                     t, from_nanos(c), reservation_id=i
                 ),
-            )  # fmt: skip
+            )
             settled = await self.attempt(
                 tenant, lambda r=reservation, c=cost: self.fence.commit(r, from_nanos(c))
             )
@@ -275,9 +277,10 @@ async def test_failover_of_a_primary_under_load_charges_nothing_twice(prefix: st
     try:
         await asyncio.to_thread(local.start)
         client = local.client(
-            socket_timeout=0.5, socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
-        )  # fmt: skip
+        )
         fence = TokenFence(redis=client, prefix=prefix, plans=[BIG], default_plan="big")
         tenants = [f"tenant-{n}" for n in range(30)]
         victim = local.primary_of(_slot(prefix, tenants[0]))

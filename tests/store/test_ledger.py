@@ -33,8 +33,9 @@ async def records(fence: TokenFence, **kw: object) -> list[UsageRecord]:
 async def test_commit_writes_one_record_with_every_field(make_fence: MakeFence) -> None:
     fence = make_fence(plans=PLANS, default_plan="day")
     r = await fence.reserve("acme", "0.02", feature="chat", model="gpt-4o")
-    await fence.commit(r, "0.013", input_tokens=100, output_tokens=20, model="gpt-4o-mini",
-                       request_id="req-1")  # fmt: skip
+    await fence.commit(
+        r, "0.013", input_tokens=100, output_tokens=20, model="gpt-4o-mini", request_id="req-1"
+    )
     (rec,) = await records(fence)
     assert rec.id == r.id
     assert (rec.tenant_id, rec.feature, rec.pool) == ("acme", "chat", None)
@@ -79,8 +80,15 @@ async def test_late_and_unknown_commits_are_recorded_once(
     await fence.reserve("acme", "0.01")  # reclaims the expired hold
     assert (await fence.commit(r, "0.08")).late
     assert (await fence.commit(r, "0.08")).duplicate
-    ghost = r.__class__(id="never-reserved", tenant_id="acme", feature="chat", model=None,
-                        amount=D("0.01"), amount_nanos=10**7, plan="big")  # fmt: skip
+    ghost = r.__class__(
+        id="never-reserved",
+        tenant_id="acme",
+        feature="chat",
+        model=None,
+        amount=D("0.01"),
+        amount_nanos=10**7,
+        plan="big",
+    )
     assert (await fence.commit(ghost, "0.02")).late
     assert (await fence.commit(ghost, "0.02")).duplicate
     got = {x.id: x for x in await records(fence)}
@@ -95,8 +103,7 @@ async def test_usage_days_plan_and_limit_at_the_time(
     make_fence: MakeFence, clock: FakeClock
 ) -> None:
     fence = make_fence(plans=PLANS, default_plan="roll")
-    await fence.commit(await fence.reserve("acme", "0.30"), "0.25", input_tokens=7,
-                       output_tokens=3)  # fmt: skip
+    await fence.commit(await fence.reserve("acme", "0.30"), "0.25", input_tokens=7, output_tokens=3)
     with pytest.raises(BudgetExceeded):  # $1 a day; a first day carries nothing over
         await fence.reserve("acme", "1.30")
     clock.advance(86400)
@@ -106,13 +113,31 @@ async def test_usage_days_plan_and_limit_at_the_time(
     await fence.release(held)
     days = await fence.usage("acme", TODAY - timedelta(days=3), TODAY + timedelta(days=3))
     assert days == [
-        DailyUsage(day=TODAY, tenant_id="acme", plan="roll", cost=D("0.25"),
-                   cost_nanos=250_000_000, requests=1, refusals=1, limit=D("1"), releases=0,
-                   input_tokens=7, output_tokens=3),
-        DailyUsage(day=TODAY + timedelta(days=1), tenant_id="acme", plan="day", cost=D("1.1"),
-                   cost_nanos=1_100_000_000, requests=1, refusals=0, limit=D("1.5"),
-                   releases=1),
-    ]  # fmt: skip
+        DailyUsage(
+            day=TODAY,
+            tenant_id="acme",
+            plan="roll",
+            cost=D("0.25"),
+            cost_nanos=250_000_000,
+            requests=1,
+            refusals=1,
+            limit=D("1"),
+            releases=0,
+            input_tokens=7,
+            output_tokens=3,
+        ),
+        DailyUsage(
+            day=TODAY + timedelta(days=1),
+            tenant_id="acme",
+            plan="day",
+            cost=D("1.1"),
+            cost_nanos=1_100_000_000,
+            requests=1,
+            refusals=0,
+            limit=D("1.5"),
+            releases=1,
+        ),
+    ]
     assert await fence.usage("acme", TODAY, TODAY) == days[:1]
     assert await fence.usage("nobody", TODAY, TODAY) == []
     with pytest.raises(ValueError, match="before start"):
@@ -156,8 +181,11 @@ async def test_ids_needing_encoding(make_fence: MakeFence) -> None:
     await fence.commit(r, "0.5", request_id="req {1}")
     (rec,) = await records(fence)
     assert (rec.tenant_id, rec.feature, rec.id, rec.request_id) == (
-        tenant, feature, "r:1/{x}", "req {1}",
-    )  # fmt: skip
+        tenant,
+        feature,
+        "r:1/{x}",
+        "req {1}",
+    )
     assert [t async for t in fence.tenants()] == [tenant]
     assert await fence.top_spenders(TODAY, TODAY) == [(tenant, D("0.5"))]
 
@@ -196,9 +224,11 @@ async def test_pool_members_write_to_the_pool_stream_and_usage_moves(
     assert sorted((u.tenant_id, u.cost) for u in every) == [("acme", D(1)), ("globex", D("0.15"))]
     recs = await records(fence)
     assert sorted((r.tenant_id, r.pool or "", r.cost) for r in recs) == [
-        ("acme", "", D("0.4")), ("acme", "team", D("0.6")),
-        ("globex", "", D("0.1")), ("globex", "team", D("0.05")),
-    ]  # fmt: skip
+        ("acme", "", D("0.4")),
+        ("acme", "team", D("0.6")),
+        ("globex", "", D("0.1")),
+        ("globex", "team", D("0.05")),
+    ]
     mine = await records(fence, tenant_id="acme")
     assert sorted(r.cost for r in mine) == [D("0.4"), D("0.6")]
     # ... and back on its own: the day's usage follows again
@@ -240,8 +270,7 @@ async def test_retention_and_maxlen(make_fence: MakeFence, backend: Backend) -> 
     assert await records(fence) == []  # no ledger, but the daily counters still count
     assert (await fence.usage("a", TODAY, TODAY))[0].cost == D("0.1")
 
-    fence = make_fence(plans=PLANS, default_plan="big", ledger_maxlen=None,
-                       ledger_retention=1000)  # fmt: skip
+    fence = make_fence(plans=PLANS, default_plan="big", ledger_maxlen=None, ledger_retention=1000)
     await fence.commit(await fence.reserve("b", "1"), "0.1")
     raw = backend.client()
     try:
@@ -279,8 +308,12 @@ async def test_old_days_are_dropped(make_fence: MakeFence, clock: FakeClock) -> 
 def test_options_are_validated() -> None:
     from tokenfence_asgi.errors import ConfigError
 
-    for bad in ({"usage_days": 0}, {"ledger_maxlen": -1}, {"ledger_retention": 0},
-                {"usage_days": True}):  # fmt: skip
+    for bad in (
+        {"usage_days": 0},
+        {"ledger_maxlen": -1},
+        {"ledger_retention": 0},
+        {"usage_days": True},
+    ):
         with pytest.raises(ConfigError):
             TokenFence(**bad)  # type: ignore[arg-type]
 
@@ -341,8 +374,11 @@ def test_rule_records_equal_daily_counters_equal_windows(
             for tenant in {c[0] for c in calls}:
                 status = await fence.status(tenant)
                 month = datetime.fromtimestamp(clock.now, UTC).strftime("%Y-%m")
-                in_month = sum(v for (t, d), v in charged.items()
-                               if t == tenant and d.strftime("%Y-%m") == month)  # fmt: skip
+                in_month = sum(
+                    v
+                    for (t, d), v in charged.items()
+                    if t == tenant and d.strftime("%Y-%m") == month
+                )
                 assert status.windows[0].used == from_nanos(in_month)
         finally:
             await fence.aclose()

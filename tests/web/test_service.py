@@ -187,9 +187,11 @@ async def test_unauthenticated_body_is_not_read(svc: Svc) -> None:
 
 async def test_reserve_commit_status_round_trip(svc: Svc) -> None:
     held = await svc.reserve(
-        tenant="acme", feature="chat", request_id="req-1",
+        tenant="acme",
+        feature="chat",
+        request_id="req-1",
         candidates=[{"model": "gpt-4o", "estimate": "0.0125"}],
-    )  # fmt: skip
+    )
     assert held["id"].startswith("tfr1.")
     assert {k: v for k, v in held.items() if k not in ("id", "expires_at")} == {
         "reservation_id": "req-1",
@@ -208,24 +210,47 @@ async def test_reserve_commit_status_round_trip(svc: Svc) -> None:
     assert status["held"] == "0.012500000"
     assert status["open_holds"] == 1
 
-    done = await svc.post("/commit", id=held["id"], cost="0.0101", input_tokens=900,
-                          output_tokens=120)  # fmt: skip
+    done = await svc.post(
+        "/commit", id=held["id"], cost="0.0101", input_tokens=900, output_tokens=120
+    )
     assert done == {
-        "reservation_id": "req-1", "tenant": "acme", "feature": "chat", "model": "gpt-4o",
-        "cost": "0.010100000", "duplicate": False, "late": False, "recorded": True,
-    }  # fmt: skip
+        "reservation_id": "req-1",
+        "tenant": "acme",
+        "feature": "chat",
+        "model": "gpt-4o",
+        "cost": "0.010100000",
+        "duplicate": False,
+        "late": False,
+        "recorded": True,
+    }
     status = (await svc.client.get("/status/acme")).json()
     assert status == {
-        "tenant": "acme", "plan": "day", "killed": False, "killed_features": [],
-        "held": "0.000000000", "open_holds": 0, "pool": None, "pool_plan": None,
-        "windows": [{
-            "window": "1d", "kind": "calendar", "scope": "tenant", "used": "0.010100000",
-            "held": "0.000000000", "limit": "1.000000000", "remaining": "0.989900000",
-            "carried": "0.000000000", "requests": 1, "max_requests": 1000,
-            "resets_at": "2026-03-16T00:00:00Z", "features": {},
-        }],
+        "tenant": "acme",
+        "plan": "day",
+        "killed": False,
+        "killed_features": [],
+        "held": "0.000000000",
+        "open_holds": 0,
+        "pool": None,
+        "pool_plan": None,
+        "windows": [
+            {
+                "window": "1d",
+                "kind": "calendar",
+                "scope": "tenant",
+                "used": "0.010100000",
+                "held": "0.000000000",
+                "limit": "1.000000000",
+                "remaining": "0.989900000",
+                "carried": "0.000000000",
+                "requests": 1,
+                "max_requests": 1000,
+                "resets_at": "2026-03-16T00:00:00Z",
+                "features": {},
+            }
+        ],
         "pool_windows": [],
-    }  # fmt: skip
+    }
 
 
 async def test_commit_is_idempotent(svc: Svc) -> None:
@@ -236,8 +261,10 @@ async def test_commit_is_idempotent(svc: Svc) -> None:
     assert again == {**first, "duplicate": True}  # the same answer: what the first one charged
     released = await svc.post("/release", id=held["id"])
     assert (released["duplicate"], released["released"], released["cost"]) == (
-        True, False, "0.000000000",
-    )  # fmt: skip
+        True,
+        False,
+        "0.000000000",
+    )
     assert await svc.used() == Decimal("0.05")
 
 
@@ -274,8 +301,9 @@ async def test_a_repeated_request_id_with_fewer_candidates_is_a_conflict(svc: Sv
         request_id="two",
         candidates=[{"model": "a", "estimate": "2"}, {"model": "b", "estimate": "0.5"}],
     )
-    conflict = await svc.reserve(409, request_id="two",
-                                 candidates=[{"model": "a", "estimate": "0.5"}])  # fmt: skip
+    conflict = await svc.reserve(
+        409, request_id="two", candidates=[{"model": "a", "estimate": "0.5"}]
+    )
     assert conflict["error"] == "request_id_conflict"
 
 
@@ -286,12 +314,17 @@ async def test_token_counts_are_priced_and_downgraded_by_the_plan(
     # gpt-4o: 10k in at $2.50/M + 5k out at $10/M = $0.075; a second one does not fit $0.10
     big = {"model": "gpt-4o", "input_tokens": 10_000, "max_output_tokens": 5_000}
     first = await svc.reserve(candidates=[big])
-    assert (first["model"], first["amount"], first["downgraded"]) == ("gpt-4o", "0.075000000",
-                                                                      False)  # fmt: skip
+    assert (first["model"], first["amount"], first["downgraded"]) == (
+        "gpt-4o",
+        "0.075000000",
+        False,
+    )
     second = await svc.reserve(candidates=[big])  # gpt-4o-mini: 0.0015 + 0.003
     assert (second["model"], second["amount"], second["downgraded"]) == (
-        "gpt-4o-mini", "0.004500000", True,
-    )  # fmt: skip
+        "gpt-4o-mini",
+        "0.004500000",
+        True,
+    )
     # with downgrade off, the plan's chain is not offered: refused
     refused = await svc.reserve(402, candidates=[big], downgrade=False)
     assert refused["error"] == "ai_budget_exceeded"
@@ -304,8 +337,9 @@ async def test_token_counts_are_priced_and_downgraded_by_the_plan(
     done = await svc.post("/commit", id=second["id"], input_tokens=1000, output_tokens=1000)
     assert (done["model"], done["cost"]) == ("gpt-4o-mini", "0.000750000")
     # or with the model that really answered
-    done = await svc.post("/commit", id=first["id"], input_tokens=1000, output_tokens=1000,
-                          model="gpt-4o")  # fmt: skip
+    done = await svc.post(
+        "/commit", id=first["id"], input_tokens=1000, output_tokens=1000, model="gpt-4o"
+    )
     assert (done["model"], done["cost"]) == ("gpt-4o", "0.012500000")
 
 
@@ -483,8 +517,12 @@ async def test_plan_rules_are_refused_like_the_litellm_callback(
         "message": "model 'claude-3-opus' is not allowed on plan 'models'",
     }
     # a dollar estimate cannot be priced for the downgrade: the message says what to send
-    other = Plan("strict", [Limit("1d", max_cost="1")], models=["gpt-4o-mini"],
-                 downgrade={"gpt-4o": "gpt-4o-mini"})  # fmt: skip
+    other = Plan(
+        "strict",
+        [Limit("1d", max_cost="1")],
+        models=["gpt-4o-mini"],
+        downgrade={"gpt-4o": "gpt-4o-mini"},
+    )
     fence = TokenFence(plans=[other], default_plan="strict")
     async with _client(service_app(fence, token=TOKEN, prices=PRICES), **AUTH) as c:
         r = await c.post(
@@ -494,12 +532,16 @@ async def test_plan_rules_are_refused_like_the_litellm_callback(
         assert "send input_tokens instead of estimate" in r.json()["message"]
         r = await c.post(
             "/reserve",
-            json={"tenant": "t", "candidates": [{"model": "gpt-4o", "input_tokens": 5,
-                                                 "max_output_tokens": 5}]},
-        )  # fmt: skip
+            json={
+                "tenant": "t",
+                "candidates": [{"model": "gpt-4o", "input_tokens": 5, "max_output_tokens": 5}],
+            },
+        )
         assert (r.status_code, r.json()["model"], r.json()["downgraded"]) == (
-            200, "gpt-4o-mini", True,
-        )  # fmt: skip
+            200,
+            "gpt-4o-mini",
+            True,
+        )
     await fence.aclose()
     chars = await svc.reserve(413, input_chars=1001)
     assert chars["error"] == "ai_input_too_long"
@@ -521,12 +563,15 @@ async def test_store_unavailable_is_a_503() -> None:
     token = (await _reserve_on(service_app(other, token=TOKEN, signing_key=key)))["id"]
     async with _client(service_app(fence, token=TOKEN, signing_key=key), **AUTH) as c:
         for method, path, body in [
-            ("POST", "/reserve", {"tenant": "acme", "candidates": [{"model": "m",
-                                                                    "estimate": "1"}]}),
+            (
+                "POST",
+                "/reserve",
+                {"tenant": "acme", "candidates": [{"model": "m", "estimate": "1"}]},
+            ),
             ("POST", "/commit", {"id": token, "cost": "0.5"}),
             ("POST", "/release", {"id": token}),
             ("GET", "/status/acme", None),
-        ]:  # fmt: skip
+        ]:
             r = await c.request(method, path, json=body)
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "ai_budget_unavailable"
@@ -547,8 +592,12 @@ async def test_fail_open_reservations_are_degraded_and_not_recorded() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fence = TokenFence(redis_url=f"redis://127.0.0.1:{port}/0", plans=PLANS, default_plan="day",
-                       on_store_error="open")  # fmt: skip
+    fence = TokenFence(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        plans=PLANS,
+        default_plan="day",
+        on_store_error="open",
+    )
     app = service_app(fence, token=TOKEN)
     held = await _reserve_on(app)
     assert (held["degraded"], held["expires_at"], held["amount"]) == (True, None, "0.500000000")
@@ -734,8 +783,11 @@ async def test_an_expired_token_is_refused_not_charged_again(
     assert (await svc.post("/commit", id=held["id"], cost="0.04"))["duplicate"] is True
     now[0] += 1
     for path in ("/commit", "/release"):
-        expired = await svc.post(path, 410, id=held["id"], cost="0.04") if path == "/commit" \
-            else await svc.post(path, 410, id=held["id"])  # fmt: skip
+        expired = (
+            await svc.post(path, 410, id=held["id"], cost="0.04")
+            if path == "/commit"
+            else await svc.post(path, 410, id=held["id"])
+        )
         assert expired["error"] == "reservation_expired"
         assert "61 s ago" in expired["message"]
     assert done["cost"] == "0.040000000"
@@ -756,46 +808,101 @@ RESERVE_422 = [
     ({"tenant": "a", "request_id": "", "candidates": []}, "request_id", "must not be empty"),
     ({"tenant": "a", "candidates": []}, "candidates", "1 to 16 candidates, got 0 items"),
     ({"tenant": "a", "candidates": {}}, "candidates", "got object"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "1"}] * 17}, "candidates",
-     "got 17 items"),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "1"}] * 17},
+        "candidates",
+        "got 17 items",
+    ),
     ({"tenant": "a", "candidates": ["m"]}, "candidates[0]", "expected a JSON object"),
     ({"tenant": "a", "candidates": [{"estimate": "1"}]}, "candidates[0].model", "missing"),
     ({"tenant": "a", "candidates": [{"model": "m"}]}, "candidates[0]", "needs estimate"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "1", "input_tokens": 3}]},
-     "candidates[0].input_tokens", "not both"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": 0.5}]},
-     "candidates[0].estimate", "(JSON numbers are not accepted for money), got number 0.5"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": 1}]},
-     "candidates[0].estimate", "got integer 1"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "-0.5"}]},
-     "candidates[0].estimate", "no sign or exponent; got '-0.5'"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "NaN"}]},
-     "candidates[0].estimate", "got 'NaN'"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "1e3"}]},
-     "candidates[0].estimate", "got '1e3'"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "2000000"}]},
-     "candidates[0].estimate", "absurd amount '2000000', above the $1,000,000.00 maximum"),
-    ({"tenant": "a", "candidates": [{"model": "m", "estimate": "9" * 200}]},
-     "candidates[0].estimate", "expected a string of dollars"),
-    ({"tenant": "a", "candidates": [{"model": "m", "input_tokens": -1}]},
-     "candidates[0].input_tokens", "expected an integer from 0 to 10000000, got integer -1"),
-    ({"tenant": "a", "candidates": [{"model": "m", "input_tokens": 1.5}]},
-     "candidates[0].input_tokens", "got number 1.5"),
-    ({"tenant": "a", "candidates": [{"model": "m", "input_tokens": True}]},
-     "candidates[0].input_tokens", "got boolean True"),
-    ({"tenant": "a", "candidates": [{"model": "m", "input_tokens": 10**30}]},
-     "candidates[0].input_tokens", "expected an integer"),
-    ({"tenant": "a", "candidates": [{"model": "m", "input_tokens": 1,
-                                     "max_output_tokens": "9"}]},
-     "candidates[0].max_output_tokens", "got string '9'"),
-    ({"tenant": "a", "candidates": [{"model": "pricey", "input_tokens": 10**7,
-                                     "max_output_tokens": 10**7}]},
-     "candidates[0]", "absurd amount"),
-    ({"tenant": "a", "input_chars": -1, "candidates": [{"model": "m", "estimate": "1"}]},
-     "input_chars", "got integer -1"),
-    ({"tenant": "a", "downgrade": "no", "candidates": [{"model": "m", "estimate": "1"}]},
-     "downgrade", "expected true or false"),
-]  # fmt: skip
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "1", "input_tokens": 3}]},
+        "candidates[0].input_tokens",
+        "not both",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": 0.5}]},
+        "candidates[0].estimate",
+        "(JSON numbers are not accepted for money), got number 0.5",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": 1}]},
+        "candidates[0].estimate",
+        "got integer 1",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "-0.5"}]},
+        "candidates[0].estimate",
+        "no sign or exponent; got '-0.5'",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "NaN"}]},
+        "candidates[0].estimate",
+        "got 'NaN'",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "1e3"}]},
+        "candidates[0].estimate",
+        "got '1e3'",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "2000000"}]},
+        "candidates[0].estimate",
+        "absurd amount '2000000', above the $1,000,000.00 maximum",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "estimate": "9" * 200}]},
+        "candidates[0].estimate",
+        "expected a string of dollars",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "input_tokens": -1}]},
+        "candidates[0].input_tokens",
+        "expected an integer from 0 to 10000000, got integer -1",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "input_tokens": 1.5}]},
+        "candidates[0].input_tokens",
+        "got number 1.5",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "input_tokens": True}]},
+        "candidates[0].input_tokens",
+        "got boolean True",
+    ),
+    (
+        {"tenant": "a", "candidates": [{"model": "m", "input_tokens": 10**30}]},
+        "candidates[0].input_tokens",
+        "expected an integer",
+    ),
+    (
+        {
+            "tenant": "a",
+            "candidates": [{"model": "m", "input_tokens": 1, "max_output_tokens": "9"}],
+        },
+        "candidates[0].max_output_tokens",
+        "got string '9'",
+    ),
+    (
+        {
+            "tenant": "a",
+            "candidates": [{"model": "pricey", "input_tokens": 10**7, "max_output_tokens": 10**7}],
+        },
+        "candidates[0]",
+        "absurd amount",
+    ),
+    (
+        {"tenant": "a", "input_chars": -1, "candidates": [{"model": "m", "estimate": "1"}]},
+        "input_chars",
+        "got integer -1",
+    ),
+    (
+        {"tenant": "a", "downgrade": "no", "candidates": [{"model": "m", "estimate": "1"}]},
+        "downgrade",
+        "expected true or false",
+    ),
+]
 
 
 # Validation happens before the store is reached: the embedded store is enough (local_svc).
@@ -827,13 +934,17 @@ async def test_bad_commit_and_release_bodies_are_422(svc: Svc) -> None:
         ("/commit", {"id": token, "cost": "1000001"}, "cost", "absurd amount"),
         ("/commit", {"id": token, "cost": "Infinity"}, "cost", "got 'Infinity'"),
         ("/commit", {"id": token, "cost": "1", "input_tokens": -1}, "input_tokens", "got integer"),
-        ("/commit", {"id": token, "cost": "1", "output_tokens": 10**10}, "output_tokens",
-         "from 0 to 1000000000"),
+        (
+            "/commit",
+            {"id": token, "cost": "1", "output_tokens": 10**10},
+            "output_tokens",
+            "from 0 to 1000000000",
+        ),
         ("/commit", {"id": token, "cost": "1", "model": ""}, "model", "must not be empty"),
         ("/commit", {"id": token, "cost": "1", "costs": "1"}, "costs", "unknown field"),
         ("/release", {"id": token, "cost": "1"}, "cost", "unknown field; expected id"),
         ("/release", {}, "id", "missing required field"),
-    ]  # fmt: skip
+    ]
     for path, body, field, message in cases:
         problem = await svc.post(path, 422, **body)
         assert problem["field"] == field, (body, problem)
@@ -919,8 +1030,10 @@ async def test_unknown_routes_and_methods_answer_json(local_svc: Svc) -> None:
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
     r = await svc.client.get("/reserve")
     assert (r.status_code, r.json()["error"], r.headers["allow"]) == (
-        405, "method_not_allowed", "POST",
-    )  # fmt: skip
+        405,
+        "method_not_allowed",
+        "POST",
+    )
 
 
 # -- the app as a whole -----------------------------------------------------------------------
@@ -946,8 +1059,12 @@ async def test_the_schema_describes_every_route(svc: Svc) -> None:
     assert schema["openapi"] == "3.1.0"
     assert "servers" not in schema
     assert set(schema["paths"]) == {
-        "/reserve", "/commit", "/release", "/status/{tenant}", "/openapi.json"
-    }  # fmt: skip
+        "/reserve",
+        "/commit",
+        "/release",
+        "/status/{tenant}",
+        "/openapi.json",
+    }
     assert schema["paths"]["/openapi.json"]["get"]["security"] == []
     assert schema["security"] == [{"bearer": []}]
     reserve = schema["paths"]["/reserve"]["post"]["responses"]

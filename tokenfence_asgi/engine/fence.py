@@ -2,15 +2,14 @@
 
 ``settings`` (options, validated once), ``routing`` (where a script runs; plan and pool
 corrections), ``holds`` (reserve, commit, release), ``controls`` (plans, pools, switches),
-``usage`` (status, daily usage, ledger), ``approvals`` (tool calls), ``alerts``, ``observe``.
+``usage`` (status, daily usage, ledger; its facade methods are the ``UsageMethods`` mixin),
+``approvals`` (tool calls), ``alerts``, ``observe``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import date, datetime
-from decimal import Decimal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
@@ -25,18 +24,15 @@ from tokenfence_asgi.engine.observe import FenceObserver, Observers
 from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.engine.routing import Router
 from tokenfence_asgi.engine.settings import Clock, FenceSettings, OnStoreError
-from tokenfence_asgi.engine.usage import UsageReader
+from tokenfence_asgi.engine.usage import UsageMethods, UsageReader
 from tokenfence_asgi.errors import BudgetExceeded, InvalidAmount, TooManyOpenHolds
 from tokenfence_asgi.money import MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.policy import Policy
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.results import (
-    DailyUsage,
     FenceCounters,
     Reservation,
     Settlement,
-    TenantStatus,
-    UsageRecord,
 )
 from tokenfence_asgi.store.client import Store
 from tokenfence_asgi.store.compiled import ScriptSettings, compiled_sources
@@ -48,7 +44,7 @@ T = TypeVar("T")
 C = TypeVar("C")
 
 
-class TokenFence:
+class TokenFence(UsageMethods):
     """Per-tenant dollar budgets, enforced atomically in Redis.
 
     ``redis_url`` (or ``redis``, a ``redis.asyncio`` client you own) selects the store; with
@@ -288,19 +284,20 @@ class TokenFence:
         holds the first candidate whatever the limits say (for money already spent; a killed
         tenant still raises ``TenantDisabled``). Refused for budget or open holds while commits
         of the tenant (or its pool) wait in ``commits``, it tries once more after they landed:
-        their holds may be taking more than those calls cost.
+        their holds may be taking more than those calls cost. Only the refusal the caller gets
+        is counted (daily usage, observers): a first try made while commits wait counts none.
         """
+        holds = self._holds
+        if not self.commits.pending:
+            return await holds.reserve_first(tenant_id, candidates, feature, reservation_id, force)
         try:
-            return await self._holds.reserve_first(
-                tenant_id, candidates, feature, reservation_id, force
+            return await holds.reserve_first(
+                tenant_id, candidates, feature, reservation_id, force, count_refusal=False
             )
         except (BudgetExceeded, TooManyOpenHolds) as refusal:
-            if not self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
-                raise
-        await self.commits.flush()
-        return await self._holds.reserve_first(
-            tenant_id, candidates, feature, reservation_id, force
-        )
+            if self.commits.holds_queued(tenant_id, getattr(refusal, "pool", None)):
+                await self.commits.flush()
+        return await holds.reserve_first(tenant_id, candidates, feature, reservation_id, force)
 
     async def charge(
         self,
@@ -402,108 +399,15 @@ class TokenFence:
 
         Spend owed since an outage is written back first when the store answers; what cannot
         be is logged (``outage_spend_lost``) with its amount. Commits queued by
-        ``commit_soon`` are sent first.
+        ``commit_soon`` are sent first, and the holds of reserves cancelled in flight that
+        wait for a retried release are released at once.
         """
         self.commits.close()
         await self.commits.flush()
+        await self._holds.release_orphans_now()
         await self._holds.settle_owed()
         await self._alerts.drain()
         await self._store.aclose()
-
-    # -- status and usage ----------------------------------------------------------------------
-
-    async def status(self, tenant_id: str) -> TenantStatus:
-        """The tenant's plan, pool, kill switches, open holds and every window of its plans.
-
-        Commits this fence queued before the call land first (``commit_soon``).
-        """
-        await self.commits.flush()
-        return await self._usage.status(tenant_id)
-
-    async def ping(self) -> None:
-        """Readiness check: runs a script (not PING), so a lost script cache is caught too.
-
-        Raises ``StoreUnavailable`` when the store cannot be reached.
-        """
-        await self._usage.ping()
-
-    async def usage(self, tenant_id: str, start: date, end: date) -> list[DailyUsage]:
-        """The tenant's daily usage from ``start`` to ``end`` (UTC days, inclusive), by day.
-
-        Days without any commit, refusal or release are left out. The counters are written by
-        the same scripts as the charges, so they are exact; they are kept ``usage_days``.
-        """
-        return await self._usage.usage(tenant_id, start, end)
-
-    def daily_usage(self, start: date, end: date) -> AsyncIterator[DailyUsage]:
-        """Every tenant's daily usage from ``start`` to ``end`` (inclusive), tenant by tenant.
-
-        Scans the store (every primary of a cluster): meant for reports and admin pages, not
-        for a request path. A tenant whose move between pools is under way may be missing.
-        """
-        return self._usage.daily_usage(start, end)
-
-    async def top_spenders(self, start: date, end: date, n: int = 10) -> list[tuple[str, Decimal]]:
-        """The ``n`` tenants that spent the most from ``start`` to ``end`` (inclusive), with
-        their spend, highest first (ties by tenant id). Tenants that spent nothing are left out.
-        """
-        return await self._usage.top_spenders(start, end, n)
-
-    def tenants(self) -> AsyncIterator[str]:
-        """The ids of every tenant the store has state for, in no particular order.
-
-        Scans the store (every primary of a cluster); each tenant once.
-        """
-        return self._usage.tenants()
-
-    async def has_tenant(self, tenant_id: str) -> bool:
-        """Whether the store has state for the tenant (what ``tenants()`` lists): it reserved, or
-        was given a plan, a pool or a kill switch. ``status`` and ``revive`` create none.
-
-        One read of the tenant's own key; for operator tools that must not act on a typo.
-        """
-        return await self._usage.has_tenant(tenant_id)
-
-    # -- the usage ledger ----------------------------------------------------------------------
-
-    def ledger_streams(self) -> AsyncIterator[str]:
-        """The keys of every usage ledger stream (one per tenant on its own, one per pool)."""
-        return self._usage.ledger_streams()
-
-    async def read_ledger(
-        self, stream: str, after: str = "0", count: int = 1000
-    ) -> list[UsageRecord]:
-        """Up to ``count`` records of one ledger stream, oldest first, after entry id ``after``.
-
-        ``after`` is a record's ``entry_id`` (``"0"``: from the start); the exporter's cursor.
-        """
-        return await self._usage.read_ledger(stream, after, count)
-
-    def usage_records(
-        self,
-        *,
-        tenant_id: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-    ) -> AsyncIterator[UsageRecord]:
-        """The ledger's records (still retained), stream by stream, oldest first in each.
-
-        Optionally only one tenant's (from every stream it wrote to, pools included) and only
-        those with ``start <= timestamp < end``. Scans the store: for reports and exports.
-        """
-        return self._usage.usage_records(tenant_id, start, end)
-
-    async def read_ledgers(
-        self, cursors: Sequence[tuple[str, str]], count: int = 1000
-    ) -> list[list[UsageRecord]]:
-        """``read_ledger`` for many ``(stream, after)`` cursors in one round trip, in order."""
-        return await self._usage.read_ledgers(cursors, count)
-
-    async def ledger_trimmed(self, streams: Sequence[str]) -> dict[str, int]:
-        """How many entries each ledger stream has lost to trimming (``ledger_retention`` /
-        ``ledger_maxlen``) since it was created. Needs Redis 7.0; streams gone since they were
-        listed, and every stream on an older Redis, are left out."""
-        return await self._usage.ledger_trimmed(streams)
 
     # -- tool-call policy -----------------------------------------------------------------------
 

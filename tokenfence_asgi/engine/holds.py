@@ -9,6 +9,7 @@ when the store answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,10 +24,12 @@ from tokenfence_asgi.engine.observe import Observers
 from tokenfence_asgi.engine.routing import Route, Router, origin
 from tokenfence_asgi.engine.settings import FenceSettings
 from tokenfence_asgi.errors import (
+    BudgetExceeded,
     Refused,
     ReservationIdConflict,
     StoreUnavailable,
     TenantDisabled,
+    TooManyOpenHolds,
 )
 from tokenfence_asgi.money import MoneyInput, from_nanos, to_nanos
 from tokenfence_asgi.results import Alert, FenceCounters, Reservation, Settlement
@@ -79,7 +82,7 @@ class Holds:
             self.allowance = Allowance(settings.outage_allowance_nanos)
             router.on_answer = self._answered
         self.writing_back: asyncio.Task[int] | None = None
-        self._orphans: set[asyncio.Task[None]] = set()
+        self._orphans: dict[asyncio.Task[None], Reservation] = {}
         self._write_back_running = False
 
     # -- reserve -------------------------------------------------------------------------------
@@ -91,16 +94,18 @@ class Holds:
         feature: str | None,
         reservation_id: str | None,
         force: bool,
+        count_refusal: bool = True,
     ) -> Reservation:
-        """``TokenFence.reserve_first``, observed."""
+        """``TokenFence.reserve_first``, observed. ``count_refusal=False`` leaves a budget or
+        open-holds refusal out of the daily usage (the caller tries once more)."""
+        args = (tenant_id, candidates, feature, reservation_id, force, count_refusal)
         if not self.observers.items:
-            return await self._reserve_first(tenant_id, candidates, feature, reservation_id, force)
+            return await self._reserve_first(*args)
         try:
-            reservation = await self._reserve_first(
-                tenant_id, candidates, feature, reservation_id, force
-            )
+            reservation = await self._reserve_first(*args)
         except (Refused, TenantDisabled) as error:
-            self.observers.refused(error, tenant_id, feature)
+            if count_refusal or not isinstance(error, BudgetExceeded | TooManyOpenHolds):
+                self.observers.refused(error, tenant_id, feature)
             raise
         self.observers.reserved(reservation)
         return reservation
@@ -112,6 +117,7 @@ class Holds:
         feature: str | None,
         reservation_id: str | None,
         force: bool = False,
+        count_refusal: bool = True,
     ) -> Reservation:
         settings, router = self.settings, self.router
         tenant = validate_id(tenant_id, what="tenant_id")
@@ -138,6 +144,7 @@ class Holds:
                 pool_plan=route.pool_plan_name,
                 enforce=settings.enforce and route.plan.plan.enforce and not force,
                 amounts=amounts,
+                count_refusal=count_refusal,
             )
 
         try:
@@ -216,21 +223,41 @@ class Holds:
         zero = Decimal(0)
         orphan = Reservation(rid, tenant, feature, None, zero, amount_nanos=0, plan="")
         task = asyncio.get_running_loop().create_task(self._release_later(orphan))
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
+        self._orphans[task] = orphan
+        task.add_done_callback(self._forget_orphan)
+
+    def _forget_orphan(self, task: asyncio.Task[None]) -> None:
+        self._orphans.pop(task, None)
 
     async def _release_later(self, orphan: Reservation) -> None:
         for delay in _ORPHAN_RETRIES:
             await asyncio.sleep(delay)
-            try:
-                settlement = await self._release(orphan)
-            except Exception as exc:
-                log.warning("orphan_release_failed", reservation=orphan.id, error=repr(exc))
+            if await self._release_orphan_once(orphan):
                 return
-            if not settlement.duplicate and settlement.recorded:
-                self.counters.released_after_cancel += 1
-                log.info("released_after_cancel", tenant=orphan.tenant_id, reservation=orphan.id)
-                return
+
+    async def _release_orphan_once(self, orphan: Reservation) -> bool:
+        """One release of a cancelled reserve's hold; True when done (dropped, or failed)."""
+        try:
+            settlement = await self._release(orphan)
+        except Exception as exc:
+            log.warning("orphan_release_failed", reservation=orphan.id, error=repr(exc))
+            return True
+        if not settlement.duplicate and settlement.recorded:
+            self.counters.released_after_cancel += 1
+            log.info("released_after_cancel", tenant=orphan.tenant_id, reservation=orphan.id)
+            return True
+        return False
+
+    async def release_orphans_now(self) -> None:
+        """At close: the cancelled reserves' holds still waiting for a retry are released now,
+        once each (a hold that is not there yet is left to its lease)."""
+        pending = list(self._orphans.items())
+        for task, _ in pending:
+            task.cancel()
+        for task, orphan in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self._release_orphan_once(orphan)
 
     def _reserve_without_store(
         self,

@@ -235,4 +235,6 @@ class Router:
         except ResponseError as exc:
             raise _script_error(exc) from exc
         self.observers.script(name, time.perf_counter() - started, True)
+        if self.on_answer is not None:
+            self.on_answer()
         return reply

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 
+from tokenfence_asgi.engine.commits import CommitQueue
 from tokenfence_asgi.engine.routing import Route, Router
 from tokenfence_asgi.errors import InvalidId, StoreUnavailable
 from tokenfence_asgi.money import from_nanos
@@ -24,7 +25,7 @@ from tokenfence_asgi.store.ledger import (
     trimmed_counts,
 )
 
-__all__ = ["UsageReader"]
+__all__ = ["UsageMethods", "UsageReader"]
 
 _PAGE = 1000  # ledger records read per round trip when iterating
 
@@ -226,3 +227,111 @@ class UsageReader:
                 if len(records) < _PAGE:
                     break
                 after = records[-1].entry_id
+
+
+class UsageMethods:
+    """``TokenFence``'s methods that read usage: status, daily usage, tenants, the ledger.
+
+    A mixin of the facade (as redis-py's command mixins are of its client): each method hands
+    the call to the fence's ``UsageReader``.
+    """
+
+    __slots__ = ()
+
+    _usage: UsageReader
+    commits: CommitQueue
+
+    # -- status and usage ----------------------------------------------------------------------
+
+    async def status(self, tenant_id: str) -> TenantStatus:
+        """The tenant's plan, pool, kill switches, open holds and every window of its plans.
+
+        Commits this fence queued before the call land first (``commit_soon``).
+        """
+        await self.commits.flush()
+        return await self._usage.status(tenant_id)
+
+    async def ping(self) -> None:
+        """Readiness check: runs a script (not PING), so a lost script cache is caught too.
+
+        Raises ``StoreUnavailable`` when the store cannot be reached.
+        """
+        await self._usage.ping()
+
+    async def usage(self, tenant_id: str, start: date, end: date) -> list[DailyUsage]:
+        """The tenant's daily usage from ``start`` to ``end`` (UTC days, inclusive), by day.
+
+        Days without any commit, refusal or release are left out. The counters are written by
+        the same scripts as the charges, so they are exact; they are kept ``usage_days``.
+        """
+        return await self._usage.usage(tenant_id, start, end)
+
+    def daily_usage(self, start: date, end: date) -> AsyncIterator[DailyUsage]:
+        """Every tenant's daily usage from ``start`` to ``end`` (inclusive), tenant by tenant.
+
+        Scans the store (every primary of a cluster): meant for reports and admin pages, not
+        for a request path. A tenant whose move between pools is under way may be missing.
+        """
+        return self._usage.daily_usage(start, end)
+
+    async def top_spenders(self, start: date, end: date, n: int = 10) -> list[tuple[str, Decimal]]:
+        """The ``n`` tenants that spent the most from ``start`` to ``end`` (inclusive), with
+        their spend, highest first (ties by tenant id). Tenants that spent nothing are left out.
+        """
+        return await self._usage.top_spenders(start, end, n)
+
+    def tenants(self) -> AsyncIterator[str]:
+        """The ids of every tenant the store has state for, in no particular order.
+
+        Scans the store (every primary of a cluster); each tenant once.
+        """
+        return self._usage.tenants()
+
+    async def has_tenant(self, tenant_id: str) -> bool:
+        """Whether the store has state for the tenant (what ``tenants()`` lists): it reserved, or
+        was given a plan, a pool or a kill switch. ``status`` and ``revive`` create none.
+
+        One read of the tenant's own key; for operator tools that must not act on a typo.
+        """
+        return await self._usage.has_tenant(tenant_id)
+
+    # -- the usage ledger ----------------------------------------------------------------------
+
+    def ledger_streams(self) -> AsyncIterator[str]:
+        """The keys of every usage ledger stream (one per tenant on its own, one per pool)."""
+        return self._usage.ledger_streams()
+
+    async def read_ledger(
+        self, stream: str, after: str = "0", count: int = 1000
+    ) -> list[UsageRecord]:
+        """Up to ``count`` records of one ledger stream, oldest first, after entry id ``after``.
+
+        ``after`` is a record's ``entry_id`` (``"0"``: from the start); the exporter's cursor.
+        """
+        return await self._usage.read_ledger(stream, after, count)
+
+    def usage_records(
+        self,
+        *,
+        tenant_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> AsyncIterator[UsageRecord]:
+        """The ledger's records (still retained), stream by stream, oldest first in each.
+
+        Optionally only one tenant's (from every stream it wrote to, pools included) and only
+        those with ``start <= timestamp < end``. Scans the store: for reports and exports.
+        """
+        return self._usage.usage_records(tenant_id, start, end)
+
+    async def read_ledgers(
+        self, cursors: Sequence[tuple[str, str]], count: int = 1000
+    ) -> list[list[UsageRecord]]:
+        """``read_ledger`` for many ``(stream, after)`` cursors in one round trip, in order."""
+        return await self._usage.read_ledgers(cursors, count)
+
+    async def ledger_trimmed(self, streams: Sequence[str]) -> dict[str, int]:
+        """How many entries each ledger stream has lost to trimming (``ledger_retention`` /
+        ``ledger_maxlen``) since it was created. Needs Redis 7.0; streams gone since they were
+        listed, and every stream on an older Redis, are left out."""
+        return await self._usage.ledger_trimmed(streams)

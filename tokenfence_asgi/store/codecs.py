@@ -240,9 +240,11 @@ def reserve_call(
     pool_plan: str,
     enforce: bool,
     amounts: Sequence[str],
+    count_refusal: bool = True,
 ) -> Call:
     """reserve.lua (compiled with the fence's plans): hold the first candidate amount that fits
-    (ids encoded)."""
+    (ids encoded). ``count_refusal=False``: a budget or open-holds refusal is not counted in
+    the daily usage (the caller tries once more, and that try counts)."""
     return keys.with_pool([keys.state, keys.record(reservation), keys.holds]), RESERVE.args(
         [str(len(amounts)), *amounts],
         now_ms=now,
@@ -252,7 +254,7 @@ def reserve_call(
         feature=feature,
         pool=location_arg(location),
         pool_plan=pool_plan if keys.pool_state else "",
-        enforce="1" if enforce else "0",
+        enforce=("1" if count_refusal else "2") if enforce else "0",
     )
 
 

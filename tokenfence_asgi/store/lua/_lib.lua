@@ -460,6 +460,54 @@ local function sl_load(L, key, now_s)
   L.limit = L.m
 end
 
+-- Load the counters of every limit of the tenant's plan P (state fields v, as read; calendar
+-- blocks from v[10 + L.o]): calendar periods rolled over when they ended, sliding windows
+-- compacted, and the feature share sums of the calendar cost limits, this feature's part from
+-- its fields (ppm, held_f) or every sum from scratch (features_of: the plan's listed features)
+-- when the plan version or a period changed. Returns whether the sums were recomputed.
+local function limits_load(P, state, tb, v, now_s, ppm, feature, held_f, features_of)
+  local limits = P.limits
+  local recompute = P.nf > 0 and v[9] ~= P.ver
+  for _, L in ipairs(limits) do
+    if L.cal then
+      cal_load(L, state, now_s, v, 10 + L.o)
+      if L.is > 0 then
+        if L.rolled == true then
+          recompute = true
+        end
+        L.shares = num(v[L.is])
+        L.fused = ppm and num(v[L.ig]) or 0
+        L.term = ppm and shares_term(L.limit, ppm, L.fused, held_f) or 0
+      end
+    else
+      sl_load(L, tb .. L.wkey, now_s)
+    end
+  end
+  for _, L in ipairs(limits) do
+    if L.rolled == true then
+      cal_clear_features(state, L) -- housekeeping: the past period's feature costs
+    end
+  end
+  if recompute then
+    shares_recompute(state, limits, features_of(P.name), ppm and feature)
+  end
+  return recompute
+end
+
+-- Load the counters of every limit of the pool's plan PP (pool state fields pv, as read;
+-- calendar blocks from pv[3 + L.o]; sliding windows under `prefix`). Returns the pool's held
+-- total.
+local function pool_limits_load(PP, pool_state, pv, prefix, now_s)
+  for _, L in ipairs(PP.limits) do
+    if L.cal then
+      cal_load(L, pool_state, now_s, pv, L.o + 3)
+    else
+      sl_load(L, prefix .. L.wkey, now_s)
+    end
+  end
+  return num(pv[2])
+end
+
 -- Add cost (a string of digits and its value) and requests to sliding limit L, whose totals
 -- (L.used, L.requests) already include them. Within the current bucket two increments; when
 -- a new bucket starts, the previous current one is stored as a bucket field.

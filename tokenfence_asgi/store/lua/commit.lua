@@ -142,40 +142,10 @@ end
 
 -- Counters before this commit; shares as for RESERVE.
 local held, open, held_f = num(v[7]), num(v[8]), num(v[n_fields + 1])
-local recompute = P.nf > 0 and v[9] ~= P.ver
-for _, L in ipairs(limits) do
-  if L.cal then
-    cal_load(L, state, now_s, v, 10 + L.o)
-    if L.is > 0 then
-      if L.rolled == true then
-        recompute = true
-      end
-      L.shares = num(v[L.is])
-      L.fused = ppm and num(v[L.ig]) or 0
-      L.term = ppm and shares_term(L.limit, ppm, L.fused, held_f) or 0
-    end
-  else
-    sl_load(L, tb .. L.wkey, now_s)
-  end
-end
-for _, L in ipairs(limits) do
-  if L.rolled == true then
-    cal_clear_features(state, L) -- housekeeping: the past period's feature costs
-  end
-end
-if recompute then
-  shares_recompute(state, limits, plan_features(P.name), ppm and feature)
-end
+local recompute = limits_load(P, state, tb, v, now_s, ppm, feature, held_f, plan_features)
 local pool_held = 0
 if pooled then
-  pool_held = num(pv[2])
-  for _, L in ipairs(PP.limits) do
-    if L.cal then
-      cal_load(L, pool_state, now_s, pv, L.o + 3)
-    else
-      sl_load(L, tag .. 'pool:' .. L.wkey, now_s)
-    end
-  end
+  pool_held = pool_limits_load(PP, pool_state, pv, tag .. 'pool:', now_s)
 end
 
 -- The hold goes (its amount leaves the held totals), the cost is charged.

@@ -26,7 +26,8 @@
 -- ARGV[5] feature: feature (encoded) or ''
 -- ARGV[6] pool: the pool the caller assumed (encoded) or ''
 -- ARGV[7] pool_plan: the pool's plan the caller assumed, or ''
--- ARGV[8] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse)
+-- ARGV[8] enforce: '1' enforce, '0' shadow mode (decide and record, never refuse), '2' enforce
+--   and leave a budget or open-holds refusal uncounted (the caller tries once more)
 -- ARGV[9] candidates...: a count, then amounts in integer nano-dollars, in order of preference
 --
 -- Every reply is {kind, number of alerts A, A alert strings, details...}:
@@ -149,45 +150,17 @@ if MAX_OPEN and open >= MAX_OPEN then
       break
     end
   end
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, '', v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  if ARGV[8] ~= '2' then
+    day_add(tb, now, 0, 0, 1, 0, 0, 0, '', v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  end
   return { 'holds', 0, 'tenant', 'open_holds', fmt(open), fmt(MAX_OPEN), fmt(first) }
 end
 
 -- Counters of every limit. Shares: this feature's part of each sum, or all sums from scratch.
-local recompute = P.nf > 0 and v[9] ~= P.ver
-for _, L in ipairs(limits) do
-  if L.cal then
-    cal_load(L, state, now_s, v, 10 + L.o)
-    if L.is > 0 then
-      if L.rolled == true then
-        recompute = true
-      end
-      L.shares = num(v[L.is])
-      L.fused = ppm and num(v[L.ig]) or 0
-      L.term = ppm and shares_term(L.limit, ppm, L.fused, held_f) or 0
-    end
-  else
-    sl_load(L, tb .. L.wkey, now_s)
-  end
-end
-for _, L in ipairs(limits) do
-  if L.rolled == true then
-    cal_clear_features(state, L) -- housekeeping: the past period's feature costs
-  end
-end
-if recompute then
-  shares_recompute(state, limits, plan_features(P.name), ppm and feature)
-end
+local recompute = limits_load(P, state, tb, v, now_s, ppm, feature, held_f, plan_features)
 local pool_held = 0
 if pooled then
-  pool_held = num(pv[2])
-  for _, L in ipairs(PP.limits) do
-    if L.cal then
-      cal_load(L, pool_state, now_s, pv, L.o + 3)
-    else
-      sl_load(L, tag .. 'pool:' .. L.wkey, now_s)
-    end
-  end
+  pool_held = pool_limits_load(PP, pool_state, pv, tag .. 'pool:', now_s)
 end
 
 local alerts = {}
@@ -295,10 +268,12 @@ local function scope_args(list, admitted)
   return args
 end
 
-local enforce = ARGV[8] == '1'
+local enforce = ARGV[8] ~= '0'
 if refusal and enforce then
   -- A refusal is counted in the tenant's daily usage (it charges nothing).
-  day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(limits), v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  if ARGV[8] == '1' or refusal[1] ~= 'budget' then
+    day_add(tb, now, 0, 0, 1, 0, 0, 0, day_limit(limits), v[2] or DEFAULT_PLAN, USAGE_DAYS)
+  end
   -- Store a period that started (its date maths is done) and the 100% alert marks, so each
   -- is reported once per window.
   local args = scope_args(limits, false)
