@@ -42,6 +42,8 @@ class FakeAnthropic:
     fail_midstream: bool = False
     tool_uses: tuple[str, ...] = ()
     cache: tuple[int, int, int] = (0, 0, 0)  # cache reads, 5-minute and 1-hour writes
+    web_searches: int = 0  # server tool use reported (usage.server_tool_use)
+    speed: str = "standard"  # the speed of the last request, reported in its usage
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,6 +62,7 @@ class FakeAnthropic:
         self.fail_midstream = False
         self.tool_uses = ()
         self.cache = (0, 0, 0)
+        self.web_searches = 0
 
     def _message(
         self, model: str, content: list[dict[str, Any]], stop: str | None
@@ -75,9 +78,16 @@ class FakeAnthropic:
             "usage": self._usage(self.output_tokens),
         }
 
+    def _server_use(self) -> dict[str, Any]:
+        if not self.web_searches:
+            return {}
+        return {"server_tool_use": {"web_search_requests": self.web_searches}}
+
     def _usage(self, output_tokens: int) -> dict[str, Any]:
         reads, writes, writes_1h = self.cache
+        extra: dict[str, Any] = {"speed": self.speed, **self._server_use()}
         return {
+            **extra,
             "input_tokens": self.input_tokens,
             "output_tokens": output_tokens,
             "cache_read_input_tokens": reads,
@@ -99,6 +109,7 @@ class FakeAnthropic:
             error = {"type": "error", "error": {"type": "api_error", "message": "fake failure"}}
             return JSONResponse(error, status_code=500)
         model = body["model"]
+        self.speed = str(body.get("speed") or "standard")
         if not body.get("stream"):
             text: list[dict[str, Any]] = [{"type": "text", "text": "".join(self.words)}]
             text += [
@@ -135,7 +146,7 @@ class FakeAnthropic:
             "message_delta",
             {
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": self.output_tokens},
+                "usage": {"output_tokens": self.output_tokens, **self._server_use()},
             },
         )
         yield event("message_stop", {})

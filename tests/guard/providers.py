@@ -4,6 +4,9 @@ Added here (the base server is unchanged): a streamed Responses API (``response.
 ``response.output_text.delta`` per word, ``response.completed`` with the usage), image
 generation (``n`` images, no token usage, as dall-e answers), and the Azure OpenAI paths
 (``/openai/deployments/{deployment}/...`` and ``/openai/...``) served by the same handlers.
+Chat completions and responses report the ``service_tier`` they were served at (the one asked
+for, ``"default"`` for ``"auto"`` or none, or ``served_tier`` when set), and responses carry
+``web_searches`` ``web_search_call`` output items.
 """
 
 from __future__ import annotations
@@ -30,10 +33,39 @@ class GuardProvider(FakeProvider):
     of the prompt reported as cached (``prompt_tokens_details``)."""
 
     cached_tokens: int = 0
+    served_tier: str | None = None  # the tier reported; None: the one asked for
+    web_searches: int = 0  # web_search_call items in a response's output
 
     def reset(self) -> None:
         super().reset()
         self.cached_tokens = 0
+        self.served_tier = None
+        self.web_searches = 0
+
+    def _tier(self, body: dict[str, Any]) -> str:
+        asked = body.get("service_tier")
+        return self.served_tier or ("default" if asked in (None, "auto") else str(asked))
+
+    def _searches(self) -> list[dict[str, Any]]:
+        return [
+            {"type": "web_search_call", "id": f"ws_{n}", "status": "completed",
+             "action": {"type": "search", "query": "weather"}}
+            for n in range(self.web_searches)
+        ]  # fmt: skip
+
+    async def _served(self, request: Request, response: Response, body: dict[str, Any]) -> Response:
+        """A JSON answer with the tier it was served at (and, for a response, its searches)."""
+        if not isinstance(response, JSONResponse) or response.status_code != 200:
+            return response
+        answer = json.loads(bytes(response.body))
+        answer["service_tier"] = self._tier(body)
+        if answer.get("object") == "response":
+            answer["output"] = self._searches() + answer["output"]
+        return JSONResponse(answer)
+
+    async def chat(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        return await self._served(request, await super().chat(request), body)
 
     def _usage(self) -> dict[str, Any]:
         usage: dict[str, Any] = dict(super()._usage())
@@ -44,15 +76,15 @@ class GuardProvider(FakeProvider):
     async def responses(self, request: Request) -> Response:
         body = json.loads(await request.body())
         if not body.get("stream"):
-            return await super().responses(request)
+            return await self._served(request, await super().responses(request), body)
         _, failed = await self._received(request)
         if failed is not None:
             return failed
         return StreamingResponse(
-            self._response_events(body["model"]), media_type="text/event-stream"
+            self._response_events(body["model"], self._tier(body)), media_type="text/event-stream"
         )
 
-    async def _response_events(self, model: str) -> AsyncIterator[str]:
+    async def _response_events(self, model: str, tier: str = "default") -> AsyncIterator[str]:
         def event(name: str, n: int, data: dict[str, Any]) -> str:
             payload = {"type": name, "sequence_number": n, **data}
             return f"event: {name}\ndata: {json.dumps(payload)}\n\n"
@@ -99,7 +131,16 @@ class GuardProvider(FakeProvider):
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
-        done = {**base, "status": "completed", "output": [item], "usage": usage}
+        searches = self._searches()
+        for n, search in enumerate(searches):
+            yield event("response.output_item.done", 0, {"output_index": n, "item": search})
+        done = {
+            **base,
+            "status": "completed",
+            "output": [*searches, item],
+            "usage": usage,
+            "service_tier": tier,
+        }
         yield event("response.completed", len(self.words) + 1, {"response": done})
 
     async def images(self, request: Request) -> Response:

@@ -13,14 +13,16 @@ Every integration (the LiteLLM callback, the SDK guards) describes its call as a
    limits down to ``min_output_tokens``.
 
 The ``PlannedCall`` it returns says what to write into the call: the model, the output limit
-the hold covers (when the call set none, or it was shrunk) and the tools left to offer.
+the hold covers (when the call set none, or it was shrunk), the tools left to offer and the
+hosted tool calls the hold covers (when the call offers hosted tools and set no
+``max_tool_calls``). A costlier service tier is held at its own price (``pricing.variants``).
 Settling is the integration's (it knows where usage arrives), with the estimate's prices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import structlog
@@ -111,6 +113,8 @@ class PlannedCall:
     ``output_limit`` is the output limit per choice the hold covers, to be written into every
     output-limit argument of the call when ``write_limit`` (the call set none, or it was shrunk).
     ``tools`` is what to offer when ``tools_changed`` (``None`` or empty: offer none).
+    ``tool_calls`` is the hosted tool calls the hold covers, to be written into the call
+    (``max_tool_calls``) when it set none; ``None``: nothing to write.
     """
 
     reservation: Reservation
@@ -120,6 +124,7 @@ class PlannedCall:
     write_limit: bool
     tools: tuple[object, ...] | None
     tools_changed: bool
+    tool_calls: int | None = None
 
 
 class CallPlanner:
@@ -310,6 +315,9 @@ class CallPlanner:
             write_limit=write_limit,
             tools=tools,
             tools_changed=tools != offered_tools,
+            tool_calls=None
+            if estimate.tool_calls_from_call or not estimate.tool_calls
+            else estimate.tool_calls,
         )
 
 
@@ -330,31 +338,11 @@ def _check_length(
 
 
 def _with_tools(shape: CallShape, tools: tuple[object, ...] | None) -> CallShape:
-    return CallShape(
-        shape.kind,
-        shape.messages,
-        shape.texts,
-        tools or None,
-        shape.extra,
-        shape.output_limit,
-        shape.choices,
-        shape.units,
-        shape.characters,
-    )
+    return replace(shape, tools=tools or None)
 
 
 def _limited(shape: CallShape, output_limit: int) -> CallShape:
-    return CallShape(
-        shape.kind,
-        shape.messages,
-        shape.texts,
-        shape.tools,
-        shape.extra,
-        output_limit,
-        shape.choices,
-        shape.units,
-        shape.characters,
-    )
+    return replace(shape, output_limit=output_limit)
 
 
 def _ladder(start: int, floor: int) -> list[int]:

@@ -6,7 +6,8 @@ from one: chat (messages, tools, ``response_format``, ``n``, ``max_tokens`` /
 ``max_completion_tokens``), the Responses API (``input``, ``instructions``, ``text``,
 ``max_output_tokens``), text completion (``prompt``, ``n`` x ``best_of`` per prompt),
 embeddings (``input``, token ids counted as they are), images (``n``), speech (characters),
-rerank (query and documents); any other kind is one call at its ``per_call`` price.
+rerank (query and documents); any other kind is one call at its ``per_call`` price. A chat or
+Responses call's costlier ``service_tier`` and its ``max_tool_calls`` (Responses) are read too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from tokenfence_asgi.errors import InvalidCall
 from tokenfence_asgi.pricing.call import CallKind, CallShape
+from tokenfence_asgi.pricing.variants import call_tier
 
 __all__ = ["OUTPUT_LIMIT_KEYS", "output_limit_keys", "shape_of"]
 
@@ -51,6 +53,16 @@ def _output_limit(kind: CallKind, kwargs: Mapping[str, object]) -> int | None:
             raise InvalidCall(f"{key} must be a positive integer, got {value!r}")
         found = value if found is None else max(found, value)
     return found
+
+
+def _tool_calls(kwargs: Mapping[str, object]) -> int | None:
+    """The most hosted tool calls a Responses call allows (``max_tool_calls``), if it set it."""
+    value = kwargs.get("max_tool_calls")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidCall(f"max_tool_calls must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _texts(value: object) -> tuple[tuple[str, ...], int]:
@@ -132,6 +144,7 @@ def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = No
             extra=extra,
             output_limit=limit,
             choices=_count(kwargs, "n"),
+            tier=call_tier(kwargs),
         )
     if kind == "responses":
         found_messages, items, references = _responses_input(kwargs.get("input"))
@@ -144,6 +157,8 @@ def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = No
             extra=items + extra,
             output_limit=limit,
             references=references,
+            tier=call_tier(kwargs),
+            tool_calls=_tool_calls(kwargs),
         )
     if kind == "text":
         texts, tokens = _texts(kwargs.get("prompt"))

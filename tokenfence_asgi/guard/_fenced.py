@@ -33,9 +33,11 @@ import structlog
 from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, PlannedCall
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import PolicyDenied, TenantRequired, TokenFenceError
+from tokenfence_asgi.errors import ModelNotPriced, PolicyDenied, TenantRequired, TokenFenceError
 from tokenfence_asgi.money import from_nanos
+from tokenfence_asgi.pricing.book import ModelPrice
 from tokenfence_asgi.pricing.call import OUTPUT_KINDS, CallKind, Estimate
+from tokenfence_asgi.pricing.variants import Tier
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["Adapter", "CallNotFenced", "Fenced", "GuardedCall", "Route", "Usage"]
@@ -65,13 +67,17 @@ class CallNotFenced(PolicyDenied):
 class Usage:
     """Tokens a provider reported for a call. ``input_tokens`` are those billed at the plain
     input price; cached input the provider reports apart is in ``cache_read_tokens``,
-    ``cache_write_tokens`` (five-minute writes) and ``cache_write_1h_tokens``."""
+    ``cache_write_tokens`` (five-minute writes) and ``cache_write_1h_tokens``. ``tier`` is the
+    service tier the provider says it served (``None``: it does not say), ``hosted`` the
+    hosted tool calls it reports, by tool (``{"web_search": 2}``)."""
 
     input_tokens: int
     output_tokens: int
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    tier: Tier | None = None
+    hosted: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_input_tokens(self) -> int:
@@ -123,6 +129,7 @@ class GuardedCall:
     model: str | None = None  # the model that answered
     text: list[str] = field(default_factory=list)  # output streamed so far
     tool_calls: list[str] = field(default_factory=list)  # tools a JSON answer calls
+    hosted_seen: dict[str, int] = field(default_factory=dict)  # hosted tool calls streamed
     chunks: int = 0
     observed: bool = False  # a successful response reached the SDK's parser
     streaming: bool = False  # its body is read later: the tap settles it
@@ -271,7 +278,7 @@ class Fenced:
         )
         output_tokens = min(produced, estimate.output_tokens * estimate.choices)
         seen = call.input_seen or Usage(estimate.input_tokens, 0)
-        produced_usage = replace(seen, output_tokens=output_tokens)
+        produced_usage = replace(seen, output_tokens=output_tokens, hosted=call.hosted_seen)
         cost = min(self._price(estimate, produced_usage), call.reservation.amount)
         log.info(
             "stream_abandoned",
@@ -282,11 +289,15 @@ class Fenced:
         await self._settle(call, cost, produced_usage.all_input_tokens, output_tokens)
 
     def _price(self, estimate: Estimate, usage: Usage) -> Decimal:
-        """The usage at the price the estimate used (the price book's for the model held)."""
+        """The usage at the price the estimate used (the price book's for the model and tier
+        held), or at the tier the provider says it served when that differs; plus the hosted
+        tool calls it reports, at their fees."""
         price = estimate.price
         if price is None:  # pragma: no cover - the planner's estimates always carry a price
             return from_nanos(estimate.amount_nanos)
-        return price.cost(
+        if usage.tier is not None and usage.tier != estimate.tier:
+            price = self._served_price(estimate, usage.tier, price)
+        return estimate.hosted_cost(usage.hosted) + price.cost(
             usage.input_tokens,
             usage.output_tokens,
             units=estimate.units,
@@ -295,6 +306,14 @@ class Fenced:
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
         )
+
+    def _served_price(self, estimate: Estimate, tier: Tier, held: ModelPrice) -> ModelPrice:
+        """The price of the tier a response reports; the held one when nothing prices it."""
+        try:
+            return self.fence.prices.tier_price(estimate.model, tier)
+        except ModelNotPriced:
+            log.warning("service_tier_unpriced", model=estimate.model, tier=tier[1])
+            return held
 
     async def _settle(
         self,

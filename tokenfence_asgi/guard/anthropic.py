@@ -6,7 +6,11 @@ and tools, with ``max_tokens`` (which Anthropic requires) as the output limit; s
 ``usage``, or for a stream from ``message_start`` (input) and ``message_delta`` (output).
 
 Anthropic reports cached input apart from ``input_tokens``: cache reads, five-minute and
-one-hour cache writes are each charged at the model's price for them.
+one-hour cache writes are each charged at the model's price for them. ``speed="fast"`` is held
+at the snapshot's fast-mode price and charged at ``usage.speed``; a model with no such price
+refuses it (``ModelNotPriced``). A server tool billed per use (``web_search_20250305``) is held
+for its ``max_uses`` (written into the tool when it set none: the price book's allowance) and
+charged ``usage.server_tool_use``.
 
 Free and passed through: GET and DELETE, ``/v1/messages/count_tokens``, files, skills,
 cancels and archives, organisation administration. Every other POST is refused with
@@ -30,6 +34,7 @@ from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
 from tokenfence_asgi.pricing.call import CallKind, CallShape
+from tokenfence_asgi.pricing.variants import call_tier, hosted_calls, hosted_tool, reported_tier
 
 __all__ = ["ADAPTER", "CLIENTS", "AnthropicAdapter"]
 
@@ -96,6 +101,34 @@ def _usage(usage: Mapping[str, Any], output_tokens: int) -> Usage:
         cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
         cache_write_tokens=writes - hour,
         cache_write_1h_tokens=hour,
+        tier=reported_tier({"usage": usage}),
+        hosted=hosted_calls({"usage": usage}),
+    )
+
+
+def _server_tool_uses(tools: object) -> int | None:
+    """The most server tool calls (web search, code execution) a call's tools allow: the sum
+    of their ``max_uses``; ``None`` when one server tool sets none (the fence writes its
+    allowance into it). Raises ``InvalidCall`` when several set none: give each a
+    ``max_uses``."""
+    total, unlimited = 0, 0
+    for tool in tools if isinstance(tools, list) else ():
+        if hosted_tool(tool) is None:
+            continue
+        uses = tool.get("max_uses")
+        if uses is None:
+            unlimited += 1
+        elif isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
+            raise InvalidCall(f"max_uses must be a positive integer, got {uses!r}")
+        else:
+            total += uses
+    if unlimited == 0:
+        return total
+    if unlimited == 1 and total == 0:
+        return None
+    raise InvalidCall(
+        "the server tools of this call do not all set max_uses: give each one max_uses, "
+        "so that the calls they can make (each billed) are bounded"
     )
 
 
@@ -138,6 +171,8 @@ class AnthropicAdapter:
             tools=tuple(tools) if isinstance(tools, list) else None,
             extra=extra,
             output_limit=limit,
+            tier=call_tier(body),
+            tool_calls=_server_tool_uses(tools),
         )
         return CallRequest(model, shape, tool_choice=body.get("tool_choice"))
 
@@ -154,6 +189,13 @@ class AnthropicAdapter:
             else:
                 body.pop("tools", None)
                 body.pop("tool_choice", None)
+        if planned.tool_calls is not None and isinstance(body.get("tools"), list):
+            body["tools"] = [  # the one server tool without max_uses: the calls held
+                {**tool, "max_uses": planned.tool_calls}
+                if hosted_tool(tool) is not None and isinstance(tool, Mapping)
+                else tool
+                for tool in body["tools"]
+            ]
         return False
 
     def usage(self, kind: CallKind, body: Mapping[str, Any]) -> Usage | None:
@@ -199,8 +241,13 @@ class AnthropicAdapter:
                 if usage.get("input_tokens") is not None:
                     call.input_seen = _usage(usage, 0)
                 call.output_seen = max(call.output_seen, _int(usage.get("output_tokens")))
+                hosted = hosted_calls({"usage": usage})
+                if hosted:
+                    call.hosted_seen = hosted
                 if call.input_seen is not None:
-                    call.usage = replace(call.input_seen, output_tokens=call.output_seen)
+                    call.usage = replace(
+                        call.input_seen, output_tokens=call.output_seen, hosted=call.hosted_seen
+                    )
         return True
 
     def error(self, exc: TokenFenceError, method: str, url: str) -> Exception:

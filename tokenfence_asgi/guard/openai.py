@@ -32,7 +32,15 @@ Cached input tokens (``cached_tokens``) are charged at the model's cached input 
 
 Input a call names instead of sending (``previous_response_id``, ``conversation``, a stored
 ``prompt``, an ``item_reference``, an uploaded file) is held at the model's context window and
-charged from the usage afterwards. Not priced: hosted tool fees and the priority tier's surcharge.
+charged from the usage afterwards.
+
+A costlier ``service_tier`` (``"priority"``, ``"fast"``) is held at the snapshot's price for it
+and charged at the tier the response reports (its ``service_tier``), else the one asked; a
+costlier tier nothing prices for the model is refused (``ModelNotPriced``) before sending. A
+Responses call offering hosted tools (web search, file search) is held for its
+``max_tool_calls`` (else the price book's allowance, written into the call) at the tool's fee,
+and charged the ``web_search_call`` / ``file_search_call`` items its response reports (a
+stream's ``response.completed``); an unpriced hosted tool (code interpreter) is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
 from tokenfence_asgi.pricing.call import CallKind
+from tokenfence_asgi.pricing.variants import call_item_tool, hosted_calls, reported_tier
 
 __all__ = ["ADAPTER", "CLIENTS", "OpenAIAdapter"]
 
@@ -145,6 +154,8 @@ class OpenAIAdapter:
             present = [key for key in keys if body.get(key) is not None] or list(keys[:1])
             for key in present:  # every limit the provider might honour covers only the hold
                 body[key] = planned.output_limit
+        if planned.tool_calls is not None and kind == "responses":
+            body["max_tool_calls"] = planned.tool_calls  # the hosted tool calls held
         if planned.tools_changed:
             if planned.tools:
                 body["tools"] = list(planned.tools)
@@ -175,7 +186,13 @@ class OpenAIAdapter:
             return None
         cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
         cached = min(cached, _int(prompt))
-        return Usage(_int(prompt) - cached, _int(output), cache_read_tokens=cached)
+        return Usage(
+            _int(prompt) - cached,
+            _int(output),
+            cache_read_tokens=cached,
+            tier=reported_tier(body),
+            hosted=hosted_calls(body),
+        )
 
     def tool_calls(self, body: Mapping[str, Any]) -> list[str]:
         """The tools a chat completion or a response calls (``tool_calls``, ``function_call``,
@@ -206,6 +223,11 @@ class OpenAIAdapter:
             if isinstance(delta, str) and delta:
                 call.text.append(delta)
                 call.chunks += 1
+            item = data.get("item")
+            if kind == "response.output_item.done" and isinstance(item, Mapping):
+                tool = call_item_tool(item.get("type"))
+                if tool is not None:  # charged if the stream stops before its usage
+                    call.hosted_seen[tool] = call.hosted_seen.get(tool, 0) + 1
             if kind in ("response.completed", "response.incomplete", "response.failed"):
                 response = data.get("response")
                 if isinstance(response, Mapping):

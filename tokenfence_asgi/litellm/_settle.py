@@ -10,8 +10,10 @@ from decimal import Decimal
 import structlog
 
 from tokenfence_asgi.context import FenceContext, current_context
+from tokenfence_asgi.errors import ModelNotPriced
 from tokenfence_asgi.litellm._book import CallBook
-from tokenfence_asgi.litellm._state import SYNC_CALLS, Call, mapping, tokens
+from tokenfence_asgi.litellm._state import SYNC_CALLS, Call, mapping, served_by, tokens
+from tokenfence_asgi.pricing.variants import hosted_calls, is_standard, reported_tier
 
 __all__ = ["Settling"]
 
@@ -53,10 +55,19 @@ class Settling(CallBook):
             await self._charge_response(call)
 
     def _cost(
-        self, call: Call, response_cost: object, input_tokens: int, output_tokens: int
+        self,
+        call: Call,
+        response_cost: object,
+        input_tokens: int,
+        output_tokens: int,
+        response: object = None,
     ) -> Decimal | None:
+        """The cost of an answered call: the price book's ``actual_cost``; for a call that
+        asked for a costlier tier, was served at another, or offered hosted tools, at least the
+        price book's price of the tier served (else asked) plus the hosted tool calls the
+        response reports (LiteLLM's own cost may not count them; a configured price wins)."""
         estimate = call.estimate
-        return self.prices.actual_cost(
+        cost = self.prices.actual_cost(
             estimate.model,
             response_cost=response_cost,
             input_tokens=input_tokens,
@@ -65,6 +76,22 @@ class Settling(CallBook):
             characters=estimate.characters,
             deployment=estimate.price,
         )
+        served = served_by(response)
+        tier = reported_tier(served) or estimate.tier
+        if is_standard(tier) and estimate.tier is None and not estimate.tool_fees:
+            return cost  # LiteLLM's cost of a standard (or cheaper) tier, as for any call
+        price = estimate.price or self.prices.price(estimate.model)
+        if tier != estimate.tier:  # served at another tier than the one held
+            try:
+                price = self.prices.tier_price(estimate.model, tier)
+            except ModelNotPriced:
+                log.warning("service_tier_unpriced", model=estimate.model, tier=tier)
+        priced = price.cost(
+            input_tokens, output_tokens, units=estimate.units, characters=estimate.characters
+        ) + estimate.hosted_cost(hosted_calls(served))
+        if self.prices.override(estimate.model) is not None or cost is None:
+            return priced
+        return max(cost, priced)
 
     async def _fail(self, call: Call, kwargs: Mapping[str, object]) -> None:
         cost = kwargs.get("response_cost")
@@ -222,5 +249,7 @@ class Settling(CallBook):
     async def _charge_response(self, call: Call) -> None:
         hidden = mapping(getattr(call.response, "_hidden_params", None))
         input_tokens, output_tokens = tokens({}, call.response)
-        cost = self._cost(call, hidden.get("response_cost"), input_tokens, output_tokens)
+        cost = self._cost(
+            call, hidden.get("response_cost"), input_tokens, output_tokens, call.response
+        )
         await self._settle_with(call, cost, input_tokens, output_tokens)

@@ -74,6 +74,17 @@ def tokens(kwargs: Mapping[str, object], response: object) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def served_by(response: object) -> dict[str, object]:
+    """What a LiteLLM response says of how it was served: its ``service_tier`` and the types of
+    its output items (a Responses API answer's ``web_search_call``...), as a plain mapping."""
+    items = getattr(response, "output", None)
+    output = [
+        {"type": item.get("type") if isinstance(item, Mapping) else getattr(item, "type", None)}
+        for item in (items if isinstance(items, list) else ())
+    ]
+    return {"service_tier": getattr(response, "service_tier", None), "output": output}
+
+
 def observe_stream(text: str) -> bool:
     """A LiteLLM post-call rule: runs on the caller's task for every chunk of a chat stream,
     with the text streamed so far; records it on the task's open fenced streams."""

@@ -201,6 +201,8 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
             present = [key for key in keys if changed.get(key) is not None] or list(keys[:1])
             for key in present:  # every limit the provider might honour covers only the hold
                 changed[key] = planned.output_limit
+        if planned.tool_calls is not None and kind == "responses":
+            changed["max_tool_calls"] = planned.tool_calls  # the hosted tool calls held
         stream = bool(kwargs.get("stream"))
         if stream and kind in ("chat", "text"):
             options = mapping(kwargs.get("stream_options"))
@@ -289,7 +291,9 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
             if call.response is None and not call.stream:
                 call.response = response_obj
             input_tokens, output_tokens = tokens(kwargs, response_obj)
-            cost = self._cost(call, kwargs.get("response_cost"), input_tokens, output_tokens)
+            cost = self._cost(
+                call, kwargs.get("response_cost"), input_tokens, output_tokens, response_obj
+            )
             await self._settle_with(call, cost, input_tokens, output_tokens)
 
     async def async_post_call_failure_deployment_hook(

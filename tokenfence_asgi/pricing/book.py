@@ -25,15 +25,15 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from types import ModuleType
-from typing import Any, cast
 
 import structlog
 
 from tokenfence_asgi.errors import ConfigError, ModelNotPriced
-from tokenfence_asgi.money import MoneyInput, to_nanos
+from tokenfence_asgi.money import to_nanos
+from tokenfence_asgi.pricing._litellm_map import CACHE_SIZE as _CACHE_SIZE
+from tokenfence_asgi.pricing._litellm_map import mapped_price
 from tokenfence_asgi.pricing._prices import snapshot
 from tokenfence_asgi.pricing._prices.model_price import (
-    MAX_TOKENS,
     ModelPrice,
     checked_model,
     shown,
@@ -41,13 +41,19 @@ from tokenfence_asgi.pricing._prices.model_price import (
     token_count,
 )
 from tokenfence_asgi.pricing.call import FLAT_KINDS, OUTPUT_KINDS, CallShape, Estimate
-from tokenfence_asgi.pricing.tokens import InputCount, media_part, tokenizer_for
+from tokenfence_asgi.pricing.tokens import InputCount, input_flags, tokenizer_for
+from tokenfence_asgi.pricing.variants import (
+    DEFAULT_HOSTED_TOOL_CALLS,
+    Tier,
+    is_standard,
+    tool_fees,
+    unpriced_tier,
+    variant_price,
+)
 
 __all__ = ["ModelPrice", "PriceBook", "load_litellm"]
 
 log = structlog.get_logger("tokenfence_asgi")
-
-_CACHE_SIZE = 4096
 
 
 def load_litellm() -> ModuleType:
@@ -66,43 +72,15 @@ def _stripped(model: str) -> list[str]:
     return keys
 
 
-def _optional_price(entry: Mapping[str, Any], *names: str) -> object:
-    for name in names:
-        value = entry.get(name)
-        if value is not None:
-            return value
-    return None
-
-
-def _input_flags(value: object, depth: int = 0) -> tuple[bool, bool]:
-    """Whether a call's input marks anything to cache (Anthropic's ``cache_control``) and
-    whether it carries media (image, audio, file parts), the way ``tokens`` tells them."""
-    if depth > 32:
-        return True, True  # too deep to tell: assume the costlier
-    cache_write = media = False
-    if isinstance(value, Mapping):
-        cache_write = "cache_control" in value
-        media = media_part(value.get("type")) is not None
-        items: Iterable[object] = value.values()
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        return False, False
-    for item in items:
-        if cache_write and media:
-            break
-        inner = _input_flags(item, depth + 1)
-        cache_write, media = cache_write or inner[0], media or inner[1]
-    return cache_write, media
-
-
 class PriceBook:
     """Prices by model, and the estimates and costs computed from them.
 
     ``prices`` maps a model name (as passed to LiteLLM or an SDK, or without its ``provider/``
     prefix) to a ``ModelPrice``; ``default_price`` prices every model nothing else prices
     (without it such a model raises ``ModelNotPriced``); ``default_output_tokens`` is the
-    output allowance of a call without ``max_tokens``, instead of the model's maximum output.
+    output allowance of a call without ``max_tokens``, instead of the model's maximum output;
+    ``default_tool_calls`` the hosted tool calls a call that offers hosted tools and sets no
+    ``max_tool_calls`` is held for (see ``pricing.variants``).
 
     Prices are looked up in this order: ``prices``, the prices of a trusted deployment (a
     LiteLLM ``Router``'s, passed as ``deployment``), the snapshot shipped in the package,
@@ -116,10 +94,12 @@ class PriceBook:
         "_cache",
         "_default_output",
         "_default_price",
+        "_default_tools",
         "_listed",
         "_litellm",
         "_overrides",
         "_resolved",
+        "_tiers",
     )
 
     def __init__(
@@ -128,6 +108,7 @@ class PriceBook:
         *,
         default_price: ModelPrice | None = None,
         default_output_tokens: int | None = None,
+        default_tool_calls: int = DEFAULT_HOSTED_TOOL_CALLS,
     ) -> None:
         overrides = dict(prices or {})
         for model, price in overrides.items():
@@ -146,10 +127,12 @@ class PriceBook:
         self._overrides = overrides
         self._default_price = default_price
         self._default_output = default_output_tokens
+        self._default_tools = token_count("default_tool_calls", default_tool_calls, low=1)
         self._litellm: ModuleType | None = None
         self._cache: dict[str, tuple[tuple[object, ...], ModelPrice]] = {}
         self._listed: dict[str, ModelPrice] = {}
         self._resolved: dict[str, ModelPrice] = {}
+        self._tiers: dict[tuple[str, Tier], ModelPrice] = {}
 
     @property
     def default_output_tokens(self) -> int | None:
@@ -178,46 +161,7 @@ class PriceBook:
         A LiteLLM ``Router`` registers each deployment's configured prices there under the
         deployment's id, which a caller cannot write: the way to trust a deployment's prices.
         """
-        litellm = sys.modules.get("litellm")
-        model_cost = getattr(litellm, "model_cost", None)
-        if not isinstance(model_cost, Mapping):
-            return None
-        entry = model_cost.get(key)
-        if not isinstance(entry, Mapping):
-            return None
-        raw = (
-            entry.get("input_cost_per_token"),
-            entry.get("output_cost_per_token"),
-            entry.get("max_output_tokens") or entry.get("max_tokens"),
-            _optional_price(entry, "input_cost_per_query", "output_cost_per_image"),
-            entry.get("input_cost_per_character"),
-            entry.get("max_input_tokens"),
-        )
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
-        if raw[0] is None or raw[1] is None:
-            if raw[3] is None and raw[4] is None:
-                return None
-            raw = (raw[0] or 0, raw[1] or 0, *raw[2:])
-        max_out = raw[2] if isinstance(raw[2], int) and 0 < raw[2] <= MAX_TOKENS else None
-        max_in = raw[5] if isinstance(raw[5], int) and 0 < raw[5] <= MAX_TOKENS else None
-        try:
-            price = ModelPrice(
-                cast("MoneyInput", raw[0]),
-                cast("MoneyInput", raw[1]),
-                max_output_tokens=max_out,
-                per_call=cast("MoneyInput | None", raw[3]),
-                per_character=cast("MoneyInput | None", raw[4]),
-                max_input_tokens=max_in,
-            )
-        except ConfigError:
-            log.warning("price_map_entry_invalid", model=key)
-            return None
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()
-        self._cache[key] = (raw, price)
-        return price
+        return mapped_price(key, self._cache)
 
     def _mapped(self, model: str) -> ModelPrice | None:
         for key in _stripped(model):
@@ -270,6 +214,31 @@ class PriceBook:
             )
         if len(self._resolved) < _CACHE_SIZE:
             self._resolved[model] = found  # the same price for the rest of the process
+        return found
+
+    def tier_price(
+        self, model: str, tier: Tier | None, deployment: ModelPrice | None = None
+    ) -> ModelPrice:
+        """The price of ``model`` at service tier ``tier`` (``None``: the standard price).
+
+        A configured price (``prices``, ``default_price`` for a model nothing lists, a trusted
+        deployment's) wins at every tier: it is what the operator pays. Else the snapshot's
+        price for the tier; a tier that costs no more than the standard one (``"flex"``) and
+        that the snapshot does not list is the standard price. Raises ``ModelNotPriced`` for
+        a costlier tier nothing prices: it is never charged at the standard price.
+        """
+        standard = self.price(model, deployment)
+        if tier is None or deployment is not None or self.override(model) is not None:
+            return standard
+        found = self._tiers.get((model, tier))
+        if found is None:
+            found = variant_price(model, tier)
+            if found is None:
+                if is_standard(tier) or self._listed_price(model) is None:
+                    return standard  # a cheaper tier, or the default_price the operator set
+                raise unpriced_tier(model, tier)
+            if len(self._tiers) < _CACHE_SIZE:
+                self._tiers[(model, tier)] = found
         return found
 
     def check(self, models: Iterable[str]) -> dict[str, ModelPrice]:
@@ -382,9 +351,16 @@ class PriceBook:
         carries images or audio; output tokens at the audio output price when the model has a
         higher one. Raises ``ModelNotPriced`` when the model has no price, and ``ConfigError``
         when a generating call has no output allowance, or when the call's kind cannot be
-        bounded without a ``per_call`` price.
+        bounded without a ``per_call`` price. A call is held at the price of the costlier
+        service tier it asks for (``shape.tier``, see ``tier_price``), plus its hosted tool
+        calls (``shape.tool_calls``, else ``default_tool_calls``) at the highest fee of the
+        hosted tools it offers; ``ModelNotPriced`` when nothing prices that tier or a tool.
         """
-        price = self.price(model, deployment)
+        price = self.tier_price(model, shape.tier, deployment)
+        fees = tool_fees(model, shape.tools, price, self._listed_price(model))
+        tool_calls = 0
+        if fees:
+            tool_calls = self._default_tools if shape.tool_calls is None else shape.tool_calls
         if shape.kind in FLAT_KINDS and price.per_call is None:
             raise ConfigError(
                 f"cannot bound the cost of a {shape.kind} call on model {model!r} from its "
@@ -420,13 +396,26 @@ class PriceBook:
         units = shape.units if price.per_call is not None else 0
         characters = shape.characters if shape.kind == "speech" else 0
         worst = price.at(counted)
-        cache_write, media = _input_flags((shape.messages, shape.tools, shape.extra))
+        cache_write, media = input_flags((shape.messages, shape.tools, shape.extra))
         dollars = counted * worst.worst_input_per_token(cache_write=cache_write, media=media)
         dollars += shape.choices * output * worst.worst_output_per_token()
         dollars += price.cost(0, 0, units=units, characters=characters)
+        dollars += tool_calls * max((fee for _, fee in fees), default=Decimal(0))
         nanos = to_nanos(dollars, rounding="up", field="estimate")
         return Estimate(
-            model, counted, output, nanos, from_call, shape.choices, units, characters, price
+            model,
+            counted,
+            output,
+            nanos,
+            from_call,
+            shape.choices,
+            units,
+            characters,
+            price,
+            tier=shape.tier,
+            tool_calls=tool_calls,
+            tool_calls_from_call=shape.tool_calls is not None,
+            tool_fees=fees,
         )
 
     def estimate(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
 from tokenfence_asgi.money import from_nanos
 from tokenfence_asgi.pricing._prices.model_price import ModelPrice
+from tokenfence_asgi.pricing.variants import Tier
 
 __all__ = ["FLAT_KINDS", "OUTPUT_KINDS", "CallKind", "CallShape", "Estimate"]
 
@@ -50,6 +52,10 @@ class CallShape:
     references: int = 0
     """Input the call names instead of sending (an earlier response, a conversation, a stored
     prompt or item): bounded by the model's context window, like an audio or file part."""
+    tier: Tier | None = None
+    """The costlier service tier the call asks for (``pricing.variants.call_tier``)."""
+    tool_calls: int | None = None
+    """The most hosted tool calls the call allows (``max_tool_calls``); ``None``: it set none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class Estimate:
     ``output_tokens`` is the allowance per choice the estimate assumed; ``from_call`` is true
     when the call set it (``max_tokens``), false when the allowance was imposed and should be
     written into the call. ``choices``, ``units`` and ``characters`` are the shape's.
+    ``price`` is the price of the tier held (``tier``); ``tool_calls`` the hosted tool calls
+    held (the call's limit when ``tool_calls_from_call``, else an allowance to write into it),
+    each at the highest of ``tool_fees`` (dollars per call of each hosted tool offered).
     """
 
     model: str
@@ -70,11 +79,27 @@ class Estimate:
     units: int = 0
     characters: int = 0
     price: ModelPrice | None = None
+    tier: Tier | None = None
+    tool_calls: int = 0
+    tool_calls_from_call: bool = False
+    tool_fees: tuple[tuple[str, Decimal], ...] = ()
 
-    def cost_of(self, output_tokens: int) -> Decimal:
-        """Dollars of this call had it produced ``output_tokens`` in all (input included)."""
+    def cost_of(self, output_tokens: int, hosted: Mapping[str, int] | None = None) -> Decimal:
+        """Dollars of this call had it produced ``output_tokens`` in all (input included) and
+        made the ``hosted`` tool calls."""
         if self.price is None:
             return from_nanos(self.amount_nanos)
-        return self.price.cost(
+        tokens = self.price.cost(
             self.input_tokens, output_tokens, units=self.units, characters=self.characters
+        )
+        return tokens + self.hosted_cost(hosted or {})
+
+    def hosted_cost(self, calls: Mapping[str, int]) -> Decimal:
+        """Dollars of the hosted tool calls a response reports, by tool, at the fees held (a
+        tool the call did not offer at the highest of them)."""
+        fees = dict(self.tool_fees)
+        highest = max(fees.values(), default=Decimal(0))
+        return sum(
+            (count * fees.get(tool, highest) for tool, count in calls.items() if count > 0),
+            Decimal(0),
         )

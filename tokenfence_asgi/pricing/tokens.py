@@ -24,7 +24,7 @@ import gzip
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -35,7 +35,14 @@ import structlog
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["InputCount", "Tokenizer", "byte_bound", "media_part", "tokenizer_for"]
+__all__ = [
+    "InputCount",
+    "Tokenizer",
+    "byte_bound",
+    "input_flags",
+    "media_part",
+    "tokenizer_for",
+]
 
 log = structlog.get_logger("tokenfence_asgi")
 
@@ -345,3 +352,25 @@ def tokenizer_for(model: str) -> Tokenizer:
     if encoding is not None:
         return Tokenizer(encoding, 3, 1, 3, 8, 16, per_image)
     return Tokenizer(None, 16, 1, 16, 16, 1_000, per_image)
+
+
+def input_flags(value: object, depth: int = 0) -> tuple[bool, bool]:
+    """Whether a call's input marks anything to cache (Anthropic's ``cache_control``) and
+    whether it carries media (image, audio, file parts), the way ``tokens`` tells them."""
+    if depth > 32:
+        return True, True  # too deep to tell: assume the costlier
+    cache_write = media = False
+    if isinstance(value, Mapping):
+        cache_write = "cache_control" in value
+        media = media_part(value.get("type")) is not None
+        items: Iterable[object] = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False, False
+    for item in items:
+        if cache_write and media:
+            break
+        inner = input_flags(item, depth + 1)
+        cache_write, media = cache_write or inner[0], media or inner[1]
+    return cache_write, media

@@ -7,7 +7,7 @@ turns a snapshot entry into one; ``checked_model`` refuses names no price should
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -67,7 +67,9 @@ class ModelPrice:
     audio is held at it, when it is higher);
     ``max_input_tokens``, the context window (bounds audio and file inputs); ``tiers``,
     ``(start, price)`` pairs: a call with more than ``start`` input tokens pays ``price`` for
-    every token (the long-context "cliff" of Anthropic's and OpenAI's price lists).
+    every token (the long-context "cliff" of Anthropic's and OpenAI's price lists);
+    ``per_tool_call``, dollars per call of a hosted tool the provider runs and bills apart
+    (``{"web_search": "0.01"}``; names as ``pricing.variants.hosted_tool`` gives them).
     """
 
     input_per_token: Decimal
@@ -82,6 +84,7 @@ class ModelPrice:
     audio_output_per_token: Decimal | None
     max_input_tokens: int | None
     tiers: tuple[tuple[int, ModelPrice], ...]
+    tool_fees: tuple[tuple[str, Decimal], ...]
 
     def __init__(
         self,
@@ -98,6 +101,7 @@ class ModelPrice:
         audio_output_per_token: MoneyInput | None = None,
         max_input_tokens: int | None = None,
         tiers: Iterable[tuple[int, ModelPrice]] = (),
+        per_tool_call: Mapping[str, MoneyInput] | None = None,
     ) -> None:
         setattr_ = object.__setattr__
         setattr_(self, "input_per_token", _per_token("input_per_token", input_per_token))
@@ -130,6 +134,19 @@ class ModelPrice:
                 raise ConfigError(f"tiers must be (start, ModelPrice) pairs, got {tier!r}")
             checked.append((token_count("tiers start", tier[0], low=1), tier[1]))
         setattr_(self, "tiers", tuple(sorted(checked, key=lambda tier: tier[0])))
+        fees: list[tuple[str, Decimal]] = []
+        for tool, fee in dict(per_tool_call or {}).items():
+            if not isinstance(tool, str) or not tool:
+                raise ConfigError(f"per_tool_call: tool names must be strings, got {tool!r}")
+            fees.append((tool, _per_token(f"per_tool_call[{tool!r}]", fee)))
+        setattr_(self, "tool_fees", tuple(sorted(fees)))
+
+    def tool_fee(self, tool: str) -> Decimal | None:
+        """Dollars per call of hosted tool ``tool`` (``None``: this price does not say)."""
+        for name, fee in self.tool_fees:
+            if name == tool:
+                return fee
+        return None
 
     @classmethod
     def flat(cls, per_call: MoneyInput) -> ModelPrice:
@@ -244,6 +261,16 @@ def checked_model(model: object) -> str:
     return model
 
 
+_TOOL_FEES = {"web_searches_kcount": "web_search", "storage_searches_kcount": "file_search"}
+"""Snapshot prices per thousand hosted tool calls, and the tool each prices."""
+
+
+def _per_thousand(value: snapshot.PriceValue) -> Decimal:
+    """Dollars per call of a snapshot price per thousand calls (a tiered one at its highest)."""
+    highest = value if isinstance(value, Decimal) else max(value[0], *(p for _, p in value[1]))
+    return highest / 1000
+
+
 def _per_million(value: snapshot.PriceValue | None, tier: int | None) -> Decimal | None:
     """Dollars per token of a snapshot price (per million), at input tier ``tier``."""
     if value is None:
@@ -291,4 +318,7 @@ def snapshot_price(entry: snapshot.SnapshotModel) -> ModelPrice | None:
         max_input_tokens=entry.context_window,
         per_character=_per_million(prices.get("input_mchars"), None),
         tiers=[(start, at(start)) for start in starts],
+        per_tool_call={
+            tool: _per_thousand(prices[key]) for key, tool in _TOOL_FEES.items() if key in prices
+        },
     )

@@ -1,0 +1,156 @@
+"""Service tiers and hosted tool fees through LiteLLM (``mock_response``), on both stores.
+
+The callback hands the call to the same planner as the SDK guards: a call asking for the
+priority tier is held at the priority price, one asking for a costlier tier nothing prices is
+refused before it is sent, and a Responses call offering web search is held for its searches
+(the default allowance written as ``max_tool_calls`` when it set none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+from litellm.integrations.custom_logger import CustomLogger
+
+from tests.litellm.test_litellm import MSGS, clean_callbacks, used
+from tokenfence_asgi.calls.shapes import shape_of
+from tokenfence_asgi.config import Limit, Plan
+from tokenfence_asgi.context import tenant_scope
+from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.observe import FenceObserver
+from tokenfence_asgi.errors import ModelNotPriced
+from tokenfence_asgi.litellm import TokenFenceCallback
+from tokenfence_asgi.money import from_nanos, to_nanos
+from tokenfence_asgi.pricing.variants import DEFAULT_HOSTED_TOOL_CALLS
+from tokenfence_asgi.results import Reservation
+
+__all__ = ["clean_callbacks"]
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning",
+    "ignore:Pydantic serializer warnings:UserWarning",
+)
+
+SEARCH = Decimal("0.01")  # web search: $10 per 1,000 calls
+
+
+def per_m(tokens: int, dollars: str) -> Decimal:
+    return tokens * Decimal(dollars) / 1_000_000
+
+
+def up(dollars: Decimal) -> Decimal:
+    return from_nanos(to_nanos(dollars, rounding="up", field="test"))
+
+
+class Sent(CustomLogger):
+    """The kwargs each call was sent with (as the fence's hook, before it, left them) and
+    LiteLLM's cost of each successful one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[dict[str, Any]] = []
+        self.costs: list[Decimal] = []
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        self.sent.append(dict(kwargs))
+        return None
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self.costs.append(from_nanos(to_nanos(str(kwargs.get("response_cost")))))
+
+
+class Held(FenceObserver):
+    def __init__(self) -> None:
+        self.reservations: list[Reservation] = []
+
+    def reserved(self, reservation: Reservation) -> None:
+        self.reservations.append(reservation)
+
+
+@pytest.fixture
+def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
+    return make_fence(plans=[Plan("any", [Limit("1d", max_cost="100")])], default_plan="any")
+
+
+@pytest.fixture
+def held(fence: TokenFence) -> Held:
+    return fence.observe(Held())  # type: ignore[return-value]
+
+
+@pytest.fixture
+def sent(fence: TokenFence, clean_callbacks: None) -> Iterator[Sent]:
+    callback = TokenFenceCallback(fence)
+    seen = Sent()
+    litellm.callbacks = [callback, seen]
+    try:
+        yield seen
+    finally:
+        callback.close()
+
+
+async def test_priority_is_held_and_charged_at_the_priority_price(
+    fence: TokenFence, held: Held, sent: Sent
+) -> None:
+    tokens = fence.prices.input_tokens("gpt-4o-mini", MSGS)
+    async with tenant_scope("acme"):
+        answer = await litellm.acompletion(
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="Hello!",
+            max_tokens=50,
+            service_tier="priority",
+        )
+    assert held.reservations[0].amount == up(per_m(tokens, "0.25") + per_m(50, "1"))
+    usage = answer.usage
+    charged = per_m(usage.prompt_tokens, "0.25") + per_m(usage.completion_tokens, "1")
+    assert (await used(fence))[0] == up(charged)
+
+
+async def test_a_costlier_tier_nothing_prices_is_refused_before_sending(
+    fence: TokenFence, sent: Sent
+) -> None:
+    async with tenant_scope("acme"):
+        with pytest.raises(ModelNotPriced, match="service_tier='priority'"):
+            await litellm.acompletion(
+                model="gpt-5-nano",
+                messages=MSGS,
+                mock_response="Hello!",
+                max_tokens=50,
+                service_tier="priority",
+            )
+    assert sent.sent == []  # refused before any later hook, or the provider, saw it
+    assert await used(fence) == (0, 0)
+
+
+async def test_web_search_is_held_per_search_and_its_allowance_written(
+    fence: TokenFence, held: Held, sent: Sent
+) -> None:
+    body = {"input": "Weather?", "tools": [{"type": "web_search"}]}
+    tokens = fence.prices.shape_tokens("gpt-4o-mini", shape_of("responses", body))
+    async with tenant_scope("acme"):
+        answer = await litellm.aresponses(
+            model="gpt-4o-mini", mock_response="Sunny.", max_output_tokens=50, **body
+        )
+    assert sent.sent[-1]["max_tool_calls"] == DEFAULT_HOSTED_TOOL_CALLS
+    assert held.reservations[0].amount == up(
+        per_m(tokens, "0.15") + per_m(50, "0.6") + DEFAULT_HOSTED_TOOL_CALLS * SEARCH
+    )
+    usage = answer.usage  # no search made: the tokens, at least at the price book's price
+    priced = per_m(usage.input_tokens, "0.15") + per_m(usage.output_tokens, "0.6")
+    assert (await used(fence))[0] == max(sent.costs[-1], up(priced))
+    async with tenant_scope("acme"):
+        with pytest.raises(ModelNotPriced, match="web_search"):
+            await litellm.aresponses(
+                model="gpt-4.1-nano",
+                input="Weather?",
+                mock_response="Sunny.",
+                tools=[{"type": "web_search"}],
+            )
