@@ -142,10 +142,19 @@ class FakeAnthropic:
                 )
                 return
         yield event("content_block_stop", {"index": 0})
+        for n, name in enumerate(self.tool_uses, start=1):
+            block = {"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": {}}
+            yield event("content_block_start", {"index": n, "content_block": block})
+            delta = {"type": "input_json_delta", "partial_json": "{}"}
+            yield event("content_block_delta", {"index": n, "delta": delta})
+            yield event("content_block_stop", {"index": n})
         yield event(
             "message_delta",
             {
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {
+                    "stop_reason": "tool_use" if self.tool_uses else "end_turn",
+                    "stop_sequence": None,
+                },
                 "usage": {"output_tokens": self.output_tokens, **self._server_use()},
             },
         )

@@ -115,7 +115,13 @@ class FakeProvider:
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
             yield chunk({"content": word}, None)
-        yield chunk({}, "stop")
+        for n, name in enumerate(self.tool_calls):  # the name in a call's first delta only
+            function = {"name": name, "arguments": ""}
+            yield chunk({"tool_calls": [{"index": n, "id": f"call_{n}", "type": "function",
+                                         "function": function}]}, None)  # fmt: skip
+            arguments = {"arguments": "{}"}
+            yield chunk({"tool_calls": [{"index": n, "function": arguments}]}, None)
+        yield chunk({}, "tool_calls" if self.tool_calls else "stop")
         if include_usage:
             data = {
                 "id": call_id,

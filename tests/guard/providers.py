@@ -134,10 +134,18 @@ class GuardProvider(FakeProvider):
         searches = self._searches()
         for n, search in enumerate(searches):
             yield event("response.output_item.done", 0, {"output_index": n, "item": search})
+        calls = [
+            {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": name,
+             "arguments": "{}", "status": "completed"}
+            for n, name in enumerate(self.tool_calls)
+        ]  # fmt: skip
+        for n, call in enumerate(calls):
+            added = {**call, "arguments": "", "status": "in_progress"}
+            yield event("response.output_item.added", 0, {"output_index": n + 1, "item": added})
         done = {
             **base,
             "status": "completed",
-            "output": [*searches, item],
+            "output": [*searches, item, *calls],
             "usage": usage,
             "service_tier": tier,
         }

@@ -279,6 +279,69 @@ async def test_tool_calls_in_an_answer_are_checked_after_it_is_charged(
     assert await spent(fence) == (2 * CHAT + list_cost("claude-haiku-4-5", 1000, 200), 0)
 
 
+async def test_tool_calls_in_a_stream_are_checked_when_it_ends(
+    make_fence: Callable[..., TokenFence],
+    make_client: Callable[[str], Any],
+    oai: GuardProvider,
+    ant: FakeAnthropic,
+) -> None:
+    """A streamed answer's tool calls are checked once it has been read whole and charged: the
+    caller's loop over the stream ends with the SDK's 403 instead of its normal end, before the
+    code after the loop runs the tool."""
+    policy = Policy().deny("tool:delete_*").require_approval("tool:refund")
+    fence = make_fence(plans=PLANS, default_plan="open", policy=policy)
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    oai.tool_calls = ("lookup_order", "delete_user")
+    seen: list[str] = []
+
+    async def read_chat() -> None:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MSGS, stream=True
+        )
+        async for chunk in stream:
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                seen.append(call.function.name or "")
+
+    with pytest.raises(PolicyDenied, match="delete_user") as denied:
+        await read_chat()
+    assert isinstance(denied.value, openai.PermissionDeniedError)
+    assert "delete_user" in seen  # the stream was passed on whole, then refused
+    assert await spent(fence) == (CHAT, 0)  # the call was made: it is charged
+    oai.tool_calls = ("refund",)
+    with pytest.raises(ApprovalRequired) as pending:
+        async for _ in await client.responses.create(
+            model="gpt-4.1-mini", input="Refund it.", stream=True
+        ):
+            pass
+    assert pending.value.approval_id
+    sync = fence.guard(make_client("OpenAI"), tenant="acme")
+    oai.tool_calls = ("delete_user",)
+
+    def read_sync() -> None:
+        for _ in sync.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True):
+            pass
+
+    with pytest.raises(openai.PermissionDeniedError, match="delete_user"):
+        await anyio.to_thread.run_sync(read_sync)
+    claude = fence.guard(make_client("AsyncAnthropic"), tenant="acme")
+    ant.tool_uses = ("delete_user",)
+
+    async def read_claude() -> None:
+        async with claude.messages.stream(
+            model="claude-haiku-4-5", max_tokens=10, messages=MSGS
+        ) as events:
+            async for _ in events:
+                pass
+
+    with pytest.raises(anthropic.PermissionDeniedError, match="delete_user"):
+        await read_claude()
+    oai.tool_calls = ("lookup_order",)  # allowed: the stream ends as usual
+    async for _ in await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MSGS, stream=True
+    ):
+        pass
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_cached_input_is_charged_at_its_own_list_price(
     stream: bool,

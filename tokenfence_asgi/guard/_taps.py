@@ -16,7 +16,9 @@ import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from tokenfence_asgi.errors import TokenFenceError
 from tokenfence_asgi.guard._fenced import Fenced, GuardedCall, log
+from tokenfence_asgi.web.problem import http_status
 
 __all__ = ["tap_async", "tap_sync"]
 
@@ -28,7 +30,7 @@ _MAX_BUFFER = 32 * 1024 * 1024  # a body larger than this is not parsed: the hol
 class _Reader:
     """Feeds a response body to the call's meter: SSE events, or a JSON document at the end."""
 
-    __slots__ = ("buffer", "busy", "call", "parsed", "sse", "state")
+    __slots__ = ("buffer", "busy", "call", "checked", "done", "parsed", "sse", "state")
 
     def __init__(self, state: Fenced, call: GuardedCall, sse: bool, parsed: bool) -> None:
         self.state = state
@@ -37,6 +39,8 @@ class _Reader:
         self.buffer = bytearray()
         self.busy = False  # inside the SDK's own read: a close() now is the end of the body
         self.parsed = parsed  # an event stream or JSON; not audio or an image
+        self.done = False  # read ``data: [DONE]``: the SDK stops reading there
+        self.checked = False  # the tools the answer called were checked
 
     def feed(self, chunk: bytes) -> bytes:
         """Read ``chunk``; return what to pass on (the usage chunk nobody asked for removed)."""
@@ -83,13 +87,50 @@ class _Reader:
             elif line.startswith(b"event:"):
                 name = line[6:].strip().decode("utf-8", "replace")
         text = b"\n".join(data)
-        if not data or text.startswith(b"[DONE]"):
+        if text.startswith(b"[DONE]"):
+            self.done = True
+            return True
+        if not data:
             return True
         try:
             payload = json.loads(text)
         except ValueError:
             return True
+        self.call.tool_calls += self.state.adapter.stream_tool_calls(payload)
         return self.state.adapter.on_event(self.call, name, payload)
+
+
+async def _checked(state: Fenced, reader: _Reader, response: Any) -> None:
+    """A stream read whole (its end, or ``[DONE]``, before which the SDK stops reading):
+    settle it, then check the tools it called against the policy, raising the refusal."""
+    if reader.checked:
+        return
+    reader.checked = True
+    await state.end(reader.call)
+    try:
+        await state.check_tools(reader.call)
+    except TokenFenceError as exc:
+        raise _refusal(state, exc, response) from None
+
+
+def _checked_sync(state: Fenced, reader: _Reader, response: Any) -> None:
+    """``_checked`` for a sync client's stream."""
+    if reader.checked:
+        return
+    reader.checked = True
+    _end_sync(state, reader.call)
+    try:
+        state.run(lambda: state.check_tools(reader.call))
+    except TokenFenceError as exc:
+        raise _refusal(state, exc, response) from None
+
+
+def _refusal(state: Fenced, exc: TokenFenceError, response: Any) -> Exception:
+    """A refused tool call of a streamed answer, as the SDK's status error of its request."""
+    if http_status(exc) == 500:  # a bug or a configuration error: ours, as it is
+        return exc
+    request = response.request
+    return state.adapter.error(exc, str(request.method).upper(), str(request.url))
 
 
 def _read_json(state: Fenced, call: GuardedCall, content: bytes) -> None:
@@ -141,11 +182,14 @@ def tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
                 finally:
                     reader.busy = False
                 out = reader.feed(chunk)
+                if reader.done:
+                    _checked_sync(state, reader, response)
                 if out:
                     yield out
             tail = reader.flush()
             if tail:
                 yield tail
+            _checked_sync(state, reader, response)
         finally:
             _end_sync(state, call)
 
@@ -184,11 +228,14 @@ def tap_async(state: Fenced, call: GuardedCall, response: Any) -> None:
                 finally:
                     reader.busy = False
                 out = reader.feed(chunk)
+                if reader.done:
+                    await _checked(state, reader, response)
                 if out:
                     yield out
             tail = reader.flush()
             if tail:
                 yield tail
+            await _checked(state, reader, response)
         finally:
             await chunks.aclose()
             await state.end(call)

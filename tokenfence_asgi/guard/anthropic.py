@@ -214,6 +214,15 @@ class AnthropicAdapter:
             if isinstance(block, Mapping) and block.get("type") == "tool_use"
         ]
 
+    def stream_tool_calls(self, data: Any) -> list[str]:
+        """The tool a streamed ``content_block_start`` of a ``tool_use`` block calls."""
+        if not isinstance(data, Mapping) or data.get("type") != "content_block_start":
+            return []
+        block = data.get("content_block")
+        if isinstance(block, Mapping) and block.get("type") == "tool_use":
+            return [str(block.get("name", ""))]
+        return []
+
     def on_event(self, call: GuardedCall, event: str | None, data: Any) -> bool:
         """Read one streamed event: input at ``message_start``, output at ``message_delta``."""
         if not isinstance(data, Mapping):

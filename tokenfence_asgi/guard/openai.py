@@ -213,6 +213,30 @@ class OpenAIAdapter:
                 names.append(str(item.get("name", "")))
         return names
 
+    def stream_tool_calls(self, data: Any) -> list[str]:
+        """The tools one streamed event starts calling: a chat chunk's tool call (its name
+        comes in the call's first delta only) or legacy ``function_call``, a Responses
+        ``function_call`` item when it is added."""
+        if not isinstance(data, Mapping):
+            return []
+        if data.get("type") == "response.output_item.added":
+            item = data.get("item")
+            if isinstance(item, Mapping) and item.get("type") == "function_call":
+                return [str(item.get("name", ""))]
+            return []
+        names: list[str] = []
+        for choice in _list(data.get("choices")):
+            delta = choice.get("delta") if isinstance(choice, Mapping) else None
+            if not isinstance(delta, Mapping):
+                continue
+            calls = [
+                c.get("function") for c in _list(delta.get("tool_calls")) if isinstance(c, Mapping)
+            ]
+            for function in [*calls, delta.get("function_call")]:
+                if isinstance(function, Mapping) and function.get("name"):
+                    names.append(str(function["name"]))
+        return names
+
     def on_event(self, call: GuardedCall, event: str | None, data: Any) -> bool:
         """Read one streamed event; ``False`` drops it (the usage chunk nobody asked for)."""
         if not isinstance(data, Mapping):
