@@ -537,3 +537,24 @@ def test_responses_input_named_by_reference_is_held_at_the_context_window(
     assert plain.input_tokens < 100
     assert named.input_tokens >= window
     assert named.amount_nanos >= to_nanos(window * Decimal("0.4e-6"), rounding="up")
+
+
+def test_a_predicted_output_is_held_as_output_it_may_be_billed_for() -> None:
+    """Predicted Outputs: the prediction's tokens the model rejects are billed as completion
+    tokens beyond the output limit, so the hold counts them as output at the output price."""
+    from tokenfence_asgi.calls.shapes import shape_of
+
+    book = PriceBook()
+    code = "def add(a, b):\n    return a + b\n" * 200
+    messages = [{"role": "user", "content": "Rename add to plus."}]
+    plain = book.bound("gpt-4o", shape_of("chat", {"messages": messages, "max_tokens": 100}))
+    for prediction in (
+        {"type": "content", "content": code},
+        {"type": "content", "content": [{"type": "text", "text": code}]},
+    ):
+        kwargs = {"messages": messages, "max_tokens": 100, "prediction": prediction}
+        predicted = book.bound("gpt-4o", shape_of("chat", kwargs))
+        tokens = book.text_tokens("gpt-4o", code)
+        assert tokens > 1000
+        extra = predicted.amount_nanos - plain.amount_nanos
+        assert extra >= to_nanos(tokens * Decimal("10e-6")) - 1  # gpt-4o output: $10 / M

@@ -12,6 +12,7 @@ Responses call's costlier ``service_tier`` and its ``max_tool_calls`` (Responses
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from tokenfence_asgi.errors import InvalidCall
@@ -125,6 +126,21 @@ def _responses_input(
     return tuple(messages), tuple(extra), references
 
 
+def _predicted(prediction: object) -> tuple[str, ...]:
+    """The texts of a chat call's predicted output (``{"type": "content", "content": ...}``, a
+    string or text parts); anything else in it as its JSON, counted as text too."""
+    if prediction is None:
+        return ()
+    content = prediction.get("content") if isinstance(prediction, Mapping) else prediction
+    if isinstance(content, str):
+        return (content,)
+    texts: list[str] = []
+    for part in content if isinstance(content, list) else (content,):
+        text = part.get("text") if isinstance(part, Mapping) else None
+        texts.append(text if isinstance(text, str) else json.dumps(part, default=repr))
+    return tuple(texts)
+
+
 def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = None) -> CallShape:
     """The ``CallShape`` of a LiteLLM call of ``kind`` from its kwargs.
 
@@ -145,6 +161,7 @@ def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = No
             output_limit=limit,
             choices=_count(kwargs, "n"),
             tier=call_tier(kwargs),
+            predicted=_predicted(kwargs.get("prediction")),
         )
     if kind == "responses":
         found_messages, items, references = _responses_input(kwargs.get("input"))

@@ -398,7 +398,12 @@ class PriceBook:
         worst = price.at(counted)
         cache_write, media = input_flags((shape.messages, shape.tools, shape.extra))
         dollars = counted * worst.worst_input_per_token(cache_write=cache_write, media=media)
-        dollars += shape.choices * output * worst.worst_output_per_token()
+        if shape.predicted and shape.kind in OUTPUT_KINDS:  # rejected predictions are billed
+            tokenizer = tokenizer_for(model)
+            output_extra = sum(tokenizer.text(text) for text in shape.predicted)
+        else:
+            output_extra = 0
+        dollars += shape.choices * (output + output_extra) * worst.worst_output_per_token()
         dollars += price.cost(0, 0, units=units, characters=characters)
         dollars += tool_calls * max((fee for _, fee in fees), default=Decimal(0))
         nanos = to_nanos(dollars, rounding="up", field="estimate")
