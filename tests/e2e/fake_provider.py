@@ -73,11 +73,18 @@ class FakeProvider:
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(self.words)}
             if self.tool_calls:
-                message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": f"call_{n}", "type": "function",
-                     "function": {"name": name, "arguments": "{}"}}
-                    for n, name in enumerate(self.tool_calls)
-                ]}  # fmt: skip
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{n}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": "{}"},
+                        }
+                        for n, name in enumerate(self.tool_calls)
+                    ],
+                }
             return JSONResponse(
                 {
                     "id": call_id,
@@ -117,8 +124,14 @@ class FakeProvider:
             yield chunk({"content": word}, None)
         for n, name in enumerate(self.tool_calls):  # the name in a call's first delta only
             function = {"name": name, "arguments": ""}
-            yield chunk({"tool_calls": [{"index": n, "id": f"call_{n}", "type": "function",
-                                         "function": function}]}, None)  # fmt: skip
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {"index": n, "id": f"call_{n}", "type": "function", "function": function}
+                    ]
+                },
+                None,
+            )
             arguments = {"arguments": "{}"}
             yield chunk({"tool_calls": [{"index": n, "function": arguments}]}, None)
         yield chunk({}, "tool_calls" if self.tool_calls else "stop")
@@ -157,10 +170,12 @@ class FakeProvider:
             return failed
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         usage = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
-        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2]}
-                for i in range(len(inputs))]  # fmt: skip
-        return JSONResponse({"object": "list", "data": data, "model": body["model"],
-                             "usage": usage})  # fmt: skip
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1, 0.2]} for i in range(len(inputs))
+        ]
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
 
     async def completions(self, request: Request) -> Response:
         body, failed = await self._received(request)
@@ -231,9 +246,13 @@ class FakeProvider:
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
             yield event(
-                "response.output_text.delta", item_id=message_id, output_index=0,
-                content_index=0, delta=word, sequence_number=n,
-            )  # fmt: skip
+                "response.output_text.delta",
+                item_id=message_id,
+                output_index=0,
+                content_index=0,
+                delta=word,
+                sequence_number=n,
+            )
         yield event("response.completed", response=response, sequence_number=len(self.words) + 1)
 
     async def speech(self, request: Request) -> Response:
@@ -252,18 +271,27 @@ class FakeProvider:
         body, failed = await self._received(request)
         if failed is not None:
             return failed
-        data = [{"url": f"https://images.invalid/{uuid.uuid4().hex}.png"}
-                for _ in range(int(body.get("n") or 1))]  # fmt: skip
+        data = [
+            {"url": f"https://images.invalid/{uuid.uuid4().hex}.png"}
+            for _ in range(int(body.get("n") or 1))
+        ]
         return JSONResponse({"created": int(time.time()), "data": data})
 
     async def rerank(self, request: Request) -> Response:
         body, failed = await self._received(request)
         if failed is not None:
             return failed
-        results = [{"index": i, "relevance_score": 1.0 / (i + 1)}
-                   for i in range(len(body.get("documents") or ()))]  # fmt: skip
-        return JSONResponse({"id": uuid.uuid4().hex, "results": results,
-                             "meta": {"billed_units": {"search_units": 1}}})  # fmt: skip
+        results = [
+            {"index": i, "relevance_score": 1.0 / (i + 1)}
+            for i in range(len(body.get("documents") or ()))
+        ]
+        return JSONResponse(
+            {
+                "id": uuid.uuid4().hex,
+                "results": results,
+                "meta": {"billed_units": {"search_units": 1}},
+            }
+        )
 
     def app(self) -> Starlette:
         """The ASGI app serving the OpenAI paths: chat and text completions, embeddings,

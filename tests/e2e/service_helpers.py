@@ -33,10 +33,23 @@ def serve_subprocess(args: list[str], *, token: str, log: Path) -> Iterator[str]
     env = {**os.environ, "TOKENFENCE_SERVICE_TOKEN": token}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenfence_asgi", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning", *args],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tokenfence_asgi",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *args,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

@@ -52,8 +52,12 @@ def test_reserve_commit_release_over_a_real_server(redis_url: str, cleanup: str)
     fence = TokenFence(redis_url=redis_url, prefix=cleanup, plans=[PLAN], default_plan="shared")
     app = service_app(fence, token=TOKEN, owns_fence=True, max_body_bytes=4096)
     with serve(app, lifespan="on") as url, httpx.Client(base_url=url, timeout=10) as client:
-        body = {"tenant": "acme", "feature": "chat", "request_id": "r-1",
-                "candidates": [{"model": "gpt-4o", "estimate": "5.50"}]}  # fmt: skip
+        body = {
+            "tenant": "acme",
+            "feature": "chat",
+            "request_id": "r-1",
+            "candidates": [{"model": "gpt-4o", "estimate": "5.50"}],
+        }
         assert client.post("/reserve", json=body).status_code == 401
         held = client.post("/reserve", json=body, headers=AUTH)
         assert held.status_code == 200, held.text
@@ -62,9 +66,10 @@ def test_reserve_commit_release_over_a_real_server(redis_url: str, cleanup: str)
         assert again.json()["reservation_id"] == "r-1"
 
         refused = client.post(
-            "/reserve", headers=AUTH,
+            "/reserve",
+            headers=AUTH,
             json={"tenant": "acme", "candidates": [{"model": "gpt-4o", "estimate": "0.60"}]},
-        )  # fmt: skip
+        )
         assert refused.status_code == 402
         assert refused.json()["error"] == "ai_budget_exceeded"
         assert int(refused.headers["retry-after"]) >= 1
@@ -72,8 +77,10 @@ def test_reserve_commit_release_over_a_real_server(redis_url: str, cleanup: str)
         token = held.json()["id"]
         done = client.post("/commit", json={"id": token, "cost": "5.25"}, headers=AUTH)
         assert (done.status_code, done.json()["cost"], done.json()["duplicate"]) == (
-            200, "5.250000000", False,
-        )  # fmt: skip
+            200,
+            "5.250000000",
+            False,
+        )
         repeat = client.post("/commit", json={"id": token, "cost": "5.25"}, headers=AUTH)
         assert (repeat.json()["cost"], repeat.json()["duplicate"]) == ("5.250000000", True)
         released = client.post("/release", json={"id": token}, headers=AUTH)
@@ -82,8 +89,11 @@ def test_reserve_commit_release_over_a_real_server(redis_url: str, cleanup: str)
         forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
         bad = client.post("/commit", json={"id": forged, "cost": "0.10"}, headers=AUTH)
         assert (bad.status_code, bad.json()["error"]) == (422, "invalid_reservation")
-        big = client.post("/release", content=b"{" + b" " * 5000 + b"}",
-                          headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+        big = client.post(
+            "/release",
+            content=b"{" + b" " * 5000 + b"}",
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
         assert (big.status_code, big.json()["error"]) == (413, "body_too_large")
 
         status = client.get("/status/acme", headers=AUTH).json()
@@ -109,10 +119,11 @@ def test_four_client_processes_never_overspend_through_serve(
         queue = ctx.Queue()
         start = ctx.Barrier(processes)
         procs = [
-            ctx.Process(target=spend,
-                        args=(url, TOKEN, tenant, seed, tasks, max_estimate, start, queue))
+            ctx.Process(
+                target=spend, args=(url, TOKEN, tenant, seed, tasks, max_estimate, start, queue)
+            )
             for seed in range(processes)
-        ]  # fmt: skip
+        ]
         for p in procs:
             p.start()
         results = [queue.get(timeout=180) for _ in procs]

@@ -73,25 +73,32 @@ async def client(
         async def agent(approval: str | None = None) -> dict[str, Any]:
             metadata = {APPROVAL_KEY: approval} if approval else {}
             response = await litellm.acompletion(
-                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Do it."}],
-                tools=TOOLS, max_tokens=100, metadata=metadata, **api,
-            )  # fmt: skip
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "Do it."}],
+                tools=TOOLS,
+                max_tokens=100,
+                metadata=metadata,
+                **api,
+            )
             called = response.choices[0].message.tool_calls or []
             return {"tools": [c.function.name for c in called]}
 
         router = litellm.Router(
-            model_list=[{"model_name": "smart",
-                         "litellm_params": {"model": "openai/gpt-4o-mini", **api}}],
+            model_list=[
+                {"model_name": "smart", "litellm_params": {"model": "openai/gpt-4o-mini", **api}}
+            ],
             num_retries=2,
-        )  # fmt: skip
+        )
 
         @app.post("/routed")
         @feature("agent")
         async def routed() -> dict[str, Any]:
             response = await router.acompletion(
-                model="smart", messages=[{"role": "user", "content": "Do it."}], tools=TOOLS,
+                model="smart",
+                messages=[{"role": "user", "content": "Do it."}],
+                tools=TOOLS,
                 max_tokens=100,
-            )  # fmt: skip
+            )
             return {
                 "tools": [c.function.name for c in response.choices[0].message.tool_calls or []]
             }
@@ -172,9 +179,10 @@ async def test_approval_round_trip_is_single_use(
 
     # Another tenant cannot use acme's approval.
     other = await client.post(
-        "/agent", params={"approval": again.json()["approval_id"]},
+        "/agent",
+        params={"approval": again.json()["approval_id"]},
         headers={"X-Tenant-ID": "globex"},
-    )  # fmt: skip
+    )
     assert other.status_code == 422
     assert provider.calls == 4
     assert await spent(fence, "acme") == 3 * CALL_COST

@@ -48,10 +48,14 @@ class GuardProvider(FakeProvider):
 
     def _searches(self) -> list[dict[str, Any]]:
         return [
-            {"type": "web_search_call", "id": f"ws_{n}", "status": "completed",
-             "action": {"type": "search", "query": "weather"}}
+            {
+                "type": "web_search_call",
+                "id": f"ws_{n}",
+                "status": "completed",
+                "action": {"type": "search", "query": "weather"},
+            }
             for n in range(self.web_searches)
-        ]  # fmt: skip
+        ]
 
     async def _served(self, request: Request, response: Response, body: dict[str, Any]) -> Response:
         """A JSON answer with the tier it was served at (and, for a response, its searches)."""
@@ -135,10 +139,16 @@ class GuardProvider(FakeProvider):
         for n, search in enumerate(searches):
             yield event("response.output_item.done", 0, {"output_index": n, "item": search})
         calls = [
-            {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": name,
-             "arguments": "{}", "status": "completed"}
+            {
+                "type": "function_call",
+                "id": f"fc_{n}",
+                "call_id": f"call_{n}",
+                "name": name,
+                "arguments": "{}",
+                "status": "completed",
+            }
             for n, name in enumerate(self.tool_calls)
-        ]  # fmt: skip
+        ]
         for n, call in enumerate(calls):
             added = {**call, "arguments": "", "status": "in_progress"}
             yield event("response.output_item.added", 0, {"output_index": n + 1, "item": added})

@@ -374,9 +374,12 @@ def test_sync_completion_without_an_event_loop(clean_callbacks: None) -> None:
             assert len(spy.costs) == 2
             before = window.used
             stream = callback.completion(
-                model="gpt-4o-mini", messages=MSGS, mock_response="one two three four five six",
-                stream=True, max_tokens=100,
-            )  # fmt: skip
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="one two three four five six",
+                stream=True,
+                max_tokens=100,
+            )
             next(stream)
             stream.close()  # abandoned: this iterator saw what was produced, so it is exact
             window = callback.run_sync(fence.status, "acme").windows[0]
@@ -384,9 +387,13 @@ def test_sync_completion_without_an_event_loop(clean_callbacks: None) -> None:
             assert window.held == 0
             assert 0 < window.used - before < from_nanos(hold.amount_nanos)
             router = litellm.Router(
-                model_list=[{"model_name": "chat",
-                             "litellm_params": {"model": "gpt-4o-mini", "mock_response": "r"}}]
-            )  # fmt: skip
+                model_list=[
+                    {
+                        "model_name": "chat",
+                        "litellm_params": {"model": "gpt-4o-mini", "mock_response": "r"},
+                    }
+                ]
+            )
             routed = callback.completion(model="chat", messages=MSGS, router=router)
             assert routed.choices[0].message.content == "r"
             callback.run_sync(fence.set_plan, "acme", "tiny")

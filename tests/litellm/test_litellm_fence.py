@@ -489,9 +489,11 @@ async def test_an_anonymous_request_cannot_charge_a_tenant_named_in_metadata(
     try:
         with pytest.raises(TenantRequired):
             await litellm.acompletion(
-                model="gpt-4o-mini", messages=MSGS, mock_response="hi",
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="hi",
                 metadata={"tenant_id": "acme"},
-            )  # fmt: skip
+            )
     finally:
         pop_context(token)
     assert seen.costs == []
@@ -515,9 +517,12 @@ async def test_a_sync_scope_exit_settles_its_open_calls(
     """A plain ``with tenant_scope(...)`` in async code: an abandoned stream is settled too."""
     with tenant_scope("acme"):
         stream = await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, mock_response="one two three four five six",
-            stream=True, max_tokens=50,
-        )  # fmt: skip
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="one two three four five six",
+            stream=True,
+            max_tokens=50,
+        )
         async for _ in stream:
             break
         assert (await used(fence))[1] > 0

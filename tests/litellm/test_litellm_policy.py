@@ -47,8 +47,14 @@ POLICY = (
 OPEN = Plan("open", [Limit("1d", max_cost="10")], policy=POLICY)
 TOKENS = Plan("tokens", [Limit("1d", max_cost="10")], max_input_tokens=20)
 PLANS = [OPEN, TOKENS]
-_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback",
-                   "_async_success_callback", "_async_failure_callback")  # fmt: skip
+_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+)
 
 
 def tool(name: str) -> dict[str, Any]:
@@ -56,8 +62,10 @@ def tool(name: str) -> dict[str, Any]:
 
 
 def calls(*names: str) -> list[dict[str, Any]]:
-    return [{"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": "{}"}}
-            for n, name in enumerate(names)]  # fmt: skip
+    return [
+        {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        for n, name in enumerate(names)
+    ]
 
 
 @pytest.fixture
@@ -100,8 +108,13 @@ async def test_denied_tools_are_removed_before_the_call(
 ) -> None:
     cb = callbacks(fence)
     offered = [tool("search_docs"), tool("drop_table"), tool("send_email"), tool("unknown")]
-    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MSGS, "tools": offered,
-                              "tool_choice": "auto", "metadata": {"tenant_id": "acme"}}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": MSGS,
+        "tools": offered,
+        "tool_choice": "auto",
+        "metadata": {"tenant_id": "acme"},
+    }
     changed = await cb.async_pre_call_deployment_hook(kwargs, CallTypes.acompletion)
     assert changed is not None
     names = [t["function"]["name"] for t in changed["tools"]]
@@ -122,9 +135,12 @@ async def test_refuse_mode_and_forced_choice_refuse_before_any_reservation(
     cb = callbacks(fence, denied_tools="refuse")
     with pytest.raises(PolicyDenied) as refused:
         await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, tools=[tool("search_docs"), tool("drop_table")],
-            metadata={"tenant_id": "acme"}, mock_response="ok",
-        )  # fmt: skip
+            model="gpt-4o-mini",
+            messages=MSGS,
+            tools=[tool("search_docs"), tool("drop_table")],
+            metadata={"tenant_id": "acme"},
+            mock_response="ok",
+        )
     assert refused.value.action == "tool:drop_table"
     assert http_status(refused.value) == 403
     assert await used(fence) == (0, 0)
@@ -133,9 +149,13 @@ async def test_refuse_mode_and_forced_choice_refuse_before_any_reservation(
     forced = {"type": "function", "function": {"name": "drop_table"}}
     with pytest.raises(PolicyDenied, match="tool:drop_table"):
         await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, tools=[tool("drop_table")], tool_choice=forced,
-            metadata={"tenant_id": "acme"}, mock_response="ok",
-        )  # fmt: skip
+            model="gpt-4o-mini",
+            messages=MSGS,
+            tools=[tool("drop_table")],
+            tool_choice=forced,
+            metadata={"tenant_id": "acme"},
+            mock_response="ok",
+        )
     assert await used(fence) == (0, 0)
     assert cb.fence is fence
 
@@ -145,19 +165,26 @@ async def test_a_denied_tool_call_in_the_response_raises_after_charging(
 ) -> None:
     callbacks(fence)
     allowed = await litellm.acompletion(
-        model="gpt-4o-mini", messages=MSGS, tools=[tool("search_docs")],
-        metadata={"tenant_id": "acme"}, mock_response="ok", mock_tool_calls=calls("search_docs"),
-    )  # fmt: skip
+        model="gpt-4o-mini",
+        messages=MSGS,
+        tools=[tool("search_docs")],
+        metadata={"tenant_id": "acme"},
+        mock_response="ok",
+        mock_tool_calls=calls("search_docs"),
+    )
     assert allowed.choices[0].message.tool_calls[0].function.name == "search_docs"
     first, _ = await used(fence)
     assert first > 0
 
     with pytest.raises(PolicyDenied) as denied:  # the model called a tool it was not offered
         await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, tools=[tool("search_docs")],
-            metadata={"tenant_id": "acme"}, mock_response="ok",
+            model="gpt-4o-mini",
+            messages=MSGS,
+            tools=[tool("search_docs")],
+            metadata={"tenant_id": "acme"},
+            mock_response="ok",
             mock_tool_calls=calls("search_docs", "drop_users"),
-        )  # fmt: skip
+        )
     assert denied.value.action == "tool:drop_users"
     assert isinstance(denied.value, litellm.BudgetExceededError)  # final for a Router
     spent, held = await used(fence)
@@ -170,9 +197,12 @@ async def test_approval_is_required_then_single_use(
 ) -> None:
     callbacks(fence)
     request: dict[str, Any] = {
-        "model": "gpt-4o-mini", "messages": MSGS, "tools": [tool("send_email")],
-        "mock_response": "ok", "mock_tool_calls": calls("send_email"),
-    }  # fmt: skip
+        "model": "gpt-4o-mini",
+        "messages": MSGS,
+        "tools": [tool("send_email")],
+        "mock_response": "ok",
+        "mock_tool_calls": calls("send_email"),
+    }
     with pytest.raises(ApprovalRequired) as pending:
         await litellm.acompletion(**request, metadata={"tenant_id": "acme"})
     approval = pending.value.approval_id
@@ -209,9 +239,11 @@ async def test_another_tenants_approval_is_not_accepted(
 ) -> None:
     callbacks(fence)
     request: dict[str, Any] = {
-        "model": "gpt-4o-mini", "messages": MSGS, "mock_response": "ok",
+        "model": "gpt-4o-mini",
+        "messages": MSGS,
+        "mock_response": "ok",
         "mock_tool_calls": calls("send_email"),
-    }  # fmt: skip
+    }
     with pytest.raises(ApprovalRequired) as pending:
         await litellm.acompletion(**request, metadata={"tenant_id": "acme"})
     assert await fence.approve(pending.value.approval_id)
@@ -227,15 +259,18 @@ async def test_max_input_tokens_refuses_before_any_reservation(
     callbacks(fence)
     await fence.set_plan("acme", "tokens")
     short = await litellm.acompletion(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-        metadata={"tenant_id": "acme"}, mock_response="ok",
-    )  # fmt: skip
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        metadata={"tenant_id": "acme"},
+        mock_response="ok",
+    )
     assert short.choices[0].message.content == "ok"
     before = await used(fence)
     long = [{"role": "user", "content": "word " * 100}]
     with pytest.raises(InputTooLong) as refused:
-        await litellm.acompletion(model="gpt-4o-mini", messages=long,
-                                  metadata={"tenant_id": "acme"}, mock_response="ok")  # fmt: skip
+        await litellm.acompletion(
+            model="gpt-4o-mini", messages=long, metadata={"tenant_id": "acme"}, mock_response="ok"
+        )
     error = refused.value
     assert http_status(error) == 413
     assert (error.limit, error.unit) == (20, "tokens")
@@ -254,26 +289,35 @@ async def test_tool_calls_are_checked_in_a_tenant_scope_and_can_be_switched_off(
     callbacks(fence, check_tool_calls=False)
     async with tenant_scope("acme", feature="agent"):
         response = await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, mock_response="ok",
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="ok",
             mock_tool_calls=calls("drop_users"),
-        )  # fmt: skip
+        )
     assert response.choices[0].message.tool_calls[0].function.name == "drop_users"
 
     # A fence-wide policy, merged with the plan's; tool names mapped to namespaced actions.
-    strict = make_fence(plans=[Plan("p", [Limit("1d", max_cost="5")])], default_plan="p",
-                        policy=Policy().deny("tool:db:*"))  # fmt: skip
+    strict = make_fence(
+        plans=[Plan("p", [Limit("1d", max_cost="5")])],
+        default_plan="p",
+        policy=Policy().deny("tool:db:*"),
+    )
     callbacks(strict, tool_action=lambda name: "tool:" + name.replace("__", ":"))
     with pytest.raises(PolicyDenied, match="tool:db:delete"):
         async with tenant_scope("acme", feature="agent"):
             await litellm.acompletion(
-                model="gpt-4o-mini", messages=MSGS, mock_response="ok",
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="ok",
                 mock_tool_calls=calls("db__delete"),
-            )  # fmt: skip
+            )
     async with tenant_scope("acme", feature="agent"):
         fine = await litellm.acompletion(
-            model="gpt-4o-mini", messages=MSGS, mock_response="ok",
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="ok",
             mock_tool_calls=calls("web__search"),
-        )  # fmt: skip
+        )
     assert fine.choices[0].message.tool_calls[0].function.name == "web__search"
 
 
@@ -299,8 +343,9 @@ async def test_metadata_names_another_tenant_only_when_trusted(
 ) -> None:
     callbacks(fence, trust_metadata_tenant=trust)
     async with tenant_scope("acme", feature="chat"):
-        await litellm.acompletion(model="gpt-4o-mini", messages=MSGS, mock_response="ok",
-                                  metadata={"tenant_id": "globex"})  # fmt: skip
+        await litellm.acompletion(
+            model="gpt-4o-mini", messages=MSGS, mock_response="ok", metadata={"tenant_id": "globex"}
+        )
     other = "globex" if charged == "acme" else "acme"
     spent, _ = await used(fence, charged)
     assert spent > 0

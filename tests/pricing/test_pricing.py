@@ -246,9 +246,11 @@ def test_the_snapshot_is_what_the_generator_makes() -> None:
     pytest.importorskip("genai_prices", reason="the dev extras install genai-prices")
     root = Path(__file__).resolve().parents[2]
     subprocess.run(
-        [sys.executable, "scripts/update_prices.py", "--check"], cwd=root, check=True,
+        [sys.executable, "scripts/update_prices.py", "--check"],
+        cwd=root,
+        check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def test_regional_and_other_providers_names_are_not_in_the_snapshot() -> None:
@@ -302,9 +304,13 @@ def test_a_call_that_writes_the_cache_is_bounded_at_the_cache_write_price() -> N
 def test_actual_cost_counts_cached_tokens_at_their_price() -> None:
     book = PriceBook()
     cost = book.actual_cost(
-        "claude-sonnet-4-5", response_cost=None, input_tokens=1000, output_tokens=100,
-        cache_read_tokens=10_000, cache_write_tokens=2000,
-    )  # fmt: skip
+        "claude-sonnet-4-5",
+        response_cost=None,
+        input_tokens=1000,
+        output_tokens=100,
+        cache_read_tokens=10_000,
+        cache_write_tokens=2000,
+    )
     expected = 1000 * 3 + 100 * 15 + 10_000 * Decimal("0.3") + 2000 * Decimal("3.75")
     assert cost == expected / 1_000_000
 
@@ -390,9 +396,13 @@ def run_python(code: str, *, local_map: bool = True) -> str:
     if not local_map:
         env.pop("LITELLM_LOCAL_MODEL_COST_MAP", None)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
         check=True,
-    )  # fmt: skip
+    )
     return out.stdout
 
 
