@@ -40,20 +40,18 @@ time, and reject a ``t`` more than a few minutes from your clock (replays). ``ve
 does exactly that. Several ``v1=`` entries may appear (one per secret while a secret is rotated);
 one match is enough.
 
-Sending needs httpx (the ``webhooks`` extra); signing and verifying need nothing else.
+Sending needs httpx (the ``webhooks`` extra); signing and verifying (``ops.webhook_signing``, whose
+names this module re-exports) need nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -65,6 +63,15 @@ import structlog
 from tokenfence_asgi.engine.alerts import alert_to_dict
 from tokenfence_asgi.errors import ConfigError, InvalidAmount, MissingExtra
 from tokenfence_asgi.money import MAX_LIMIT_NANOS, format_time, format_usd, to_nanos
+from tokenfence_asgi.ops.webhook_signing import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    delivery_id,
+    secret_bytes,
+    sign_payload,
+    verify_signature,
+)
 from tokenfence_asgi.results import Alert
 
 if TYPE_CHECKING:
@@ -81,82 +88,9 @@ __all__ = [
 
 log = structlog.get_logger("tokenfence_asgi")
 
-SIGNATURE_HEADER = "TokenFence-Signature"
-DELIVERY_HEADER = "TokenFence-Delivery"
-EVENT_HEADER = "TokenFence-Event"
-_MIN_SECRET_BYTES = 16
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _THRESHOLDS = (50, 80, 100)
 _MAX = 10 * MAX_LIMIT_NANOS  # spend may pass a limit; it never gets near this
-_DELIVERY_LABEL = "tokenfence-asgi alert delivery v1"
-
-
-def _secret_bytes(secret: str | bytes, what: str = "secret") -> bytes:
-    if isinstance(secret, str):
-        secret = secret.encode("utf-8")
-    if not isinstance(secret, bytes) or len(secret) < _MIN_SECRET_BYTES:
-        raise ConfigError(f"{what} must be at least {_MIN_SECRET_BYTES} bytes of str or bytes")
-    return secret
-
-
-def sign_payload(secret: str | bytes, body: bytes, timestamp: int) -> str:
-    """The ``TokenFence-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds)."""
-    digest = hmac.new(_secret_bytes(secret), b"%d." % timestamp + body, hashlib.sha256)
-    return f"t={timestamp},v1={digest.hexdigest()}"
-
-
-def verify_signature(
-    secret: str | bytes | Sequence[str | bytes],
-    body: bytes,
-    header: str | None,
-    *,
-    tolerance_s: float = 300,
-    now: float | None = None,
-) -> bool:
-    """Whether ``header`` (the ``TokenFence-Signature`` value) signs ``body`` with ``secret``.
-
-    ``body`` is the raw request body. ``secret`` may be a list (old and new while rotating).
-    False for a missing or malformed header, a wrong signature, or a timestamp further than
-    ``tolerance_s`` seconds from ``now`` (default: the wall clock). Comparisons are constant-time.
-    """
-    if not header or not isinstance(body, bytes):
-        return False
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) <= 12:
-            timestamp = int(value)
-        elif key == "v1" and value:
-            signatures.append(value.strip())
-    if timestamp is None or not signatures:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_s:
-        return False
-    secrets = [secret] if isinstance(secret, str | bytes) else list(secret)
-    message = b"%d." % timestamp + body
-    matched = False
-    for each in secrets:
-        expected = hmac.new(_secret_bytes(each), message, hashlib.sha256).hexdigest()
-        for candidate in signatures:
-            # no early exit: the time taken does not depend on which entry matched
-            matched |= hmac.compare_digest(expected.encode(), candidate.encode("ascii", "replace"))
-    return matched
-
-
-def delivery_id(alert: Alert) -> str:
-    """The ``TokenFence-Delivery`` id of ``alert``: 32 hex digits.
-
-    With a ``reservation_id``, derived from the alert's identity (tenant, pool, reservation id,
-    scope, window, metric, threshold), so every report of one alert, a ``repeated`` one from
-    any instance included, has the same id; without one, random.
-    """
-    if alert.reservation_id is None:
-        return uuid.uuid4().hex
-    identity: list[object] = [_DELIVERY_LABEL, alert.tenant_id, alert.pool, alert.reservation_id]
-    identity += [alert.scope, alert.window, alert.metric, alert.threshold]
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -272,7 +206,7 @@ class WebhookSender:
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"url must be an http:// or https:// URL, got {url!r}")
         self.url = url
-        self._secret = _secret_bytes(secret)
+        self._secret = secret_bytes(secret)
         self._timeout = _positive("timeout_s", timeout_s, 300)
         self._attempts = _count("max_attempts", max_attempts, 1, 100)
         self._backoff = _positive("backoff_s", backoff_s, 3600)
