@@ -42,6 +42,8 @@ from hypothesis import HealthCheck, settings
 
 from tests.reliability.servers import LocalCluster, have_redis_binaries
 from tokenfence_asgi.engine.fence import TokenFence
+from tokenfence_asgi.engine.observe import FenceObserver
+from tokenfence_asgi.results import Reservation
 from tokenfence_asgi.store._embedded import EmbeddedServer, embedded_client
 from tokenfence_asgi.testing import START as _START
 from tokenfence_asgi.testing import FakeClock
@@ -278,6 +280,22 @@ def raw_client(backend: Backend, options: dict[str, Any]) -> Any:
 
         return aioredis.Redis.from_url(options["redis_url"])
     return backend.client()
+
+
+class Held(FenceObserver):
+    """The reservations a fence made, in order (an observer)."""
+
+    def __init__(self) -> None:
+        self.reservations: list[Reservation] = []
+
+    def reserved(self, reservation: Reservation) -> None:
+        self.reservations.append(reservation)
+
+
+@pytest.fixture
+def held(fence: TokenFence) -> Held:
+    """The reservations the test's ``fence`` makes."""
+    return fence.observe(Held())  # type: ignore[return-value]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

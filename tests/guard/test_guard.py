@@ -23,6 +23,7 @@ import httpx2
 import openai
 import pytest
 
+from tests.conftest import Held
 from tests.e2e.fake_anthropic import FakeAnthropic
 from tests.guard.conftest import MSGS, PLANS, list_cost
 from tests.guard.providers import GuardProvider
@@ -30,7 +31,6 @@ from tests.guard.test_matrix import spent
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import FenceContext, pop_context, push_context, tenant_scope
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import (
     ApprovalRequired,
     BudgetExceeded,
@@ -45,26 +45,10 @@ from tokenfence_asgi.guard import CallNotFenced
 from tokenfence_asgi.policy import Policy
 from tokenfence_asgi.pricing.book import ModelPrice
 from tokenfence_asgi.pricing.call import CallShape
-from tokenfence_asgi.results import Reservation
 
 pytestmark = pytest.mark.slow
 
 CHAT = list_cost("gpt-4o-mini", 1000, 200)
-
-
-class Held(FenceObserver):
-    """The reservations the fence made."""
-
-    def __init__(self) -> None:
-        self.reservations: list[Reservation] = []
-
-    def reserved(self, reservation: Reservation) -> None:
-        self.reservations.append(reservation)
-
-
-@pytest.fixture
-def held(fence: TokenFence) -> Held:
-    return fence.observe(Held())  # type: ignore[return-value]
 
 
 @pytest.fixture

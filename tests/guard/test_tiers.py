@@ -17,10 +17,10 @@ import anthropic
 import openai
 import pytest
 
+from tests.conftest import Held
 from tests.e2e.fake_anthropic import FakeAnthropic
 from tests.guard.conftest import MSGS
 from tests.guard.providers import GuardProvider
-from tests.guard.test_guard import Held
 from tests.guard.test_matrix import spent
 from tokenfence_asgi.calls.shapes import shape_of
 from tokenfence_asgi.config import Limit, Plan
@@ -52,11 +52,6 @@ def input_tokens(fence: TokenFence, model: str, body: dict[str, Any]) -> int:
 @pytest.fixture
 def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
     return make_fence(plans=[Plan("any", [Limit("1d", max_cost="100")])], default_plan="any")
-
-
-@pytest.fixture
-def held(fence: TokenFence) -> Held:
-    return fence.observe(Held())  # type: ignore[return-value]
 
 
 @pytest.fixture

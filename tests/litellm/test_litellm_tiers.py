@@ -16,17 +16,16 @@ import litellm
 import pytest
 from litellm.integrations.custom_logger import CustomLogger
 
+from tests.conftest import Held
 from tests.litellm.test_litellm import MSGS, clean_callbacks, used
 from tokenfence_asgi.calls.shapes import shape_of
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import tenant_scope
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.engine.observe import FenceObserver
 from tokenfence_asgi.errors import ModelNotPriced
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.pricing.variants import DEFAULT_HOSTED_TOOL_CALLS
-from tokenfence_asgi.results import Reservation
 
 __all__ = ["clean_callbacks"]
 
@@ -67,22 +66,9 @@ class Sent(CustomLogger):
         self.costs.append(from_nanos(to_nanos(str(kwargs.get("response_cost")))))
 
 
-class Held(FenceObserver):
-    def __init__(self) -> None:
-        self.reservations: list[Reservation] = []
-
-    def reserved(self, reservation: Reservation) -> None:
-        self.reservations.append(reservation)
-
-
 @pytest.fixture
 def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
     return make_fence(plans=[Plan("any", [Limit("1d", max_cost="100")])], default_plan="any")
-
-
-@pytest.fixture
-def held(fence: TokenFence) -> Held:
-    return fence.observe(Held())  # type: ignore[return-value]
 
 
 @pytest.fixture
