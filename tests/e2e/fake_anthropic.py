@@ -45,6 +45,7 @@ class FakeAnthropic:
     web_searches: int = 0  # server tool use reported (usage.server_tool_use)
     speed: str = "standard"  # the speed of the last request, reported in its usage
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of each request, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -57,6 +58,7 @@ class FakeAnthropic:
         """Forget the requests received and restore the defaults a test may have changed."""
         with self.lock:
             self.requests.clear()
+            self.headers.clear()
         self.chunk_delay_s = 0.0
         self.fail_next = 0
         self.fail_midstream = False
@@ -102,6 +104,7 @@ class FakeAnthropic:
         body = await request.json()
         with self.lock:
             self.requests.append(body)
+            self.headers.append(dict(request.headers))
             failing = self.fail_next > 0
             if failing:
                 self.fail_next -= 1

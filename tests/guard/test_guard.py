@@ -167,6 +167,30 @@ async def test_input_named_by_reference_is_held_at_the_context_window(
     assert await spent(fence) == (2 * list_cost("gpt-4.1-mini", 1000, 200), 0)  # the usage
 
 
+async def test_the_1m_context_beta_holds_a_document_at_that_window(
+    make_fence: Callable[..., TokenFence], make_client: Callable[[str], Any], ant: FakeAnthropic
+) -> None:
+    """``betas=["context-1m-..."]`` lets claude-sonnet-4-5 read past its listed 200k window: a
+    document whose size the hold cannot count is held at 1M tokens at the long-context price."""
+    plan = Plan("long", [Limit("1d", max_cost="100")], models=("claude-sonnet-4-5",))
+    fence = make_fence(plans=[plan], default_plan="long")
+    held = fence.observe(Held())
+    claude = fence.guard(make_client("AsyncAnthropic"), tenant="acme")
+    pdf = {"type": "document", "source": {"type": "file", "file_id": "file_123"}}
+    messages = [{"role": "user", "content": [pdf]}]
+    await claude.beta.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=messages)
+    await claude.beta.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=10,
+        messages=messages,
+        betas=["context-1m-2025-08-07"],
+    )
+    listed, beta = held.reservations  # type: ignore[attr-defined]
+    assert Decimal("0.6") <= listed.amount < Decimal("1")  # its listed 200k tokens at $3/M
+    assert beta.amount >= Decimal("6")  # 1M tokens at $6/M past 200k
+    assert "context-1m-2025-08-07" in ant.headers[-1].get("anthropic-beta", "")
+
+
 async def test_a_limit_the_budget_cannot_hold_is_shrunk_on_a_shrink_plan(
     make_fence: Callable[..., TokenFence], make_client: Callable[[str], Any], ant: FakeAnthropic
 ) -> None:

@@ -568,3 +568,24 @@ def test_a_predicted_output_is_held_as_output_it_may_be_billed_for() -> None:
         assert tokens > 1000
         extra = predicted.amount_nanos - plain.amount_nanos
         assert extra >= to_nanos(tokens * Decimal("10e-6")) - 1  # gpt-4o output: $10 / M
+
+
+def test_a_call_on_the_1m_context_beta_is_bounded_by_that_window() -> None:
+    """Anthropic's ``context-1m`` beta takes claude-sonnet-4-5's input past its listed 200k
+    window: a document part (whose size the hold cannot count) is held at 1M tokens, at the
+    long-context price, when the call asks for the beta (``extra_headers``, as LiteLLM passes
+    it)."""
+    from tokenfence_asgi.calls.shapes import shape_of
+
+    book = PriceBook()
+    pdf = {"type": "document", "source": {"type": "file", "file_id": "file_123"}}
+    body = {"messages": [{"role": "user", "content": [pdf]}], "max_tokens": 10}
+    listed = book.bound("claude-sonnet-4-5", shape_of("chat", body))
+    assert listed.input_tokens == 200_000
+    for headers in (
+        {"anthropic-beta": "context-1m-2025-08-07"},
+        {"Anthropic-Beta": "x,context-1m-2025-08-07"},
+    ):
+        beta = book.bound("claude-sonnet-4-5", shape_of("chat", {**body, "extra_headers": headers}))
+        assert beta.input_tokens == 1_000_000
+        assert beta.amount_nanos >= to_nanos(1_000_000 * Decimal("6e-6"))  # $6/M past 200k

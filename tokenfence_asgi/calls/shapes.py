@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from tokenfence_asgi.errors import InvalidCall
 from tokenfence_asgi.pricing.call import CallKind, CallShape
 from tokenfence_asgi.pricing.variants import call_tier
 
-__all__ = ["OUTPUT_LIMIT_KEYS", "output_limit_keys", "shape_of"]
+__all__ = ["LONG_CONTEXT", "OUTPUT_LIMIT_KEYS", "beta_window", "output_limit_keys", "shape_of"]
 
 OUTPUT_LIMIT_KEYS: dict[CallKind, tuple[str, ...]] = {
     "chat": ("max_tokens", "max_completion_tokens"),
@@ -141,12 +142,38 @@ def _predicted(prediction: object) -> tuple[str, ...]:
     return tuple(texts)
 
 
+LONG_CONTEXT = 1_000_000
+"""The context window Anthropic's ``context-1m`` beta gives a model."""
+
+
+def beta_window(headers: object) -> int | None:
+    """The context window a call's headers ask for beyond the model's listed one: 1M tokens
+    with Anthropic's ``context-1m-...`` beta in ``anthropic-beta``; else ``None``."""
+    if not isinstance(headers, Mapping):
+        return None
+    for name, value in headers.items():
+        if not (isinstance(name, str) and name.lower() == "anthropic-beta"):
+            continue
+        betas = value.split(",") if isinstance(value, str) else ()
+        if any(beta.strip().startswith("context-1m") for beta in betas):
+            return LONG_CONTEXT
+    return None
+
+
 def shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object = None) -> CallShape:
     """The ``CallShape`` of a LiteLLM call of ``kind`` from its kwargs.
 
     ``messages`` are the chat messages when LiteLLM keeps them elsewhere (a positional call).
-    Raises ``InvalidCall`` for an ``n``, ``best_of`` or output limit that is not a positive int.
+    A larger context window asked for in ``extra_headers`` or ``headers`` (``beta_window``)
+    bounds opaque input. Raises ``InvalidCall`` for an ``n``, ``best_of`` or output limit that
+    is not a positive int.
     """
+    shape = _shape_of(kind, kwargs, messages)
+    window = beta_window(kwargs.get("extra_headers")) or beta_window(kwargs.get("headers"))
+    return shape if window is None else replace(shape, window=window)
+
+
+def _shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object) -> CallShape:
     tools = kwargs.get("tools")
     tool_tuple = tuple(tools) if isinstance(tools, list) else None
     limit = _output_limit(kind, kwargs)

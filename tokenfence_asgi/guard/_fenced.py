@@ -174,16 +174,24 @@ class Fenced:
     # -- before the call -------------------------------------------------------------------------
 
     async def begin(
-        self, kind: CallKind, body: dict[str, Any], stream: bool, pinned: str | None = None
+        self,
+        kind: CallKind,
+        body: dict[str, Any],
+        stream: bool,
+        pinned: str | None = None,
+        window: int | None = None,
     ) -> GuardedCall:
         """Reserve the call's worst case and rewrite ``body`` to what was reserved.
 
         ``pinned`` is the model the client itself fixes whatever the body says (an Azure
         client made for one deployment): the call is priced, allowed and held as that model,
-        and never downgraded.
+        and never downgraded. ``window`` is a larger context window its headers ask for (a
+        beta, ``calls.shapes.beta_window``).
         """
         tenant, feature, ctx = self.who()
         request = self.adapter.describe(kind, body)
+        if window is not None:
+            request = replace(request, shape=replace(request.shape, window=window))
         if pinned is not None:
             request = CallRequest(
                 pinned, request.shape, fixed_model=True, tool_choice=request.tool_choice

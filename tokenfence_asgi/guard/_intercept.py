@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
+from tokenfence_asgi.calls.shapes import beta_window
 from tokenfence_asgi.errors import ApprovalRequired, InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._fenced import Fenced, GuardedCall
 from tokenfence_asgi.guard._taps import tap_async, tap_sync
@@ -76,6 +77,16 @@ def _clean(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidCall("the body of a paid call must be a JSON object")
     return {k: v for k, v in value.items() if type(v).__name__ not in _SENTINELS}
+
+
+def _headers(client: Any, options: Any) -> dict[str, Any]:
+    """The headers a request goes with, the client's and the call's (``betas=`` and
+    ``extra_headers`` land there): a beta among them may change what the call can cost."""
+    merged: dict[str, Any] = {}
+    for headers in (getattr(client, "default_headers", None), options.headers):
+        if isinstance(headers, Mapping):
+            merged.update(headers)
+    return merged
 
 
 def _path(url: str) -> str:
@@ -148,7 +159,9 @@ def _async_methods(cls: Any) -> dict[str, Any]:
                     self, cast_to, options, stream=stream, stream_cls=stream_cls
                 )
             kind, body, pinned = prepared
-            call = await state.begin(kind, body, stream or body.get("stream") is True, pinned)
+            window = beta_window(_headers(self, options))
+            streamed = stream or body.get("stream") is True
+            call = await state.begin(kind, body, streamed, pinned, window)
         except TokenFenceError as exc:
             raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
         state.fence.portal.app_loop = asyncio.get_running_loop()
@@ -191,7 +204,8 @@ def _sync_methods(cls: Any) -> dict[str, Any]:
             kind, body, pinned = prepared
             streamed = stream or body.get("stream") is True
             context = contextvars.copy_context()  # its request's or scope's tenant
-            call = state.run(lambda: state.begin(kind, body, streamed, pinned), context)
+            window = beta_window(_headers(self, options))
+            call = state.run(lambda: state.begin(kind, body, streamed, pinned, window), context)
         except TokenFenceError as exc:
             raise _flavoured(state, exc, self, options).with_traceback(exc.__traceback__) from None
         token = _ACTIVE.set((state, call))

@@ -52,7 +52,9 @@ def _int(value: object) -> int:
 
 def _text(block: object) -> object:
     """A content block as the token counter reads it: text stays text, an image stays an
-    image, anything else (tool use and results, documents, thinking) counts as its JSON."""
+    image (its per-image bound), a document is an opaque part (the context window bounds it)
+    unless it is plain text, a tool result is its content's blocks read the same way; anything
+    else (tool use, thinking) counts as its JSON."""
     if not isinstance(block, Mapping):
         return {"type": "text", "text": str(block)}
     kind = block.get("type")
@@ -62,12 +64,18 @@ def _text(block: object) -> object:
         source = block.get("source")
         url = source.get("url") if isinstance(source, Mapping) else None
         return {"type": "image_url", "image_url": {"url": url if isinstance(url, str) else ""}}
+    if kind == "document":
+        source = block.get("source")
+        data = source.get("data") if isinstance(source, Mapping) else None
+        if isinstance(source, Mapping) and source.get("type") == "text" and isinstance(data, str):
+            return {"type": "text", "text": data}
+        return {"type": "document"}  # a PDF, a URL or an uploaded file: its size is unknown
     if kind == "tool_result":
         content = block.get("content")
         if isinstance(content, str):
             return {"type": "text", "text": content}
         if isinstance(content, list):
-            return {"type": "text", "text": " ".join(_plain(_text(c)) for c in content)}
+            return {"type": "tool_result", "content": [_text(c) for c in content]}
     return {"type": "text", "text": json.dumps(block, default=repr)}
 
 

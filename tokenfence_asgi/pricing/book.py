@@ -282,13 +282,21 @@ class PriceBook:
         listed = self._listed_price(model)
         return None if listed is None else listed.max_input_tokens
 
-    def _opaque(self, model: str, count: InputCount, deployment: ModelPrice | None) -> int:
+    def _opaque(
+        self,
+        model: str,
+        count: InputCount,
+        deployment: ModelPrice | None,
+        asked: int | None = None,
+    ) -> int:
         """``count``'s tokens, or with opaque parts (audio, files, input named by reference)
         the context window: a call's whole input fits in it (the provider refuses, unbilled,
         one that does not), whatever the parts hold."""
         if not count.opaque:
             return count.tokens
         window = self.max_input_tokens(model, deployment)
+        if asked is not None and (window is None or asked > window):
+            window = asked  # the call asked for a larger window (a beta): its input may fill it
         if window is None:
             raise ConfigError(
                 f"cannot bound the input of a call with audio or file parts, or input named by "
@@ -373,7 +381,7 @@ class PriceBook:
                 f"per_character or per_call; pass prices={{{model!r}: ModelPrice(...)}}"
             )
         if input_tokens is None:
-            counted = self._opaque(model, self._count(model, shape), deployment)
+            counted = self._opaque(model, self._count(model, shape), deployment, shape.window)
         else:
             counted = input_tokens
         output, from_call = 0, False

@@ -56,6 +56,9 @@ class CallShape:
     """The costlier service tier the call asks for (``pricing.variants.call_tier``)."""
     tool_calls: int | None = None
     """The most hosted tool calls the call allows (``max_tool_calls``); ``None``: it set none."""
+    window: int | None = None
+    """A context window the call asks for beyond the model's listed one (Anthropic's
+    ``context-1m`` beta): it bounds opaque and by-reference input instead."""
     predicted: tuple[str, ...] = ()
     """A predicted output's texts (``prediction``): the tokens of it the model rejects are
     billed as output on top of what it generates."""
