@@ -41,7 +41,13 @@ from tokenfence_asgi.pricing._prices.model_price import (
     token_count,
 )
 from tokenfence_asgi.pricing.call import FLAT_KINDS, OUTPUT_KINDS, CallShape, Estimate
-from tokenfence_asgi.pricing.tokens import InputCount, input_flags, tokenizer_for
+from tokenfence_asgi.pricing.tokens import (
+    InputCount,
+    input_flags,
+    predicted_tokens,
+    shape_input,
+    tokenizer_for,
+)
 from tokenfence_asgi.pricing.variants import (
     DEFAULT_HOSTED_TOOL_CALLS,
     Tier,
@@ -299,25 +305,11 @@ class PriceBook:
             window = asked  # the call asked for a larger window (a beta): its input may fill it
         if window is None:
             raise ConfigError(
-                f"cannot bound the input of a call with audio or file parts, or input named by "
-                f"reference, on model "
-                f"{shown(model)}: its context window is unknown; give its ModelPrice "
-                "max_input_tokens=..."
+                "cannot bound the input of a call with audio or file parts, or input named by "
+                f"reference, on model {shown(model)}: its context window is unknown; give its "
+                "ModelPrice max_input_tokens=..."
             )
         return max(count.tokens, window)
-
-    def _count(self, model: str, shape: CallShape) -> InputCount:
-        tokenizer = tokenizer_for(model)
-        count = InputCount(shape.tokens, opaque=shape.references)
-        if shape.messages:
-            count += tokenizer.messages(shape.messages)
-        if shape.tools:
-            count += InputCount(tokenizer.tools(shape.tools))
-        for text in shape.texts:
-            count += InputCount(tokenizer.text(text))
-        for part in shape.extra:
-            count += InputCount(tokenizer.json(part))
-        return count
 
     def input_tokens(
         self, model: str, messages: Sequence[object], tools: Sequence[object] | None = None
@@ -338,7 +330,7 @@ class PriceBook:
 
     def shape_tokens(self, model: str, shape: CallShape) -> int:
         """Input tokens of a call of any shape: messages, tools, plain texts and extras."""
-        return self._opaque(model, self._count(checked_model(model), shape), None)
+        return self._opaque(model, shape_input(checked_model(model), shape), None)
 
     def bound(
         self,
@@ -381,7 +373,7 @@ class PriceBook:
                 f"per_character or per_call; pass prices={{{model!r}: ModelPrice(...)}}"
             )
         if input_tokens is None:
-            counted = self._opaque(model, self._count(model, shape), deployment, shape.window)
+            counted = self._opaque(model, shape_input(model, shape), deployment, shape.window)
         else:
             counted = input_tokens
         output, from_call = 0, False
@@ -406,12 +398,8 @@ class PriceBook:
         worst = price.at(counted)
         cache_write, media = input_flags((shape.messages, shape.tools, shape.extra))
         dollars = counted * worst.worst_input_per_token(cache_write=cache_write, media=media)
-        if shape.predicted and shape.kind in OUTPUT_KINDS:  # rejected predictions are billed
-            tokenizer = tokenizer_for(model)
-            output_extra = sum(tokenizer.text(text) for text in shape.predicted)
-        else:
-            output_extra = 0
-        dollars += shape.choices * (output + output_extra) * worst.worst_output_per_token()
+        billed = output + predicted_tokens(model, shape)  # rejected predictions: output too
+        dollars += shape.choices * billed * worst.worst_output_per_token()
         dollars += price.cost(0, 0, units=units, characters=characters)
         dollars += tool_calls * max((fee for _, fee in fees), default=Decimal(0))
         nanos = to_nanos(dollars, rounding="up", field="estimate")

@@ -35,12 +35,16 @@ import structlog
 if TYPE_CHECKING:
     import tiktoken
 
+    from tokenfence_asgi.pricing.call import CallShape
+
 __all__ = [
     "InputCount",
     "Tokenizer",
     "byte_bound",
     "input_flags",
     "media_part",
+    "predicted_tokens",
+    "shape_input",
     "tokenizer_for",
 ]
 
@@ -374,3 +378,29 @@ def input_flags(value: object, depth: int = 0) -> tuple[bool, bool]:
         inner = input_flags(item, depth + 1)
         cache_write, media = cache_write or inner[0], media or inner[1]
     return cache_write, media
+
+
+def shape_input(model: str, shape: CallShape) -> InputCount:
+    """The input of a call of ``shape`` on ``model``: its messages, tools, plain texts, extras
+    (as JSON) and token ids counted; its opaque parts and by-reference input for the caller to
+    bound (see ``PriceBook.bound``)."""
+    tokenizer = tokenizer_for(model)
+    count = InputCount(shape.tokens, opaque=shape.references)
+    if shape.messages:
+        count += tokenizer.messages(shape.messages)
+    if shape.tools:
+        count += InputCount(tokenizer.tools(shape.tools))
+    for text in shape.texts:
+        count += InputCount(tokenizer.text(text))
+    for part in shape.extra:
+        count += InputCount(tokenizer.json(part))
+    return count
+
+
+def predicted_tokens(model: str, shape: CallShape) -> int:
+    """Tokens of the call's predicted output (``shape.predicted``), billed as output when the
+    model rejects them."""
+    if not shape.predicted:
+        return 0
+    tokenizer = tokenizer_for(model)
+    return sum(tokenizer.text(text) for text in shape.predicted)
