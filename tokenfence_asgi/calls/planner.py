@@ -29,10 +29,11 @@ import structlog
 
 from tokenfence_asgi.config import Plan
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import InputTooLong, ModelNotAllowed, PolicyDenied
+from tokenfence_asgi.errors import InputTooLong, ModelNotAllowed, ModelNotPriced, PolicyDenied
 from tokenfence_asgi.policy import Decision, Policy
 from tokenfence_asgi.pricing.book import ModelPrice, PriceBook
 from tokenfence_asgi.pricing.call import OUTPUT_KINDS, CallShape, Estimate
+from tokenfence_asgi.pricing.variants import Tier
 from tokenfence_asgi.results import Reservation
 
 __all__ = ["CallPlanner", "CallRequest", "PlannedCall", "tool_action"]
@@ -176,6 +177,19 @@ class CallPlanner:
             if decision == Decision.DENY:
                 raise PolicyDenied(action, tenant_id=tenant)
         return tuple(kept)
+
+    def served_price(self, estimate: Estimate, tier: Tier | None) -> ModelPrice:
+        """The price to settle a call at: the held one (``estimate.price``), or the price of
+        the tier the provider reports it served when that is another one; the held price, with
+        a ``service_tier_unpriced`` warning, when nothing prices that tier."""
+        held = estimate.price or self.prices.price(estimate.model)
+        if tier is None or tier == estimate.tier:
+            return held
+        try:
+            return self.prices.tier_price(estimate.model, tier)
+        except ModelNotPriced:
+            log.warning("service_tier_unpriced", model=estimate.model, tier=tier[1])
+            return held
 
     async def check_tool_calls(
         self, reservation: Reservation, names: Sequence[str], *, approval_id: str | None = None

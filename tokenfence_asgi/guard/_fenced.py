@@ -33,9 +33,7 @@ import structlog
 from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, PlannedCall
 from tokenfence_asgi.context import FenceContext, current_context
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import ModelNotPriced, PolicyDenied, TenantRequired, TokenFenceError
-from tokenfence_asgi.money import from_nanos
-from tokenfence_asgi.pricing.book import ModelPrice
+from tokenfence_asgi.errors import PolicyDenied, TenantRequired, TokenFenceError
 from tokenfence_asgi.pricing.call import OUTPUT_KINDS, CallKind, Estimate
 from tokenfence_asgi.pricing.variants import Tier
 from tokenfence_asgi.results import Reservation
@@ -302,11 +300,7 @@ class Fenced:
         """The usage at the price the estimate used (the price book's for the model and tier
         held), or at the tier the provider says it served when that differs; plus the hosted
         tool calls it reports, at their fees."""
-        price = estimate.price
-        if price is None:  # pragma: no cover - the planner's estimates always carry a price
-            return from_nanos(estimate.amount_nanos)
-        if usage.tier is not None and usage.tier != estimate.tier:
-            price = self._served_price(estimate, usage.tier, price)
+        price = self.planner.served_price(estimate, usage.tier)
         return estimate.hosted_cost(usage.hosted) + price.cost(
             usage.input_tokens,
             usage.output_tokens,
@@ -316,14 +310,6 @@ class Fenced:
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
         )
-
-    def _served_price(self, estimate: Estimate, tier: Tier, held: ModelPrice) -> ModelPrice:
-        """The price of the tier a response reports; the held one when nothing prices it."""
-        try:
-            return self.fence.prices.tier_price(estimate.model, tier)
-        except ModelNotPriced:
-            log.warning("service_tier_unpriced", model=estimate.model, tier=tier[1])
-            return held
 
     async def _settle(
         self,

@@ -10,7 +10,6 @@ from decimal import Decimal
 import structlog
 
 from tokenfence_asgi.context import FenceContext, current_context
-from tokenfence_asgi.errors import ModelNotPriced
 from tokenfence_asgi.litellm._book import CallBook
 from tokenfence_asgi.litellm._state import SYNC_CALLS, Call, mapping, served_by, tokens
 from tokenfence_asgi.pricing.variants import hosted_calls, is_standard, reported_tier
@@ -80,12 +79,7 @@ class Settling(CallBook):
         tier = reported_tier(served) or estimate.tier
         if is_standard(tier) and estimate.tier is None and not estimate.tool_fees:
             return cost  # LiteLLM's cost of a standard (or cheaper) tier, as for any call
-        price = estimate.price or self.prices.price(estimate.model)
-        if tier != estimate.tier:  # served at another tier than the one held
-            try:
-                price = self.prices.tier_price(estimate.model, tier)
-            except ModelNotPriced:
-                log.warning("service_tier_unpriced", model=estimate.model, tier=tier)
+        price = self.planner.served_price(estimate, tier)
         priced = price.cost(
             input_tokens, output_tokens, units=estimate.units, characters=estimate.characters
         ) + estimate.hosted_cost(hosted_calls(served))
