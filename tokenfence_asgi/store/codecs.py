@@ -3,11 +3,12 @@
 Each script's slots are declared once (``RESERVE``, ``COMMIT``, ...: a ``Codec`` naming its KEYS
 and ARGV in order) and a test checks them against the header of its ``store/lua/<script>.lua``,
 so a slot added on one side only fails a test instead of shifting every argument after it.
-Each ``<script>_call`` fills the slots by name and returns ``(keys, args)``; the decoders read
-the replies into typed values (``ReserveReply``, ``CommitReply``, ...), and ``store/replies.py``
-turns their parts into alerts, errors and statuses (re-exported here). The client turns a reply
-into a flat list of ``str`` (``scripts.decode``); every reply starts with its kind; scripts that
-may raise alerts reply ``{kind, number of alerts A, A alert strings, details...}``.
+Each ``<script>_call`` fills the slots by name and returns ``(keys, args)``. The decoders read
+the replies into typed values (``ReserveReply``, ``CommitReply``, ...) and turn their parts into
+alerts, errors and statuses; they live in ``store/replies.py`` and are re-exported here. The
+client turns a reply into a flat list of ``str`` (``scripts.decode``); every reply starts with
+its kind; scripts that may raise alerts reply ``{kind, number of alerts A, A alert strings,
+details...}``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,24 @@ from tokenfence_asgi._text import replace_control
 from tokenfence_asgi.errors import InvalidAmount
 from tokenfence_asgi.money import MAX_CALL_NANOS
 from tokenfence_asgi.store.keys import OWN, TenantKeys
-from tokenfence_asgi.store.replies import alerts, refusal, status_reply, usage_days
+from tokenfence_asgi.store.replies import (
+    CommitReply,
+    Correction,
+    ReleaseReply,
+    ReserveReply,
+    alerts,
+    approval_state,
+    commit_reply,
+    correction,
+    move_dump,
+    moved_to,
+    refusal,
+    release_reply,
+    reserve_reply,
+    split,
+    status_reply,
+    usage_days,
+)
 from tokenfence_asgi.store.specs import NO_LIMITS, CompiledPlan
 
 __all__ = [
@@ -395,120 +413,3 @@ def approval_call(key: str, op: str, *args: str) -> Call:
 def usage_call(keys: TenantKeys, location: str) -> Call:
     """usage.lua: a tenant's daily usage hash where it lives."""
     return [keys.state, keys.base + "d"], USAGE.args(pool=location_arg(location))
-
-
-# -- replies -------------------------------------------------------------------------------------
-
-
-def split(reply: list[str]) -> tuple[str, list[str], list[str]]:
-    """A script reply as (kind, alert strings, details)."""
-    count = int(reply[1])
-    return reply[0], reply[2 : 2 + count], reply[2 + count :]
-
-
-@dataclass(frozen=True, slots=True)
-class Correction:
-    """A reply that sends the caller elsewhere: ``moved`` (``value``: where the tenant, or for
-    a record a hold's forwarding stub, lives now) or ``plan`` / ``pool_plan`` (``value``: the
-    stored plan the caller should have assumed)."""
-
-    kind: str
-    value: str
-    for_record: bool
-
-
-def correction(reply: list[str]) -> Correction | None:
-    """The correction a reply asks for, else None."""
-    kind = reply[0]
-    if kind not in ("moved", "plan", "pool_plan"):
-        return None
-    return Correction(kind, reply[2], reply[3:4] == ["record"])
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveReply:
-    """A reserve reply. ``kind``: ``ok`` (held), ``killed`` (``scope``: tenant or feature),
-    ``duplicate`` (the id was settled), or a refusal (``requests``, ``holds``, ``budget``:
-    ``refusal`` holds its details, kind first). An ``ok`` reply has the candidate ``index``
-    (from 0), ``amount_nanos``, the lease's ``expires_ms``, whether it repeats a hold made with
-    the same id (``existing``), and in shadow mode the refusal it would have been (``refusal``).
-    """
-
-    kind: str
-    alerts: list[str]
-    index: int = -1
-    amount_nanos: int = 0
-    expires_ms: int = 0
-    existing: bool = False
-    refusal: list[str] | None = None
-    scope: str = ""
-
-
-def reserve_reply(reply: list[str]) -> ReserveReply:
-    """Decode a reserve reply (see reserve.lua)."""
-    kind, raw_alerts, details = split(reply)
-    if kind == "ok":
-        return ReserveReply(
-            kind,
-            raw_alerts,
-            index=int(details[0]) - 1,
-            amount_nanos=int(details[1]),
-            expires_ms=int(details[2]),
-            existing=details[3] == "existing",
-            refusal=details[4:] if len(details) > 4 else None,
-        )
-    if kind in ("killed", "duplicate"):
-        return ReserveReply(kind, raw_alerts, scope=details[0])
-    return ReserveReply(kind, raw_alerts, refusal=[kind, *details])
-
-
-@dataclass(frozen=True, slots=True)
-class CommitReply:
-    """A commit reply: ``charged_nanos`` (for a duplicate, what the first commit charged),
-    ``late`` (the hold had run out or was unknown), ``released_nanos`` (the hold dropped)."""
-
-    duplicate: bool
-    alerts: list[str]
-    charged_nanos: int
-    late: bool
-    released_nanos: int
-
-
-def commit_reply(reply: list[str]) -> CommitReply:
-    """Decode a committed or duplicate commit reply (see commit.lua)."""
-    kind, raw_alerts, details = split(reply)
-    if kind == "duplicate":
-        return CommitReply(True, raw_alerts, int(details[1]), False, 0)
-    return CommitReply(False, raw_alerts, int(details[0]), details[1] == "late", int(details[2]))
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseReply:
-    """A release reply: whether it dropped a hold (else the id was settled or unknown), the
-    amount dropped, and the state of an id it did not drop."""
-
-    released: bool
-    amount_nanos: int
-    state: str
-
-
-def release_reply(reply: list[str]) -> ReleaseReply:
-    """Decode a released or noop release reply (see release.lua)."""
-    if reply[0] == "released":
-        return ReleaseReply(True, int(reply[2]), "")
-    return ReleaseReply(False, 0, reply[2])
-
-
-def approval_state(reply: list[str]) -> str | None:
-    """The state an approval was in when the script acted on it (None: not found/expired)."""
-    return reply[2] if reply[0] == "done" else None
-
-
-def moved_to(reply: list[str]) -> str | None:
-    """Where an ``out`` move step found the tenant had already moved, else None."""
-    return reply[2] if reply[0] == "moved" else None
-
-
-def move_dump(reply: list[str]) -> list[str]:
-    """The tenant's state an ``out`` move step took, for the ``in`` step."""
-    return reply[2:]

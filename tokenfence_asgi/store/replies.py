@@ -1,11 +1,12 @@
 """Script replies as the library's values: alerts, refusals, a tenant's status, daily usage.
 
-The codecs (``store/codecs.py``) decode each script's reply into its typed parts; the functions
-here turn those parts into the objects users see.
+Each script's reply decoded into typed parts (``ReserveReply``, ``CommitReply``, ...), and those
+parts turned into the objects users see. ``store/codecs.py`` re-exports them beside the calls.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -22,7 +23,24 @@ from tokenfence_asgi.store.keys import decode_id
 from tokenfence_asgi.store.ledger import parse_days
 from tokenfence_asgi.store.specs import CompiledPlan
 
-__all__ = ["alerts", "refusal", "status_reply", "usage_days"]
+__all__ = [
+    "CommitReply",
+    "Correction",
+    "ReleaseReply",
+    "ReserveReply",
+    "alerts",
+    "approval_state",
+    "commit_reply",
+    "correction",
+    "move_dump",
+    "moved_to",
+    "refusal",
+    "release_reply",
+    "reserve_reply",
+    "split",
+    "status_reply",
+    "usage_days",
+]
 
 
 def _utc(seconds: int) -> datetime:
@@ -187,3 +205,120 @@ def usage_days(
 ) -> list[DailyUsage]:
     """A usage reply's days ``first..last`` (day numbers, inclusive), sorted."""
     return parse_days(reply[3:], tenant, pool, first, last)
+
+
+# -- each script's reply, decoded ----------------------------------------------------------------
+
+
+def split(reply: list[str]) -> tuple[str, list[str], list[str]]:
+    """A script reply as (kind, alert strings, details)."""
+    count = int(reply[1])
+    return reply[0], reply[2 : 2 + count], reply[2 + count :]
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A reply that sends the caller elsewhere: ``moved`` (``value``: where the tenant, or for
+    a record a hold's forwarding stub, lives now) or ``plan`` / ``pool_plan`` (``value``: the
+    stored plan the caller should have assumed)."""
+
+    kind: str
+    value: str
+    for_record: bool
+
+
+def correction(reply: list[str]) -> Correction | None:
+    """The correction a reply asks for, else None."""
+    kind = reply[0]
+    if kind not in ("moved", "plan", "pool_plan"):
+        return None
+    return Correction(kind, reply[2], reply[3:4] == ["record"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveReply:
+    """A reserve reply. ``kind``: ``ok`` (held), ``killed`` (``scope``: tenant or feature),
+    ``duplicate`` (the id was settled), or a refusal (``requests``, ``holds``, ``budget``:
+    ``refusal`` holds its details, kind first). An ``ok`` reply has the candidate ``index``
+    (from 0), ``amount_nanos``, the lease's ``expires_ms``, whether it repeats a hold made with
+    the same id (``existing``), and in shadow mode the refusal it would have been (``refusal``).
+    """
+
+    kind: str
+    alerts: list[str]
+    index: int = -1
+    amount_nanos: int = 0
+    expires_ms: int = 0
+    existing: bool = False
+    refusal: list[str] | None = None
+    scope: str = ""
+
+
+def reserve_reply(reply: list[str]) -> ReserveReply:
+    """Decode a reserve reply (see reserve.lua)."""
+    kind, raw_alerts, details = split(reply)
+    if kind == "ok":
+        return ReserveReply(
+            kind,
+            raw_alerts,
+            index=int(details[0]) - 1,
+            amount_nanos=int(details[1]),
+            expires_ms=int(details[2]),
+            existing=details[3] == "existing",
+            refusal=details[4:] if len(details) > 4 else None,
+        )
+    if kind in ("killed", "duplicate"):
+        return ReserveReply(kind, raw_alerts, scope=details[0])
+    return ReserveReply(kind, raw_alerts, refusal=[kind, *details])
+
+
+@dataclass(frozen=True, slots=True)
+class CommitReply:
+    """A commit reply: ``charged_nanos`` (for a duplicate, what the first commit charged),
+    ``late`` (the hold had run out or was unknown), ``released_nanos`` (the hold dropped)."""
+
+    duplicate: bool
+    alerts: list[str]
+    charged_nanos: int
+    late: bool
+    released_nanos: int
+
+
+def commit_reply(reply: list[str]) -> CommitReply:
+    """Decode a committed or duplicate commit reply (see commit.lua)."""
+    kind, raw_alerts, details = split(reply)
+    if kind == "duplicate":
+        return CommitReply(True, raw_alerts, int(details[1]), False, 0)
+    return CommitReply(False, raw_alerts, int(details[0]), details[1] == "late", int(details[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseReply:
+    """A release reply: whether it dropped a hold (else the id was settled or unknown), the
+    amount dropped, and the state of an id it did not drop."""
+
+    released: bool
+    amount_nanos: int
+    state: str
+
+
+def release_reply(reply: list[str]) -> ReleaseReply:
+    """Decode a released or noop release reply (see release.lua)."""
+    if reply[0] == "released":
+        return ReleaseReply(True, int(reply[2]), "")
+    return ReleaseReply(False, 0, reply[2])
+
+
+def approval_state(reply: list[str]) -> str | None:
+    """The state an approval was in when the script acted on it (None: not found/expired)."""
+    return reply[2] if reply[0] == "done" else None
+
+
+def moved_to(reply: list[str]) -> str | None:
+    """Where an ``out`` move step found the tenant had already moved, else None."""
+    return reply[2] if reply[0] == "moved" else None
+
+
+def move_dump(reply: list[str]) -> list[str]:
+    """The tenant's state an ``out`` move step took, for the ``in`` step."""
+    return reply[2:]
