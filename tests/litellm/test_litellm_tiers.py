@@ -22,7 +22,7 @@ from tokenfence_asgi.calls.shapes import shape_of
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import tenant_scope
 from tokenfence_asgi.engine.fence import TokenFence
-from tokenfence_asgi.errors import ModelNotPriced
+from tokenfence_asgi.errors import InvalidCall, ModelNotPriced
 from tokenfence_asgi.litellm import TokenFenceCallback
 from tokenfence_asgi.money import from_nanos, to_nanos
 from tokenfence_asgi.pricing.variants import DEFAULT_HOSTED_TOOL_CALLS
@@ -139,4 +139,42 @@ async def test_web_search_is_held_per_search_and_its_allowance_written(
                 input="Weather?",
                 mock_response="Sunny.",
                 tools=[{"type": "web_search"}],
+            )
+
+
+async def test_a_chat_calls_server_search_tool_gets_the_searches_held_written_in(
+    fence: TokenFence, held: Held, sent: Sent
+) -> None:
+    """Anthropic's web search tool offered to a chat call through LiteLLM: with no
+    ``max_uses``, the allowance held is written into the tool; several without one are refused
+    (each search is billed, so their number must be bounded)."""
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    async with tenant_scope("acme"):
+        await litellm.acompletion(
+            model="claude-haiku-4-5",
+            messages=MSGS,
+            mock_response="Sunny.",
+            max_tokens=50,
+            tools=[search],
+        )
+    assert sent.sent[-1]["tools"] == [{**search, "max_uses": DEFAULT_HOSTED_TOOL_CALLS}]
+    assert held.reservations[0].amount >= DEFAULT_HOSTED_TOOL_CALLS * SEARCH
+    async with tenant_scope("acme"):
+        await litellm.acompletion(
+            model="claude-haiku-4-5",
+            messages=MSGS,
+            mock_response="Sunny.",
+            max_tokens=50,
+            tools=[{**search, "max_uses": 2}],
+        )
+    assert sent.sent[-1]["tools"] == [{**search, "max_uses": 2}]
+    assert held.reservations[1].amount < held.reservations[0].amount
+    with pytest.raises(InvalidCall, match="max_uses"):
+        async with tenant_scope("acme"):
+            await litellm.acompletion(
+                model="claude-haiku-4-5",
+                messages=MSGS,
+                mock_response="Sunny.",
+                max_tokens=50,
+                tools=[search, {**search, "name": "web_search_2"}],
             )

@@ -15,12 +15,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from tokenfence_asgi.errors import InvalidCall
 from tokenfence_asgi.pricing.call import CallKind, CallShape
-from tokenfence_asgi.pricing.variants import call_tier
+from tokenfence_asgi.pricing.variants import call_tier, hosted_tool
 
-__all__ = ["LONG_CONTEXT", "OUTPUT_LIMIT_KEYS", "beta_window", "output_limit_keys", "shape_of"]
+__all__ = [
+    "LONG_CONTEXT",
+    "OUTPUT_LIMIT_KEYS",
+    "beta_window",
+    "output_limit_keys",
+    "server_tool_uses",
+    "shape_of",
+    "with_max_uses",
+]
 
 OUTPUT_LIMIT_KEYS: dict[CallKind, tuple[str, ...]] = {
     "chat": ("max_tokens", "max_completion_tokens"),
@@ -142,6 +151,43 @@ def _predicted(prediction: object) -> tuple[str, ...]:
     return tuple(texts)
 
 
+def server_tool_uses(tools: object) -> int | None:
+    """The most server tool calls (web search, code execution) a call's tools allow, as
+    Anthropic bounds them: the sum of their ``max_uses``; ``None`` when one server tool sets
+    none (``with_max_uses`` writes the allowance held into it). Raises ``InvalidCall`` when
+    several set none: give each a ``max_uses``."""
+    total, unlimited = 0, 0
+    for tool in tools if isinstance(tools, list) else ():
+        if hosted_tool(tool) is None:
+            continue
+        uses = tool.get("max_uses")
+        if uses is None:
+            unlimited += 1
+        elif isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
+            raise InvalidCall(f"max_uses must be a positive integer, got {uses!r}")
+        else:
+            total += uses
+    if unlimited == 0:
+        return total
+    if unlimited == 1 and total == 0:
+        return None
+    raise InvalidCall(
+        "the server tools of this call do not all set max_uses: give each one max_uses, "
+        "so that the calls they can make (each billed) are bounded"
+    )
+
+
+def with_max_uses(tools: list[Any], allowance: int) -> list[Any]:
+    """``tools`` with ``max_uses=allowance`` in the one server tool that sets none (see
+    ``server_tool_uses``): the calls the hold covers."""
+    return [
+        {**tool, "max_uses": allowance}
+        if isinstance(tool, Mapping) and hosted_tool(tool) is not None and "max_uses" not in tool
+        else tool
+        for tool in tools
+    ]
+
+
 LONG_CONTEXT = 1_000_000
 """The context window Anthropic's ``context-1m`` beta gives a model."""
 
@@ -188,6 +234,7 @@ def _shape_of(kind: CallKind, kwargs: Mapping[str, object], messages: object) ->
             output_limit=limit,
             choices=_count(kwargs, "n"),
             tier=call_tier(kwargs),
+            tool_calls=server_tool_uses(tools),
             predicted=_predicted(kwargs.get("prediction")),
         )
     if kind == "responses":

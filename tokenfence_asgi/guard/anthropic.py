@@ -30,11 +30,12 @@ import anthropic
 import httpx2
 
 from tokenfence_asgi.calls.planner import CallRequest, PlannedCall
+from tokenfence_asgi.calls.shapes import server_tool_uses, with_max_uses
 from tokenfence_asgi.errors import InvalidCall, TokenFenceError
 from tokenfence_asgi.guard._errors import StatusErrors
 from tokenfence_asgi.guard._fenced import GuardedCall, Route, Usage
 from tokenfence_asgi.pricing.call import CallKind, CallShape
-from tokenfence_asgi.pricing.variants import call_tier, hosted_calls, hosted_tool, reported_tier
+from tokenfence_asgi.pricing.variants import call_tier, hosted_calls, reported_tier
 
 __all__ = ["ADAPTER", "CLIENTS", "AnthropicAdapter"]
 
@@ -114,32 +115,6 @@ def _usage(usage: Mapping[str, Any], output_tokens: int) -> Usage:
     )
 
 
-def _server_tool_uses(tools: object) -> int | None:
-    """The most server tool calls (web search, code execution) a call's tools allow: the sum
-    of their ``max_uses``; ``None`` when one server tool sets none (the fence writes its
-    allowance into it). Raises ``InvalidCall`` when several set none: give each a
-    ``max_uses``."""
-    total, unlimited = 0, 0
-    for tool in tools if isinstance(tools, list) else ():
-        if hosted_tool(tool) is None:
-            continue
-        uses = tool.get("max_uses")
-        if uses is None:
-            unlimited += 1
-        elif isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
-            raise InvalidCall(f"max_uses must be a positive integer, got {uses!r}")
-        else:
-            total += uses
-    if unlimited == 0:
-        return total
-    if unlimited == 1 and total == 0:
-        return None
-    raise InvalidCall(
-        "the server tools of this call do not all set max_uses: give each one max_uses, "
-        "so that the calls they can make (each billed) are bounded"
-    )
-
-
 class AnthropicAdapter:
     """What a path of the Anthropic API costs, and where its usage is (see the module doc)."""
 
@@ -180,7 +155,7 @@ class AnthropicAdapter:
             extra=extra,
             output_limit=limit,
             tier=call_tier(body),
-            tool_calls=_server_tool_uses(tools),
+            tool_calls=server_tool_uses(tools),
         )
         return CallRequest(model, shape, tool_choice=body.get("tool_choice"))
 
@@ -198,12 +173,7 @@ class AnthropicAdapter:
                 body.pop("tools", None)
                 body.pop("tool_choice", None)
         if planned.tool_calls is not None and isinstance(body.get("tools"), list):
-            body["tools"] = [  # the one server tool without max_uses: the calls held
-                {**tool, "max_uses": planned.tool_calls}
-                if hosted_tool(tool) is not None and isinstance(tool, Mapping)
-                else tool
-                for tool in body["tools"]
-            ]
+            body["tools"] = with_max_uses(body["tools"], planned.tool_calls)
         return False
 
     def usage(self, kind: CallKind, body: Mapping[str, Any]) -> Usage | None:

@@ -12,6 +12,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
 from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, DeniedTools, tool_action
+from tokenfence_asgi.calls.shapes import with_max_uses
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, TokenFenceError
@@ -220,6 +221,10 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
                 kept=len(planned.tools or ()),
                 offered=len(shape.tools or ()),
             )
+        if planned.tool_calls is not None and kind != "responses":
+            offered = changed.get("tools")  # the one server tool without max_uses
+            if isinstance(offered, list):
+                changed["tools"] = with_max_uses(offered, planned.tool_calls)
         changed["metadata"] = {
             **mapping(changed.get("metadata")),
             RESERVATION_KEY: planned.reservation.id,
