@@ -20,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 from litellm.types.utils import CallTypes
 
+from tests.litellm.litellm_support import CALLBACK_LISTS
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import tenant_scope
 from tokenfence_asgi.engine.fence import TokenFence
@@ -47,14 +48,6 @@ POLICY = (
 OPEN = Plan("open", [Limit("1d", max_cost="10")], policy=POLICY)
 TOKENS = Plan("tokens", [Limit("1d", max_cost="10")], max_input_tokens=20)
 PLANS = [OPEN, TOKENS]
-_CALLBACK_LISTS = (
-    "callbacks",
-    "input_callback",
-    "success_callback",
-    "failure_callback",
-    "_async_success_callback",
-    "_async_failure_callback",
-)
 
 
 def tool(name: str) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def fence(make_fence: Callable[..., TokenFence]) -> TokenFence:
 
 @pytest.fixture
 def callbacks() -> Iterator[Callable[..., TokenFenceCallback]]:
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+    saved = {name: list(getattr(litellm, name)) for name in CALLBACK_LISTS}
     made: list[TokenFenceCallback] = []
 
     def install(fence: TokenFence, **options: Any) -> TokenFenceCallback:

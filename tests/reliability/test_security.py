@@ -42,6 +42,7 @@ from starlette.types import Scope
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from tests.conftest import HOSTILE_EXAMPLES, FakeClock
+from tests.litellm.litellm_support import CALLBACK_LISTS
 from tokenfence_asgi.config import Limit, Plan
 from tokenfence_asgi.context import current_context
 from tokenfence_asgi.engine.fence import TokenFence
@@ -228,14 +229,6 @@ def test_a_replayed_signed_header_is_refused(
 
 
 MSGS = [{"role": "user", "content": "Say hello."}]
-_CALLBACK_LISTS = (
-    "callbacks",
-    "input_callback",
-    "success_callback",
-    "failure_callback",
-    "_async_success_callback",
-    "_async_failure_callback",
-)
 
 
 @pytest.fixture
@@ -249,7 +242,7 @@ async def fenced_app(
     from tokenfence_asgi.litellm import TokenFenceCallback
 
     fence = make_fence(plans=[OPEN], default_plan="open", clock=None)
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+    saved = {name: list(getattr(litellm, name)) for name in CALLBACK_LISTS}
     callback = TokenFenceCallback(fence)
     litellm.callbacks = [callback]
 
@@ -349,7 +342,7 @@ async def test_an_excluded_path_cannot_make_a_fenced_call(
     from tokenfence_asgi.litellm import TokenFenceCallback
 
     fence = make_fence(plans=[OPEN], default_plan="open", clock=None)
-    saved = {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS}
+    saved = {name: list(getattr(litellm, name)) for name in CALLBACK_LISTS}
     callback = TokenFenceCallback(fence, unscoped=unscoped)
     litellm.callbacks = [callback]
 
