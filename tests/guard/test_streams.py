@@ -205,3 +205,27 @@ def test_a_sync_client_with_no_event_loop_anywhere(
         for key in keys.scan_iter(match=f"{prefix}:*"):
             keys.delete(key)
         keys.close()
+
+
+async def test_a_stream_read_raw_is_charged_its_hold(
+    fence: TokenFence, make_client: Callable[[str], Any], oai: GuardProvider
+) -> None:
+    """Bytes read raw (``aiter_raw``: before decoding, where the guard reads the usage) pass
+    no meter: the call is charged its hold, never only its input."""
+    client = fence.guard(make_client("AsyncOpenAI"), tenant="acme")
+    create = client.chat.completions.with_streaming_response.create
+    async with create(model="gpt-4o-mini", messages=MSGS, max_tokens=300, stream=True) as response:
+        read = b"".join([chunk async for chunk in response.http_response.aiter_raw()])
+    assert read.rstrip().endswith(b"data: [DONE]")
+    hold = Decimal(openai_estimate(fence, 300).amount_nanos) / 10**9
+    assert await spent(fence) == (hold, 0)
+    sync = fence.guard(make_client("OpenAI"), tenant="acme")
+
+    def read_sync() -> bytes:
+        with sync.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MSGS, max_tokens=300, stream=True
+        ) as response:
+            return b"".join(response.http_response.iter_raw())
+
+    assert (await anyio.to_thread.run_sync(read_sync)).rstrip().endswith(b"data: [DONE]")
+    assert await spent(fence) == (2 * hold, 0)

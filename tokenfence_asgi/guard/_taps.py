@@ -66,6 +66,13 @@ class _Reader:
         del self.buffer[:start]
         return chunk if not self.call.strip_usage else bytes(out)
 
+    def unmetered(self) -> None:
+        """The body is read raw, past the decoded bytes this reader sees: nothing of it can be
+        counted, so the call is charged its hold (as a body too large to parse)."""
+        self.parsed = False
+        self.call.usage = None
+        self.call.sse = False
+
     def flush(self) -> bytes:
         """The end of the body: parse what is left; return what is left to pass on."""
         if not self.parsed:
@@ -198,7 +205,14 @@ def tap_sync(state: Fenced, call: GuardedCall, response: Any) -> None:
         if not reader.busy:  # the caller closed it (abandoned, or done reading)
             _end_sync(state, call)
 
-    response.iter_bytes, response.close = tapped, closing
+    iter_raw = response.iter_raw
+
+    def raw(chunk_size: int | None = None) -> Iterator[bytes]:
+        if not reader.busy:  # the caller's own raw read, not the decoded one's
+            reader.unmetered()
+        return iter_raw(chunk_size)  # type: ignore[no-any-return]
+
+    response.iter_bytes, response.close, response.iter_raw = tapped, closing, raw
 
 
 def _end_sync(state: Fenced, call: GuardedCall) -> None:
@@ -245,4 +259,11 @@ def tap_async(state: Fenced, call: GuardedCall, response: Any) -> None:
         if not reader.busy:
             await state.end(call)
 
-    response.aiter_bytes, response.aclose = tapped, closing
+    aiter_raw = response.aiter_raw
+
+    def raw(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        if not reader.busy:  # the caller's own raw read, not the decoded one's
+            reader.unmetered()
+        return aiter_raw(chunk_size)  # type: ignore[no-any-return]
+
+    response.aiter_bytes, response.aclose, response.aiter_raw = tapped, closing, raw
