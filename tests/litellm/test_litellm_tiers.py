@@ -178,3 +178,40 @@ async def test_a_chat_calls_server_search_tool_gets_the_searches_held_written_in
                 max_tokens=50,
                 tools=[search, {**search, "name": "web_search_2"}],
             )
+
+
+@pytest.mark.parametrize(
+    "extra_body",
+    [
+        {"n": 20},
+        {"max_completion_tokens": 100_000},
+        {"model": "gpt-4o"},
+        {"service_tier": "priority"},
+        {"tools": [{"type": "web_search"}]},
+    ],
+)
+async def test_extra_body_cannot_set_what_the_hold_is_made_of(
+    fence: TokenFence, sent: Sent, extra_body: dict[str, object]
+) -> None:
+    """LiteLLM sends ``extra_body`` as it is, after the arguments the hold was made from: one
+    that sets the number of choices, an output limit, the model, the tier or the tools would
+    make the call dearer than its hold. It is refused before anything is sent."""
+    async with tenant_scope("acme"):
+        with pytest.raises(InvalidCall, match="extra_body"):
+            await litellm.acompletion(
+                model="gpt-4o-mini",
+                messages=MSGS,
+                mock_response="Hello!",
+                max_tokens=50,
+                extra_body=extra_body,
+            )
+    assert sent.sent == []
+    assert await used(fence) == (0, 0)
+    async with tenant_scope("acme"):  # anything else passes as before
+        await litellm.acompletion(
+            model="gpt-4o-mini",
+            messages=MSGS,
+            mock_response="Hello!",
+            max_tokens=50,
+            extra_body={"user_tag": "x"},
+        )

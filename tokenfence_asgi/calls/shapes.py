@@ -22,9 +22,11 @@ from tokenfence_asgi.pricing.call import CallKind, CallShape
 from tokenfence_asgi.pricing.variants import call_tier, hosted_tool
 
 __all__ = [
+    "BOUNDING_ARGUMENTS",
     "LONG_CONTEXT",
     "OUTPUT_LIMIT_KEYS",
     "beta_window",
+    "check_extra_body",
     "output_limit_keys",
     "server_tool_uses",
     "shape_of",
@@ -186,6 +188,47 @@ def with_max_uses(tools: list[Any], allowance: int) -> list[Any]:
         else tool
         for tool in tools
     ]
+
+
+BOUNDING_ARGUMENTS = frozenset(
+    {
+        "model",
+        "messages",
+        "input",
+        "prompt",
+        "instructions",
+        "n",
+        "best_of",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "tools",
+        "tool_choice",
+        "max_tool_calls",
+        "web_search_options",
+        "service_tier",
+        "speed",
+        "prediction",
+        "previous_response_id",
+        "conversation",
+    }
+)
+"""The call arguments a hold is made from (or that the fence writes into the call)."""
+
+
+def check_extra_body(kwargs: Mapping[str, object]) -> None:
+    """Refuse an ``extra_body`` that sets an argument the hold is made from: it is sent after
+    the call's own arguments, so it could make the call dearer than what was held. Raises
+    ``InvalidCall`` naming them."""
+    extra = kwargs.get("extra_body")
+    if not isinstance(extra, Mapping):
+        return
+    found = sorted(str(key) for key in extra if key in BOUNDING_ARGUMENTS)
+    if found:
+        raise InvalidCall(
+            f"extra_body sets {', '.join(found)}: pass them as arguments of the call, where "
+            "the fence bounds its cost"
+        )
 
 
 LONG_CONTEXT = 1_000_000

@@ -12,7 +12,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.utils import CallTypes
 
 from tokenfence_asgi.calls.planner import CallPlanner, CallRequest, DeniedTools, tool_action
-from tokenfence_asgi.calls.shapes import with_max_uses
+from tokenfence_asgi.calls.shapes import check_extra_body, with_max_uses
 from tokenfence_asgi.engine.fence import TokenFence
 from tokenfence_asgi.engine.portal import Portal
 from tokenfence_asgi.errors import ApprovalRequired, ConfigError, TokenFenceError
@@ -167,6 +167,7 @@ class TokenFenceCallback(SyncCalls, CustomGuardrail):
         tenant, feature, ctx = self._who(metadata)
         if tenant is None:
             return kwargs
+        check_extra_body(kwargs)
         logging_obj = kwargs.get("litellm_logging_obj")
         positional = "model" not in kwargs  # then it cannot be changed (see the module doc)
         model = getattr(logging_obj, "model", None) if positional else kwargs["model"]
