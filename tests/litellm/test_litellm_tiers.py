@@ -82,6 +82,14 @@ def sent(fence: TokenFence, clean_callbacks: None) -> Iterator[Sent]:
         callback.close()
 
 
+async def chat(model: str = "gpt-4o-mini", **options: Any) -> Any:
+    """A mocked chat call of tenant acme, 50 output tokens at most, with ``options``."""
+    async with tenant_scope("acme"):
+        return await litellm.acompletion(
+            model=model, messages=MSGS, mock_response="Hello!", max_tokens=50, **options
+        )
+
+
 async def test_priority_is_held_and_charged_at_the_priority_price(
     fence: TokenFence, held: Held, sent: Sent
 ) -> None:
@@ -103,15 +111,8 @@ async def test_priority_is_held_and_charged_at_the_priority_price(
 async def test_a_costlier_tier_nothing_prices_is_refused_before_sending(
     fence: TokenFence, sent: Sent
 ) -> None:
-    async with tenant_scope("acme"):
-        with pytest.raises(ModelNotPriced, match="service_tier='priority'"):
-            await litellm.acompletion(
-                model="gpt-5-nano",
-                messages=MSGS,
-                mock_response="Hello!",
-                max_tokens=50,
-                service_tier="priority",
-            )
+    with pytest.raises(ModelNotPriced, match="service_tier='priority'"):
+        await chat("gpt-5-nano", service_tier="priority")
     assert sent.sent == []  # refused before any later hook, or the provider, saw it
     assert await used(fence) == (0, 0)
 
@@ -149,35 +150,14 @@ async def test_a_chat_calls_server_search_tool_gets_the_searches_held_written_in
     ``max_uses``, the allowance held is written into the tool; several without one are refused
     (each search is billed, so their number must be bounded)."""
     search = {"type": "web_search_20250305", "name": "web_search"}
-    async with tenant_scope("acme"):
-        await litellm.acompletion(
-            model="claude-haiku-4-5",
-            messages=MSGS,
-            mock_response="Sunny.",
-            max_tokens=50,
-            tools=[search],
-        )
+    await chat("claude-haiku-4-5", tools=[search])
     assert sent.sent[-1]["tools"] == [{**search, "max_uses": DEFAULT_HOSTED_TOOL_CALLS}]
     assert held.reservations[0].amount >= DEFAULT_HOSTED_TOOL_CALLS * SEARCH
-    async with tenant_scope("acme"):
-        await litellm.acompletion(
-            model="claude-haiku-4-5",
-            messages=MSGS,
-            mock_response="Sunny.",
-            max_tokens=50,
-            tools=[{**search, "max_uses": 2}],
-        )
+    await chat("claude-haiku-4-5", tools=[{**search, "max_uses": 2}])
     assert sent.sent[-1]["tools"] == [{**search, "max_uses": 2}]
     assert held.reservations[1].amount < held.reservations[0].amount
     with pytest.raises(InvalidCall, match="max_uses"):
-        async with tenant_scope("acme"):
-            await litellm.acompletion(
-                model="claude-haiku-4-5",
-                messages=MSGS,
-                mock_response="Sunny.",
-                max_tokens=50,
-                tools=[search, {**search, "name": "web_search_2"}],
-            )
+        await chat("claude-haiku-4-5", tools=[search, {**search, "name": "web_search_2"}])
 
 
 @pytest.mark.parametrize(
@@ -196,22 +176,8 @@ async def test_extra_body_cannot_set_what_the_hold_is_made_of(
     """LiteLLM sends ``extra_body`` as it is, after the arguments the hold was made from: one
     that sets the number of choices, an output limit, the model, the tier or the tools would
     make the call dearer than its hold. It is refused before anything is sent."""
-    async with tenant_scope("acme"):
-        with pytest.raises(InvalidCall, match="extra_body"):
-            await litellm.acompletion(
-                model="gpt-4o-mini",
-                messages=MSGS,
-                mock_response="Hello!",
-                max_tokens=50,
-                extra_body=extra_body,
-            )
+    with pytest.raises(InvalidCall, match="extra_body"):
+        await chat(extra_body=extra_body)
     assert sent.sent == []
     assert await used(fence) == (0, 0)
-    async with tenant_scope("acme"):  # anything else passes as before
-        await litellm.acompletion(
-            model="gpt-4o-mini",
-            messages=MSGS,
-            mock_response="Hello!",
-            max_tokens=50,
-            extra_body={"user_tag": "x"},
-        )
+    await chat(extra_body={"user_tag": "x"})  # anything else passes as before
